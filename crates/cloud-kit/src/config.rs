@@ -1,0 +1,115 @@
+//! Typed, layered configuration: serde defaults, then an optional YAML file, then environment
+//! variables (`<PREFIX>_SECTION__KEY`). Unknown keys are rejected and every error names the key,
+//! the bad value (never for secrets, which are held in `secrecy` types) and where it came from.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Yaml};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Unreadable { path: String, source: std::io::Error },
+    #[error("invalid configuration:\n{0}")]
+    Invalid(String),
+}
+
+/// Loads `T` from its serde defaults, the optional YAML `file`, and `<env_prefix>_*` variables.
+///
+/// `env_prefix` is e.g. `IDENTITY`: `IDENTITY_SERVER__PORT=8080` sets `server.port`.
+pub fn load<T: DeserializeOwned>(env_prefix: &str, file: Option<&Path>) -> Result<T, ConfigError> {
+    extract(base(file)?.merge(Env::prefixed(&format!("{env_prefix}_")).split("__")))
+}
+
+fn base(file: Option<&Path>) -> Result<Figment, ConfigError> {
+    let mut figment = Figment::new();
+    if let Some(path) = file {
+        // figment treats a missing file as empty; a named file that cannot be read is an error.
+        std::fs::File::open(path).map_err(|source| ConfigError::Unreadable { path: path.display().to_string(), source })?;
+        figment = figment.merge(Yaml::file_exact(path));
+    }
+    Ok(figment)
+}
+
+fn extract<T: DeserializeOwned>(figment: Figment) -> Result<T, ConfigError> {
+    figment.extract::<T>().map_err(|err| {
+        let lines: Vec<String> = err.into_iter().map(|e| format!("  - {}", describe(&e))).collect();
+        ConfigError::Invalid(lines.join("\n"))
+    })
+}
+
+fn describe(err: &figment::Error) -> String {
+    let key = err.path.join(".");
+    let source = err.metadata.as_ref().map(|m| match &m.source {
+        Some(src) => format!("{} {src}", m.name),
+        None => m.name.to_string(),
+    });
+    let key = if key.is_empty() { "(top level)".to_string() } else { key };
+    match source {
+        Some(source) => format!("{key}: {} (from {source})", err.kind),
+        None => format!("{key}: {}", err.kind),
+    }
+}
+
+/// Where a service listens, and how it shuts down.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address both listeners bind to.
+    pub host: IpAddr,
+    /// The API port; 0 picks a free port (tests).
+    pub port: u16,
+    /// The admin port (`/metrics`, `/healthz`, `/readyz`); 0 picks a free port.
+    pub admin_port: u16,
+    /// After SIGTERM, how long `/readyz` fails while the listener still serves, so that load
+    /// balancers stop sending new requests before the listener closes.
+    #[serde(with = "humantime_serde")]
+    pub drain_period: Duration,
+    /// After the drain, how long in-flight requests get to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: IpAddr::from([127, 0, 0, 1]),
+            port: 8080,
+            admin_port: 9090,
+            drain_period: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(30),
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// JSON when stderr is not a terminal (production), readable text in a terminal.
+    #[default]
+    Auto,
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    pub log_format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `info,cloud_identity_access=debug`.
+    pub log_level: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self { log_format: LogFormat::Auto, log_level: "info".into() }
+    }
+}

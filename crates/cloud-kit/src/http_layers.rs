@@ -1,0 +1,41 @@
+//! The middleware stack every service's API router gets, in one place so both services behave
+//! the same: request id and trace context, RED metrics, panic-to-problem, body limits, security
+//! headers, and problem+json fallbacks.
+
+use std::any::Any;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
+
+use crate::metrics::Metrics;
+use crate::problem::Problem;
+
+/// Wraps `router` in the standard stack. Apply after all routes (and any fallback) are added.
+pub fn apply(router: Router, metrics: Metrics, max_body_bytes: usize) -> Router {
+    router
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(CatchPanicLayer::custom(panic_to_problem))
+        .layer(axum::middleware::from_fn_with_state(metrics, crate::metrics::record))
+        .layer(axum::middleware::from_fn(crate::trace_context::propagate))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            HeaderName::from_static("x-content-type-options"),
+            HeaderValue::from_static("nosniff"),
+        ))
+}
+
+/// 404 and 405 as problem+json instead of empty bodies.
+pub fn default_fallbacks(router: Router) -> Router {
+    router
+        .fallback(crate::problem::not_found_fallback)
+        .method_not_allowed_fallback(crate::problem::method_not_allowed_fallback)
+}
+
+fn panic_to_problem(_payload: Box<dyn Any + Send + 'static>) -> Response {
+    // The payload may hold data from the request; it is not echoed, only counted in the log.
+    tracing::error!("a request handler panicked");
+    Problem::internal().into_response()
+}

@@ -1,0 +1,86 @@
+//! Prometheus metrics, one registry per service (two services in one `cloudctl up` process must not
+//! mix their numbers), and the RED layer: `http_requests_total` and
+//! `http_request_duration_seconds`, labelled by method, route template and status.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Latency buckets in seconds: fine below 10 ms, where a gateway's added latency lives.
+pub const LATENCY_BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// The route label for requests that matched no route: raw paths would explode cardinality.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: String,
+    pub route: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    registry: Arc<Mutex<Registry>>,
+    requests: Family<HttpLabels, Counter>,
+    duration: Family<HttpLabels, Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<HttpLabels, Counter>::default();
+        let duration = Family::<HttpLabels, Histogram>::new_with_constructor(new_latency_histogram as fn() -> Histogram);
+        // prometheus-client appends `_total` to counters.
+        registry.register("http_requests", "HTTP requests handled, by method, route template and status", requests.clone());
+        registry.register("http_request_duration_seconds", "HTTP request latency in seconds, by method, route template and status", duration.clone());
+        Self { registry: Arc::new(Mutex::new(registry)), requests, duration }
+    }
+
+    /// Registers more metrics (a service's own, or a library's such as cloud-flags).
+    pub fn register(&self, register: impl FnOnce(&mut Registry)) {
+        let mut registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        register(&mut registry);
+    }
+
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry)?;
+        Ok(out)
+    }
+
+    pub fn observe(&self, labels: &HttpLabels, seconds: f64) {
+        self.requests.get_or_create(labels).inc();
+        self.duration.get_or_create(labels).observe(seconds);
+    }
+}
+
+pub fn new_latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+/// Middleware recording RED metrics. Install with `Router::layer` so `MatchedPath` is known.
+pub async fn record(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().as_str().to_string();
+    let route = request.extensions().get::<MatchedPath>().map_or(UNMATCHED_ROUTE, |p| p.as_str()).to_string();
+    let response = next.run(request).await;
+    let labels = HttpLabels { method, route, status: response.status().as_u16().to_string() };
+    metrics.observe(&labels, started.elapsed().as_secs_f64());
+    response
+}

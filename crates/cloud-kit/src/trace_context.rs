@@ -1,0 +1,172 @@
+//! Request ids and W3C Trace Context (`traceparent`).
+//!
+//! Every request gets an `x-request-id` (the caller's, if it is sane, else a new UUID) that is
+//! echoed in the response, and a [`TraceContext`] that continues the caller's trace or starts a
+//! new one. Both are put in the request extensions and in the request's tracing span, and a proxy
+//! forwards them with [`TraceContext::child_traceparent`].
+
+use axum::extract::Request;
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
+use rand::Rng;
+
+pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// The request's id, as found in the extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(pub String);
+
+/// A W3C trace context: the trace this request belongs to and the span id of this hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceContext {
+    pub trace_id: [u8; 16],
+    /// The caller's span, if the request carried a valid `traceparent`.
+    pub parent_span_id: Option<[u8; 8]>,
+    /// This service's span for the request.
+    pub span_id: [u8; 8],
+    pub sampled: bool,
+}
+
+impl TraceContext {
+    /// Continues the trace in `traceparent` when it is valid (version 00, non-zero ids), else
+    /// starts a new sampled trace. An invalid header is ignored, as the spec requires.
+    pub fn from_traceparent(header: Option<&str>) -> Self {
+        let mut rng = rand::rng();
+        let span_id = non_zero(|| rng.random::<[u8; 8]>());
+        if let Some((trace_id, parent, flags)) = header.and_then(parse_traceparent) {
+            return Self { trace_id, parent_span_id: Some(parent), span_id, sampled: flags & 1 == 1 };
+        }
+        let trace_id = non_zero(|| rng.random::<[u8; 16]>());
+        Self { trace_id, parent_span_id: None, span_id, sampled: true }
+    }
+
+    pub fn trace_id_hex(&self) -> String {
+        hex(&self.trace_id)
+    }
+
+    pub fn span_id_hex(&self) -> String {
+        hex(&self.span_id)
+    }
+
+    /// The `traceparent` this hop sends downstream: same trace, this hop's span as parent.
+    pub fn child_traceparent(&self) -> String {
+        format!("00-{}-{}-{:02x}", self.trace_id_hex(), self.span_id_hex(), u8::from(self.sampled))
+    }
+}
+
+fn non_zero<const N: usize>(mut make: impl FnMut() -> [u8; N]) -> [u8; N] {
+    loop {
+        let v = make();
+        if v.iter().any(|b| *b != 0) {
+            return v;
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != N * 2 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(s.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Parses a version-00 `traceparent`: `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`.
+pub fn parse_traceparent(value: &str) -> Option<([u8; 16], [u8; 8], u8)> {
+    let mut parts = value.trim().split('-');
+    let (version, trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if version != "00" || parts.next().is_some() {
+        return None;
+    }
+    let trace_id = parse_hex::<16>(trace)?;
+    let parent_id = parse_hex::<8>(parent)?;
+    let flags = parse_hex::<1>(flags)?[0];
+    if trace_id.iter().all(|b| *b == 0) || parent_id.iter().all(|b| *b == 0) {
+        return None;
+    }
+    Some((trace_id, parent_id, flags))
+}
+
+/// Accepts a caller's request id only if it is short printable ASCII; anything else could be
+/// used to forge or flood log lines.
+fn sane_request_id(value: &HeaderValue) -> Option<String> {
+    let s = value.to_str().ok()?;
+    (!s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic())).then(|| s.to_string())
+}
+
+/// Middleware: assigns the request id and trace context, records them on a span around the
+/// request, and echoes `x-request-id` in the response.
+pub async fn propagate(mut request: Request, next: Next) -> Response {
+    let request_id = request
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(sane_request_id)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let trace = TraceContext::from_traceparent(request.headers().get(&TRACEPARENT).and_then(|v| v.to_str().ok()));
+    request.extensions_mut().insert(RequestId(request_id.clone()));
+    request.extensions_mut().insert(trace);
+    let span = tracing::info_span!(
+        "http_request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        request_id = %request_id,
+        trace_id = %trace.trace_id_hex(),
+        span_id = %trace.span_id_hex(),
+    );
+    crate::telemetry::set_remote_parent(&span, &trace);
+    let mut response = tracing::Instrument::instrument(next.run(request), span).await;
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID.clone(), value);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continues_a_valid_traceparent() {
+        let ctx = TraceContext::from_traceparent(Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+        assert_eq!(ctx.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(ctx.parent_span_id, Some([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]));
+        assert!(ctx.sampled);
+        let child = ctx.child_traceparent();
+        assert!(child.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(!child.contains("00f067aa0ba902b7"), "the child must carry this hop's span id");
+    }
+
+    #[test]
+    fn rejects_malformed_traceparents() {
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+        ] {
+            assert!(parse_traceparent(bad).is_none(), "{bad:?} should be rejected");
+            let ctx = TraceContext::from_traceparent(Some(bad));
+            assert_eq!(ctx.parent_span_id, None, "{bad:?} must start a new trace");
+        }
+    }
+
+    #[test]
+    fn insane_request_ids_are_replaced() {
+        assert_eq!(sane_request_id(&HeaderValue::from_static("abc-123")), Some("abc-123".into()));
+        assert_eq!(sane_request_id(&HeaderValue::from_static("has space")), None);
+        let long = "a".repeat(129);
+        assert_eq!(sane_request_id(&HeaderValue::from_str(&long).unwrap()), None);
+    }
+}

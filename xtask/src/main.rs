@@ -1,0 +1,93 @@
+//! Repository automation. `cargo xtask test` is the one command that runs every check;
+//! CI (`.ci/run` and the GitHub workflows) calls the same steps, so CI is never a black box.
+
+mod servers;
+mod steps;
+mod tools;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::steps::{Ctx, Step};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "Repository automation for the cloud platform")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every check: fmt, clippy, the test suite and the infrastructure checks.
+    Test {
+        /// Run only the steps whose name contains this text (repeatable).
+        #[arg(long = "only")]
+        only: Vec<String>,
+        /// Skip the steps whose name contains this text (repeatable). Refused under CI=true.
+        #[arg(long = "skip")]
+        skip: Vec<String>,
+    },
+    /// Install every tool the checks need into the tools cache and print where it lives.
+    Tools,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let root = repo_root()?;
+    match cli.command {
+        Command::Test { only, skip } => {
+            let ci = steps::running_in_ci();
+            if ci && !skip.is_empty() {
+                anyhow::bail!("--skip is refused under CI=true: CI runs every step");
+            }
+            let mut ctx = Ctx::new(root, ci)?;
+            let selected: Vec<Step> = test_steps()
+                .into_iter()
+                .filter(|s| only.is_empty() || only.iter().any(|o| s.name.contains(o.as_str())))
+                .filter(|s| !skip.iter().any(|k| s.name.contains(k.as_str())))
+                .collect();
+            steps::run_all(&mut ctx, &selected)
+        }
+        Command::Tools => {
+            let tools = tools::Tools::new(ci_flag())?;
+            tools.install_all()?;
+            println!("{}", tools.root().display());
+            Ok(())
+        }
+    }
+}
+
+fn ci_flag() -> bool {
+    steps::running_in_ci()
+}
+
+/// The ordered list of steps behind `cargo xtask test`. Later checks plug in here.
+fn test_steps() -> Vec<Step> {
+    vec![
+        Step::new("fmt", steps::cargo_fmt),
+        Step::new("clippy", steps::cargo_clippy),
+        Step::new("tests", steps::cargo_tests),
+    ]
+}
+
+fn repo_root() -> Result<PathBuf> {
+    // xtask lives at <root>/xtask, and cargo sets CARGO_MANIFEST_DIR at build time.
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .map(PathBuf::from)
+        .ok_or_else(|| anyhow::anyhow!("xtask manifest dir {} has no parent", manifest.display()))
+}

@@ -1,0 +1,163 @@
+//! The step runner behind `cargo xtask test`: runs named steps in order, keeps going after a
+//! failure so one run shows every problem, and prints a summary table with each step's time.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::servers::Servers;
+use crate::tools::Tools;
+
+pub fn running_in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Everything a step may need. Servers and tools are started or installed lazily, on first use,
+/// so `--only fmt` stays instant.
+#[derive(Debug)]
+pub struct Ctx {
+    pub root: PathBuf,
+    pub ci: bool,
+    pub tools: Tools,
+    pub servers: Servers,
+}
+
+impl Ctx {
+    pub fn new(root: PathBuf, ci: bool) -> Result<Self> {
+        Ok(Self { tools: Tools::new(ci)?, servers: Servers::default(), root, ci })
+    }
+
+    /// A `cargo` command run from the repository root.
+    pub fn cargo(&self) -> Command {
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.current_dir(&self.root);
+        cmd
+    }
+}
+
+pub type StepFn = fn(&mut Ctx) -> Result<()>;
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub name: &'static str,
+    pub run: StepFn,
+}
+
+impl Step {
+    pub fn new(name: &'static str, run: StepFn) -> Self {
+        Self { name, run }
+    }
+}
+
+struct Outcome {
+    name: &'static str,
+    took: Duration,
+    error: Option<String>,
+}
+
+pub fn run_all(ctx: &mut Ctx, steps: &[Step]) -> Result<()> {
+    if steps.is_empty() {
+        bail!("no step matched the selection");
+    }
+    let mut outcomes = Vec::new();
+    for step in steps {
+        eprintln!("\n==> xtask step: {}", step.name);
+        let started = Instant::now();
+        let result = (step.run)(ctx);
+        let took = started.elapsed();
+        if let Err(err) = &result {
+            eprintln!("==> step {} FAILED after {:.1}s: {err:#}", step.name, took.as_secs_f64());
+        }
+        outcomes.push(Outcome { name: step.name, took, error: result.err().map(|e| format!("{e:#}")) });
+    }
+    ctx.servers.stop_all();
+    print_summary(&outcomes);
+    let failed: Vec<_> = outcomes.iter().filter(|o| o.error.is_some()).map(|o| o.name).collect();
+    if failed.is_empty() { Ok(()) } else { bail!("{} step(s) failed: {}", failed.len(), failed.join(", ")) }
+}
+
+fn print_summary(outcomes: &[Outcome]) {
+    let width = outcomes.iter().map(|o| o.name.len()).max().unwrap_or(4).max(4);
+    eprintln!("\n{:<width$}  {:>8}  result", "step", "time");
+    eprintln!("{:-<width$}  {:->8}  ------", "", "");
+    let mut total = Duration::ZERO;
+    for o in outcomes {
+        total += o.took;
+        let result = match &o.error {
+            None => "ok".to_string(),
+            Some(e) => format!("FAILED: {}", e.lines().next().unwrap_or_default()),
+        };
+        eprintln!("{:<width$}  {:>7.1}s  {result}", o.name, o.took.as_secs_f64());
+    }
+    eprintln!("{:<width$}  {:>7.1}s", "total", total.as_secs_f64());
+    let passed = outcomes.iter().filter(|o| o.error.is_none()).count();
+    // The plain closing line CI reads: "N passed, N failed".
+    eprintln!("xtask: {} passed, {} failed", passed, outcomes.len() - passed);
+}
+
+/// Runs a command, streaming its output, and fails with the command line when it exits non-zero.
+pub fn run_cmd(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd.status().with_context(|| format!("cannot start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} exited with {status}");
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its stdout, failing with its stderr when it exits non-zero.
+pub fn capture(cmd: &mut Command) -> Result<String> {
+    let shown = format!("{cmd:?}");
+    let out = cmd.output().with_context(|| format!("cannot start {shown}"))?;
+    if !out.status.success() {
+        bail!("{shown} exited with {}:\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    String::from_utf8(out.stdout).with_context(|| format!("{shown} printed non-UTF-8 output"))
+}
+
+pub fn cargo_fmt(ctx: &mut Ctx) -> Result<()> {
+    run_cmd(ctx.cargo().args(["fmt", "--all", "--check"]))
+}
+
+pub fn cargo_clippy(ctx: &mut Ctx) -> Result<()> {
+    run_cmd(ctx.cargo().args(["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"]))
+}
+
+/// The Rust test suite, with the private servers and tools the tests need passed in the
+/// environment (see `cloud-test-support`).
+pub fn cargo_tests(ctx: &mut Ctx) -> Result<()> {
+    let env = test_environment(ctx)?;
+    let nextest = Command::new("cargo-nextest").arg("--version").output().is_ok_and(|o| o.status.success());
+    let mut cmd = ctx.cargo();
+    if nextest {
+        cmd.args(["nextest", "run", "--workspace", "--locked", "--no-fail-fast"]);
+    } else {
+        cmd.args(["test", "--workspace", "--locked", "--no-fail-fast"]);
+    }
+    cmd.envs(env);
+    run_cmd(&mut cmd)?;
+    // nextest does not run doctests.
+    if nextest {
+        run_cmd(ctx.cargo().args(["test", "--workspace", "--locked", "--doc"]))?;
+    }
+    Ok(())
+}
+
+/// Environment variables the Rust tests read to find private servers and installed tools.
+pub fn test_environment(ctx: &mut Ctx) -> Result<Vec<(String, String)>> {
+    let mut env = vec![("CLOUD_TEST_REQUIRE_ALL".to_string(), if ctx.ci { "1" } else { "0" }.to_string())];
+    env.push(("CLOUD_TEST_POSTGRES_URL".into(), ctx.servers.postgres()?.to_string()));
+    env.push(("CLOUD_TEST_REDIS_URL".into(), ctx.servers.redis()?.to_string()));
+    env.push(("CLOUD_TEST_POSTGRES_BIN".into(), crate::servers::postgres_bin_dir()?.display().to_string()));
+    env.push(("CLOUD_TEST_REDIS_SERVER".into(), crate::servers::redis_server_bin()?.display().to_string()));
+    for (name, path) in ctx.tools.test_tools()? {
+        env.push((name, path.display().to_string()));
+    }
+    Ok(env)
+}
+
+pub fn path_str(p: &Path) -> Result<&str> {
+    p.to_str().with_context(|| format!("path {} is not UTF-8", p.display()))
+}

