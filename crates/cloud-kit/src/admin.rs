@@ -21,12 +21,13 @@ use crate::metrics::Metrics;
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 type CheckFn = dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync;
+type NamedChecks = Vec<(String, Arc<CheckFn>)>;
 
 /// Readiness: named checks plus the draining flag that shutdown raises first.
 #[derive(Clone, Default)]
 pub struct Readiness {
     draining: Arc<AtomicBool>,
-    checks: Arc<RwLock<Vec<(String, Arc<CheckFn>)>>>,
+    checks: Arc<RwLock<NamedChecks>>,
 }
 
 impl std::fmt::Debug for Readiness {
@@ -69,7 +70,7 @@ impl Readiness {
     }
 
     pub async fn report(&self) -> ReadinessReport {
-        let checks: Vec<(String, Arc<CheckFn>)> = self.checks.read().map(|c| c.clone()).unwrap_or_default();
+        let checks: NamedChecks = self.checks.read().map(|c| c.clone()).unwrap_or_default();
         let results = futures::future::join_all(checks.into_iter().map(|(name, check)| async move {
             let outcome = match tokio::time::timeout(CHECK_TIMEOUT, check()).await {
                 Ok(Ok(())) => "ok".to_string(),
