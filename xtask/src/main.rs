@@ -1,6 +1,7 @@
 //! Repository automation. `cargo xtask test` is the one command that runs every check;
 //! CI (`.ci/run` and the GitHub workflows) calls the same steps, so CI is never a black box.
 
+mod ci;
 mod servers;
 mod steps;
 mod tools;
@@ -29,6 +30,15 @@ enum Command {
         /// Skip the steps whose name contains this text (repeatable). Refused under CI=true.
         #[arg(long = "skip")]
         skip: Vec<String>,
+    },
+    /// Run the steps the CI workflow runs (.github/workflows/ci.yml), in its order, with a summary.
+    Ci {
+        /// Run only this step (exact name, repeatable); ci.yml's jobs use this.
+        #[arg(long = "step")]
+        step: Vec<String>,
+        /// Run every step except this one (exact name, repeatable).
+        #[arg(long = "except")]
+        except: Vec<String>,
     },
     /// Install every tool the checks need into the tools cache and print where it lives.
     Tools,
@@ -61,6 +71,7 @@ fn run(cli: Cli) -> Result<()> {
                 .collect();
             steps::run_all(&mut ctx, &selected)
         }
+        Command::Ci { step, except } => ci::run(root, &step, &except),
         Command::Tools => {
             let tools = tools::Tools::new(ci_flag())?;
             tools.install_all()?;
@@ -80,6 +91,11 @@ fn test_steps() -> Vec<Step> {
         Step::new("fmt", steps::cargo_fmt),
         Step::new("clippy", steps::cargo_clippy),
         Step::new("tests", steps::cargo_tests),
+        Step::new("workflows", ci::workflows),
+        Step::new("dockerfiles", ci::dockerfiles),
+        Step::new("deny", ci::deny),
+        Step::new("openapi", ci::openapi),
+        Step::new("image-runtime", ci::image_runtime),
     ]
 }
 

