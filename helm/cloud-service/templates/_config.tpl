@@ -1,0 +1,19 @@
+{{/*
+The ConfigMap holding the service config file (config.yaml, mounted at /etc/cloud). Its keys
+are the service's Config struct (serde deny_unknown_fields): only real keys belong here.
+*/}}
+{{- define "cloud-service.configMap" -}}
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{ .name | default (include "cloud-service.names.fullname" .root) }}
+  labels:
+    {{- include "cloud-service.labels.standard" .root | nindent 4 }}
+  {{- with .annotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+data:
+  config.yaml: |
+    {{- toYaml .root.Values.config | nindent 4 }}
+{{- end -}}
