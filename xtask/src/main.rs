@@ -2,6 +2,7 @@
 //! CI (`.ci/run` and the GitHub workflows) calls the same steps, so CI is never a black box.
 
 mod ci;
+mod helm;
 mod servers;
 mod steps;
 mod tools;
@@ -91,6 +92,11 @@ fn test_steps() -> Vec<Step> {
         Step::new("fmt", steps::cargo_fmt),
         Step::new("clippy", steps::cargo_clippy),
         Step::new("tests", steps::cargo_tests),
+        Step::new("helm-lint", helm::lint),
+        Step::new("helm-schemas", helm::schemas),
+        Step::new("helm-policy", helm::policy),
+        Step::new("helm-trivy", helm::trivy),
+        Step::new("helm-contract", helm::contract),
         Step::new("workflows", ci::workflows),
         Step::new("dockerfiles", ci::dockerfiles),
         Step::new("deny", ci::deny),
