@@ -96,7 +96,9 @@ impl Tools {
     fn venv_bin(&self, name: &str, requirement: &str, bin: &str) -> Result<PathBuf> {
         std::fs::create_dir_all(self.root().join("venv"))?;
         let venv = self.python_venv(name, &[requirement])?;
-        existing(venv.join("bin").join(bin))
+        let path = existing(venv.join("bin").join(bin))?;
+        fix_moved_venv_shebang(&path, &venv)?;
+        Ok(path)
     }
 
     fn cargo_install(&self, name: &str, spec: &str, bin: &str) -> Result<PathBuf> {
@@ -116,6 +118,34 @@ impl Tools {
         })?;
         existing(dir.join("bin").join(bin))
     }
+}
+
+/// A venv is built in a temp dir and then renamed into the cache, so pip's console scripts
+/// point at an interpreter path that no longer exists: point them at the venv's python.
+fn fix_moved_venv_shebang(script: &Path, venv: &Path) -> Result<()> {
+    let bytes = std::fs::read(script)?;
+    let Some(rest) = bytes.strip_prefix(b"#!") else { return Ok(()) };
+    let end = rest.iter().position(|b| *b == b'\n').unwrap_or(rest.len());
+    let interpreter = String::from_utf8_lossy(&rest[..end]).trim().to_string();
+    if Path::new(&interpreter).exists() {
+        return Ok(());
+    }
+    let mut fixed = format!("#!{}", venv.join("bin/python3").display()).into_bytes();
+    fixed.extend_from_slice(&rest[end..]);
+    std::fs::write(script, fixed).with_context(|| format!("cannot fix the interpreter line of {}", script.display()))
+}
+
+/// Runs a checker with its output captured: on failure the findings are part of the error
+/// (so the step summary and the tests can see them), on success nothing is printed.
+pub fn run_check(cmd: &mut Command, what: &str) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let out = cmd.output().with_context(|| format!("cannot start {shown}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    bail!("{what} found problems ({shown} exited with {}):\n{}", out.status, text.trim_end())
 }
 
 fn existing(path: PathBuf) -> Result<PathBuf> {
@@ -142,7 +172,19 @@ pub fn workflows(ctx: &mut Ctx) -> Result<()> {
     if let Err(e) = run_actionlint(&actionlint, &shellcheck, &ctx.root, &files) {
         errors.push(format!("{e:#}"));
     }
-    if let Err(e) = run_zizmor(&zizmor, &ctx.root.join(".github/zizmor.yml"), &ctx.root, &files) {
+    // zizmor also audits the repository's composite actions.
+    let mut audited = files.clone();
+    for dir in list_dirs(&ctx.root.join(".github/actions"))? {
+        audited.extend(files_under(&dir, &["yml", "yaml"])?.into_iter().filter(|p| p.file_stem().is_some_and(|s| s == "action")));
+    }
+    if let Err(e) = run_zizmor(&zizmor, &ctx.root.join(".github/zizmor.yml"), &ctx.root, &audited) {
+        errors.push(format!("{e:#}"));
+    }
+    // The scripts the workflows run.
+    let scripts = files_under(&ctx.root.join(".github/scripts"), &["sh"]).unwrap_or_default();
+    if !scripts.is_empty()
+        && let Err(e) = run_check(Command::new(&shellcheck).args(&scripts).current_dir(&ctx.root), "shellcheck")
+    {
         errors.push(format!("{e:#}"));
     }
     let all: Vec<&str> = crate::test_steps().iter().map(|s| s.name).collect();
@@ -159,15 +201,15 @@ pub fn workflows(ctx: &mut Ctx) -> Result<()> {
 }
 
 pub fn run_actionlint(actionlint: &Path, shellcheck: &Path, cwd: &Path, files: &[PathBuf]) -> Result<()> {
-    run_cmd(
+    run_check(
         Command::new(actionlint)
             .args(["-no-color", "-shellcheck"])
             .arg(shellcheck)
             .arg("-pyflakes=")
             .args(files)
             .current_dir(cwd),
+        "actionlint",
     )
-    .context("actionlint found problems in the workflows (listed above)")
 }
 
 /// zizmor offline (no GitHub API here); findings it must not report are configured, each
@@ -178,7 +220,7 @@ pub fn run_zizmor(zizmor: &Path, config: &Path, cwd: &Path, files: &[PathBuf]) -
     if config.exists() {
         cmd.arg("--config").arg(config);
     }
-    run_cmd(cmd.args(files).current_dir(cwd)).context("zizmor found problems in the workflows (listed above)")
+    run_check(cmd.args(files).current_dir(cwd), "zizmor")
 }
 
 /// Steps of `all` that no `cargo xtask ci` invocation in the workflow selects.
@@ -235,6 +277,7 @@ pub fn dockerfiles(ctx: &mut Ctx) -> Result<()> {
     let files: Vec<PathBuf> = repo_files(&ctx.root)?
         .into_iter()
         .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(is_dockerfile_name))
+        .filter(|p| !p.starts_with(ctx.root.join("xtask/fixtures")))
         .collect();
     if files.is_empty() {
         bail!("no Dockerfile in the repository");
@@ -261,13 +304,13 @@ fn is_dockerfile_name(name: &str) -> bool {
 }
 
 pub fn run_hadolint(hadolint: &Path, cwd: &Path, files: &[PathBuf]) -> Result<()> {
-    run_cmd(
+    run_check(
         Command::new(hadolint)
             .args(["--no-color", "--failure-threshold", "info"])
             .args(files)
             .current_dir(cwd),
+        "hadolint",
     )
-    .context("hadolint found problems in the Dockerfiles (listed above)")
 }
 
 /// The last stage of a Dockerfile: what the image that runs actually contains.
@@ -282,6 +325,8 @@ pub struct FinalStage {
     pub env: Vec<(String, String)>,
     pub labels: BTreeSet<String>,
     pub runs: usize,
+    /// Instructions the contract rejects outright (e.g. a shell-form ENTRYPOINT).
+    pub problems: Vec<String>,
 }
 
 /// Parses the instructions of the last stage (enough of the Dockerfile grammar for the
@@ -323,8 +368,14 @@ pub fn parse_final_stage(text: &str) -> Result<FinalStage> {
         };
         match keyword.as_str() {
             "USER" => stage.user = Some(rest.to_string()),
-            "ENTRYPOINT" => stage.entrypoint = exec_form(rest).context("ENTRYPOINT")?,
-            "CMD" => stage.cmd = exec_form(rest).context("CMD")?,
+            "ENTRYPOINT" => match exec_form(rest) {
+                Ok(argv) => stage.entrypoint = argv,
+                Err(e) => stage.problems.push(format!("ENTRYPOINT {e:#}")),
+            },
+            "CMD" => match exec_form(rest) {
+                Ok(argv) => stage.cmd = argv,
+                Err(e) => stage.problems.push(format!("CMD {e:#}")),
+            },
             "RUN" => stage.runs += 1,
             "ENV" => stage.env.extend(key_values(rest)),
             "LABEL" => stage.labels.extend(key_values(rest).into_iter().map(|(k, _)| k)),
@@ -394,7 +445,7 @@ const REQUIRED_LABELS: &[&str] = &[
 /// The runtime stage: a shell-less base, a numeric non-root USER, an exec-form ENTRYPOINT,
 /// no RUN (there is no shell to run it), and the OCI labels.
 pub fn check_image_contract(stage: &FinalStage) -> Result<()> {
-    let mut errors = Vec::new();
+    let mut errors = stage.problems.clone();
     if !SHELL_LESS_BASES.iter().any(|b| stage.base.starts_with(b)) {
         errors.push(format!("the runtime base `{}` is not one of {SHELL_LESS_BASES:?} (no shell)", stage.base));
     }
@@ -446,7 +497,7 @@ pub fn deny(ctx: &mut Ctx) -> Result<()> {
 }
 
 pub fn run_deny(bin: &Path, manifest: &Path, config: &Path, checks: &[&str]) -> Result<()> {
-    run_cmd(
+    run_check(
         Command::new(bin)
             .arg("deny")
             .args(["--color", "never", "--locked", "--all-features", "--manifest-path"])
@@ -454,8 +505,8 @@ pub fn run_deny(bin: &Path, manifest: &Path, config: &Path, checks: &[&str]) -> 
             .args(["check", "--config"])
             .arg(config)
             .args(checks),
+        "cargo deny",
     )
-    .context("cargo deny found problems (listed above)")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -510,14 +561,14 @@ pub fn openapi_specs(root: &Path) -> Result<Vec<PathBuf>> {
 }
 
 pub fn run_spectral(spectral: &Path, ruleset: &Path, cwd: &Path, specs: &[PathBuf]) -> Result<()> {
-    run_cmd(
+    run_check(
         Command::new(spectral)
             .args(["lint", "--fail-severity", "warn", "--ruleset"])
             .arg(ruleset)
             .args(specs)
             .current_dir(cwd),
+        "Spectral",
     )
-    .context("Spectral found problems in the OpenAPI documents (listed above)")
 }
 
 fn drift_test(ctx: &Ctx, spec: &Path) -> Result<()> {
@@ -894,6 +945,21 @@ fn files_under(dir: &Path, exts: &[&str]) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+fn list_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let mut dirs = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            dirs.push(path);
+        }
+    }
+    dirs.sort();
+    Ok(dirs)
+}
+
 fn read_yaml(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     serde_yaml::from_str(&text).with_context(|| format!("{} is not valid YAML", path.display()))
@@ -934,4 +1000,205 @@ pub fn run(root: PathBuf, only: &[String], except: &[String]) -> Result<()> {
     }
     let mut ctx = Ctx::new(root, crate::steps::running_in_ci())?;
     crate::steps::run_all(&mut ctx, &selected)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Every check fails on its broken example in xtask/fixtures/ci (and passes a good one where a
+    //! control is needed), so a check that silently stopped checking fails here.
+
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn root() -> PathBuf {
+        crate::repo_root().unwrap()
+    }
+
+    fn fixture(name: &str) -> PathBuf {
+        root().join("xtask/fixtures/ci").join(name)
+    }
+
+    fn tools() -> Tools {
+        Tools::new(crate::steps::running_in_ci()).unwrap()
+    }
+
+    fn err(result: Result<()>) -> String {
+        format!("{:#}", result.expect_err("the check passed on a broken example"))
+    }
+
+    #[test]
+    fn actionlint_fails_on_the_broken_workflow() {
+        let t = tools();
+        let (actionlint, shellcheck) = (t.actionlint().unwrap(), t.shellcheck().unwrap());
+        let broken = fixture("workflows/actionlint-broken.yml");
+        let message = err(run_actionlint(&actionlint, &shellcheck, &root(), &[broken]));
+        assert!(message.contains(r#"property "nothing" is not defined"#) && message.contains("SC2086"), "{message}");
+        // The zizmor fixture is valid to actionlint: the two tools catch different things.
+        run_actionlint(&actionlint, &shellcheck, &root(), &[fixture("workflows/zizmor-broken.yml")]).unwrap();
+    }
+
+    #[test]
+    fn zizmor_fails_on_the_insecure_workflow_and_passes_ours() {
+        let zizmor = tools().zizmor().unwrap();
+        let config = root().join(".github/zizmor.yml");
+        let broken = fixture("workflows/zizmor-broken.yml");
+        let message = err(run_zizmor(&zizmor, &config, &root(), &[broken]));
+        for audit in ["dangerous-triggers", "unpinned-uses", "artipacked", "excessive-permissions"] {
+            assert!(message.contains(audit), "{audit} not in {message}");
+        }
+        run_zizmor(&zizmor, &config, &root(), &[root().join(".github/workflows/ci.yml")]).unwrap();
+    }
+
+    #[test]
+    fn hadolint_fails_on_the_broken_dockerfile_and_passes_ours() {
+        let hadolint = tools().hadolint().unwrap();
+        let message = err(run_hadolint(&hadolint, &root(), &[fixture("Dockerfile.hadolint-broken")]));
+        assert!(message.contains("DL3007") && message.contains("DL3008"), "{message}");
+        run_hadolint(&hadolint, &root(), &[root().join("Dockerfile")]).unwrap();
+    }
+
+    #[test]
+    fn image_contract_rejects_root_shell_form_and_missing_labels() {
+        let stage = parse_final_stage(&std::fs::read_to_string(fixture("Dockerfile.root")).unwrap()).unwrap();
+        let message = err(check_image_contract(&stage));
+        for expected in ["is not one of", "USER root is not numeric", "is shell form", "OCI labels missing"] {
+            assert!(message.contains(expected), "{expected:?} not in {message}");
+        }
+        let uid0 = "FROM gcr.io/distroless/static-debian12\nUSER 0\nENTRYPOINT [\"/x\"]\n";
+        assert!(err(check_image_contract(&parse_final_stage(uid0).unwrap())).contains("USER 0 is root"));
+    }
+
+    #[test]
+    fn our_dockerfile_keeps_the_image_contract() {
+        let stage = parse_final_stage(&std::fs::read_to_string(root().join("Dockerfile")).unwrap()).unwrap();
+        check_image_contract(&stage).unwrap();
+        assert_eq!(stage.user.as_deref(), Some("65532:65532"));
+        assert_eq!(stage.entrypoint, vec!["/usr/local/bin/service".to_string()]);
+        assert_eq!(
+            stage.copies,
+            vec![(Some("builder".to_string()), BUILT_BINARY.to_string(), "/usr/local/bin/service".to_string())]
+        );
+        assert!(stage.env.contains(&("IDENTITY_SERVER__HOST".to_string(), "0.0.0.0".to_string())));
+    }
+
+    #[test]
+    fn shell_form_entrypoint_is_an_error() {
+        let text = "FROM scratch\nUSER 1\nENTRYPOINT /bin/service --flag\n";
+        assert!(err(check_image_contract(&parse_final_stage(text).unwrap())).contains("is shell form"));
+    }
+
+    #[test]
+    fn key_values_handle_quotes_and_continuations() {
+        let text = "FROM scratch\nLABEL a=\"x y\" \\\n  b=z\nENV C=1 D=\"two words\"\n";
+        let stage = parse_final_stage(text).unwrap();
+        assert_eq!(stage.labels, BTreeSet::from(["a".to_string(), "b".to_string()]));
+        assert_eq!(stage.env, vec![("C".into(), "1".into()), ("D".into(), "two words".into())]);
+    }
+
+    #[test]
+    fn cargo_deny_rejects_a_gpl_crate() {
+        let bin = tools().cargo_deny().unwrap();
+        let config = root().join("deny.toml");
+        let broken = fixture("deny-gpl/Cargo.toml");
+        let message = err(run_deny(&bin, &broken, &config, &["licenses"]));
+        assert!(message.contains("GPL-3.0-only") && message.contains("rejected"), "{message}");
+    }
+
+    #[test]
+    fn spectral_fails_on_the_broken_spec_and_passes_the_good_one() {
+        let spectral = tools().spectral().unwrap();
+        let ruleset = root().join(".spectral.yaml");
+        let message = err(run_spectral(&spectral, &ruleset, &root(), &[fixture("openapi/broken.yaml")]));
+        assert!(message.contains("oas3-schema") && message.contains("operation-operationId"), "{message}");
+        run_spectral(&spectral, &ruleset, &root(), &[fixture("openapi/good.yaml")]).unwrap();
+    }
+
+    #[test]
+    fn openapi_discovery_finds_documents_by_content_and_skips_fixtures() {
+        let dir = tempfile::tempdir().unwrap();
+        let git = |args: &[&str]| run_cmd(Command::new("git").args(args).current_dir(dir.path())).unwrap();
+        git(&["init", "-q"]);
+        std::fs::create_dir_all(dir.path().join("xtask/fixtures")).unwrap();
+        std::fs::create_dir_all(dir.path().join("docs")).unwrap();
+        std::fs::write(dir.path().join("docs/api.yaml"), "openapi: 3.1.0\ninfo: {title: t, version: '1'}\n").unwrap();
+        std::fs::write(dir.path().join("api.json"), "{\"openapi\": \"3.0.3\", \"info\": {}}").unwrap();
+        std::fs::write(dir.path().join("values.yaml"), "image: x\n").unwrap();
+        std::fs::write(dir.path().join("xtask/fixtures/bad.yaml"), "openapi: 3.1.0\n").unwrap();
+        let found = openapi_specs(dir.path()).unwrap();
+        let mut names: Vec<String> =
+            found.iter().map(|p| p.strip_prefix(dir.path()).unwrap().display().to_string()).collect();
+        names.sort();
+        assert_eq!(names, vec!["api.json".to_string(), "docs/api.yaml".to_string()]);
+    }
+
+    #[test]
+    fn ci_yml_must_run_every_step() {
+        let all = ["fmt", "clippy", "tests", "helm", "image-runtime"];
+        let workflow: Value = serde_yaml::from_str(
+            "jobs:\n  a:\n    steps:\n      - run: cargo xtask ci --step fmt\n  b:\n    steps:\n      - run: cargo xtask ci --step clippy\n",
+        )
+        .unwrap();
+        assert_eq!(uncovered_steps(&workflow, &all).unwrap(), vec!["tests".to_string(), "helm".to_string()]);
+        let catch_all: Value = serde_yaml::from_str(
+            "jobs:\n  a:\n    steps:\n      - run: cargo xtask ci --step fmt\n      - run: cargo xtask ci --except fmt --except image-runtime\n",
+        )
+        .unwrap();
+        assert!(uncovered_steps(&catch_all, &all).unwrap().is_empty());
+        let typo: Value = serde_yaml::from_str("jobs:\n  a:\n    steps:\n      - run: cargo xtask ci --step fmtt\n").unwrap();
+        assert!(format!("{:#}", uncovered_steps(&typo, &all).unwrap_err()).contains("`fmtt`"));
+        let none: Value = serde_yaml::from_str("jobs:\n  a:\n    steps:\n      - run: cargo test\n").unwrap();
+        assert!(uncovered_steps(&none, &all).is_err());
+    }
+
+    #[test]
+    fn our_ci_yml_runs_every_xtask_step() {
+        let all: Vec<&str> = crate::test_steps().iter().map(|s| s.name).collect();
+        let ci = read_yaml(&root().join(".github/workflows/ci.yml")).unwrap();
+        assert_eq!(uncovered_steps(&ci, &all).unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_dynamic_binary_is_not_an_image_binary() {
+        let message = err(check_static_and_audited(Path::new("/bin/sh")));
+        assert!(message.contains("dynamically linked"), "{message}");
+        assert!(elf_info(b"#!/bin/sh\n").is_err());
+    }
+
+    fn plan(files: &[&str]) -> BTreeMap<String, String> {
+        let out = capture(Command::new("python3").arg(".github/scripts/plan.py").arg("--files").args(files).current_dir(root()))
+            .unwrap();
+        out.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn plan_fans_out_only_to_changed_services() {
+        let shared = plan(&["crates/cloud-kit/src/lib.rs"]);
+        assert_eq!(shared["services"], r#"["cloud-identity-access","cloud-api-gateway-bff"]"#);
+        assert_eq!(shared["rust"], "true");
+        let gateway = plan(&["crates/cloud-api-gateway-bff/src/lib.rs"]);
+        assert_eq!(gateway["services"], r#"["cloud-api-gateway-bff"]"#);
+        assert_eq!(gateway["openapi"], "true");
+        let chart = plan(&["helm/platform-base/values.yaml"]);
+        assert_eq!((chart["services"].as_str(), chart["charts"].as_str(), chart["rust"].as_str()), ("[]", "true", "false"));
+        let docs = plan(&["docs/ci-cd.md"]);
+        assert_eq!((docs["code"].as_str(), docs["docs"].as_str(), docs["services"].as_str()), ("false", "true", "[]"));
+        let lock = plan(&["Cargo.lock"]);
+        assert_eq!(lock["services"], r#"["cloud-identity-access","cloud-api-gateway-bff"]"#);
+    }
+
+    #[test]
+    fn bump_chart_sets_app_version_and_bumps_the_chart_patch() {
+        let dir = tempfile::tempdir().unwrap();
+        let chart = dir.path().join("helm/svc/Chart.yaml");
+        std::fs::create_dir_all(chart.parent().unwrap()).unwrap();
+        std::fs::write(&chart, "apiVersion: v2\nname: svc\nversion: 0.3.9\nappVersion: \"0.1.0\"\ndependencies:\n  - name: lib\n    version: 0.1.0\n").unwrap();
+        let script = root().join(".github/scripts/bump_chart.py");
+        run_cmd(Command::new("python3").arg(&script).args(["svc", "1.4.0"]).current_dir(dir.path())).unwrap();
+        let text = std::fs::read_to_string(&chart).unwrap();
+        assert!(text.contains("version: 0.3.10\n") && text.contains("appVersion: \"1.4.0\"\n"), "{text}");
+        assert!(text.contains("    version: 0.1.0\n"), "dependency versions stay: {text}");
+        let bad = Command::new("python3").arg(&script).args(["svc", "not-semver"]).current_dir(dir.path()).output().unwrap();
+        assert!(!bad.status.success());
+    }
 }
