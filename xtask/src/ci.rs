@@ -728,7 +728,8 @@ pub fn elf_info(elf: &[u8]) -> Result<ElfInfo> {
     Ok(ElfInfo { interpreter, sections })
 }
 
-/// What the distroless/static `nonroot` base provides that a service may read.
+/// The parts of the distroless/static `nonroot` base a service may touch: users and groups,
+/// the CA bundle, /tmp and the nonroot home (tzdata and os-release are left out).
 fn base_image_files(rootfs: &Path) -> Result<()> {
     let etc = rootfs.join("etc");
     std::fs::create_dir_all(etc.join("ssl/certs"))?;
@@ -738,6 +739,10 @@ fn base_image_files(rootfs: &Path) -> Result<()> {
     if bundle.exists() {
         std::fs::copy(bundle, etc.join("ssl/certs/ca-certificates.crt"))?;
     }
+    // distroless ships an empty /tmp and the nonroot home; under readOnlyRootFilesystem both
+    // are read-only like everything else.
+    std::fs::create_dir_all(rootfs.join("tmp"))?;
+    std::fs::create_dir_all(rootfs.join("home/nonroot"))?;
     // Mount points the container runtime fills: /proc, and /dev/null.
     std::fs::create_dir_all(rootfs.join("proc"))?;
     std::fs::create_dir_all(rootfs.join("dev"))?;
@@ -1163,6 +1168,58 @@ mod tests {
         let message = err(check_static_and_audited(Path::new("/bin/sh")));
         assert!(message.contains("dynamically linked"), "{message}");
         assert!(elf_info(b"#!/bin/sh\n").is_err());
+    }
+
+    /// The sandbox itself: a probe built like the images (static musl) and run where the
+    /// service runs must see uid/gid 65532, a read-only root holding only the image's files, no
+    /// HOME and no shell. Needs root (mount namespace); skipped elsewhere unless CI=true.
+    #[test]
+    fn the_image_sandbox_is_read_only_non_root_and_minimal() {
+        if !is_root().unwrap() {
+            assert!(!crate::steps::running_in_ci(), "CI=true needs root for the image sandbox");
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let installed = capture(Command::new("rustup").args(["target", "list", "--installed"])).unwrap();
+        if !installed.lines().any(|l| l.trim() == IMAGE_TARGET) {
+            run_cmd(Command::new("rustup").args(["target", "add", IMAGE_TARGET])).unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let probe = dir.path().join("probe");
+        run_cmd(
+            Command::new("rustc")
+                .args(["--edition", "2021", "--target", IMAGE_TARGET, "-C", "opt-level=0", "-o"])
+                .arg(&probe)
+                .arg(fixture("sandbox-probe.rs")),
+        )
+        .unwrap();
+        let info = elf_info(&std::fs::read(&probe).unwrap()).unwrap();
+        assert!(!info.interpreter, "the musl probe must be static");
+        let stage = parse_final_stage(&std::fs::read_to_string(root().join("Dockerfile")).unwrap()).unwrap();
+        let files = vec![(probe.clone(), stage.copies[0].2.clone())];
+        let mut sandbox = start_sandboxed(&stage, &files, &[]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = sandbox.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "the probe did not finish");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let log = std::fs::read_to_string(&sandbox.log).unwrap();
+        assert!(status.success(), "{log}");
+        for expected in [
+            "Uid:\t65532\t65532\t65532\t65532",
+            "Gid:\t65532\t65532\t65532\t65532",
+            "write /probe-write: Read-only file system",
+            "write /usr/local/bin/probe-write: Read-only file system",
+            "write /tmp/probe-write: Read-only file system",
+            "root: dev etc home proc tmp usr",
+            "HOME: <unset>",
+            "shell: false",
+        ] {
+            assert!(log.contains(expected), "{expected:?} not in:\n{log}");
+        }
     }
 
     fn plan(files: &[&str]) -> BTreeMap<String, String> {

@@ -131,15 +131,21 @@ pub fn cargo_tests(ctx: &mut Ctx) -> Result<()> {
     let env = test_environment(ctx)?;
     let nextest = Command::new("cargo-nextest").arg("--version").output().is_ok_and(|o| o.status.success());
     let mut cmd = ctx.cargo();
+    // CI splits the suite across jobs: CLOUD_TEST_PARTITION=hash:1/2 (nextest's --partition).
+    let partition = std::env::var("CLOUD_TEST_PARTITION").ok().filter(|p| !p.is_empty());
     if nextest {
         cmd.args(["nextest", "run", "--workspace", "--locked", "--no-fail-fast"]);
+        if let Some(partition) = &partition {
+            cmd.args(["--partition", partition]);
+        }
     } else {
         cmd.args(["test", "--workspace", "--locked", "--no-fail-fast"]);
     }
     cmd.envs(env);
     run_cmd(&mut cmd)?;
-    // nextest does not run doctests.
-    if nextest {
+    // nextest does not run doctests; with partitions, the first one runs them.
+    let first_partition = partition.as_deref().is_none_or(|p| p.contains(":1/"));
+    if nextest && first_partition {
         run_cmd(ctx.cargo().args(["test", "--workspace", "--locked", "--doc"]))?;
     }
     Ok(())
