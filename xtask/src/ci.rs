@@ -111,7 +111,12 @@ impl Tools {
                     .args(["install", "--locked", "--quiet", "--root"])
                     .arg(tmp)
                     .arg(spec)
-                    .env("CARGO_TARGET_DIR", &build),
+                    .env("CARGO_TARGET_DIR", &build)
+                    // The tools' own release profiles ask for fat LTO and one codegen unit,
+                    // which takes tens of minutes on a 2-core machine; speed of the tool itself
+                    // does not matter here.
+                    .env("CARGO_PROFILE_RELEASE_LTO", "off")
+                    .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16"),
             )?;
             std::fs::remove_dir_all(&build).ok();
             Ok(())
@@ -172,10 +177,14 @@ pub fn workflows(ctx: &mut Ctx) -> Result<()> {
     if let Err(e) = run_actionlint(&actionlint, &shellcheck, &ctx.root, &files) {
         errors.push(format!("{e:#}"));
     }
-    // zizmor also audits the repository's composite actions.
+    // zizmor also audits the repository's composite actions and the Dependabot config.
     let mut audited = files.clone();
     for dir in list_dirs(&ctx.root.join(".github/actions"))? {
         audited.extend(files_under(&dir, &["yml", "yaml"])?.into_iter().filter(|p| p.file_stem().is_some_and(|s| s == "action")));
+    }
+    let dependabot = ctx.root.join(".github/dependabot.yml");
+    if dependabot.exists() {
+        audited.push(dependabot);
     }
     if let Err(e) = run_zizmor(&zizmor, &ctx.root.join(".github/zizmor.yml"), &ctx.root, &audited) {
         errors.push(format!("{e:#}"));
@@ -622,19 +631,43 @@ pub fn image_runtime(ctx: &mut Ctx) -> Result<()> {
         return Ok(());
     }
     let binaries = build_image_binaries(ctx)?;
-    let database = ctx.servers.postgres()?.to_string();
     for (service, binary) in SERVICES.iter().zip(&binaries) {
         check_static_and_audited(binary).with_context(|| binary.display().to_string())?;
         let size = std::fs::metadata(binary)?.len();
         eprintln!("xtask: {} ({:.1} MiB)", binary.display(), size as f64 / 1_048_576.0);
-        let mut env = vec![];
-        if service.package == "cloud-identity-access" {
-            env.push(("IDENTITY_DATABASE__URL".to_string(), database.clone()));
-        }
+        let env = secret_env(ctx, service)?;
         run_like_the_image(&stage, service, binary, &env)
             .with_context(|| format!("{} does not run the way its image runs it", service.package))?;
     }
     Ok(())
+}
+
+/// What the chart hands each service from its secrets (helm/<service>/values.yaml
+/// `secrets.items`): a read-only container must get them, it cannot generate and store them.
+fn secret_env(ctx: &mut Ctx, service: &Service) -> Result<Vec<(String, String)>> {
+    Ok(match service.package {
+        "cloud-identity-access" => {
+            let server = ctx.servers.postgres()?.to_string();
+            let database = format!("image_runtime_{}", std::process::id());
+            let port = server.rsplit(':').next().and_then(|p| p.split('/').next()).context("PostgreSQL URL has no port")?;
+            let createdb = crate::servers::postgres_bin_dir()?.join("createdb");
+            run_cmd(Command::new(createdb).args(["-h", "127.0.0.1", "-p", port, "-U", "postgres", &database]))?;
+            let url = format!("postgres://postgres@127.0.0.1:{port}/{database}");
+            vec![
+                ("IDENTITY_DATABASE__URL".into(), url),
+                ("IDENTITY_BOOTSTRAP__ADMIN_CLIENT_SECRET".into(), random_hex(24)?),
+                ("IDENTITY_KEYS__ENCRYPTION_KEY".into(), random_hex(32)?),
+            ]
+        }
+        "cloud-api-gateway-bff" => vec![("GATEWAY_REDIS__URL".into(), ctx.servers.redis()?.to_string())],
+        _ => Vec::new(),
+    })
+}
+
+fn random_hex(bytes: usize) -> Result<String> {
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn is_root() -> Result<bool> {
