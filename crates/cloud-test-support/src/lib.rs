@@ -5,7 +5,7 @@
 //! [`require`]: under `CI=true` (`CLOUD_TEST_REQUIRE_ALL=1`) a missing server or tool fails the
 //! test; in a bare `cargo test` on a laptop it is skipped with a loud message instead.
 // Panics here are failed test assertions, which is what a test helper should do.
-#![allow(clippy::print_stderr, clippy::panic)]
+#![allow(clippy::print_stderr, clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -75,3 +75,6 @@ pub async fn wait_until_ok(url: &str, timeout: Duration) {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+pub mod process;
+pub mod service_checks;
