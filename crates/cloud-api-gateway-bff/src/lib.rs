@@ -1,14 +1,35 @@
 //! `cloud-api-gateway-bff`: the authenticating, tenant-aware gateway and backend-for-frontend.
 //!
 //! A library with [`build`] and [`Application::run_until_stopped`], so that the binary, `cloudctl
-//! up` and the tests all start exactly the same service.
+//! up` and the tests all start exactly the same service. See `docs/gateway.md` for the config.
 
+pub mod auth;
+pub mod bff;
+pub mod breaker;
 pub mod config;
+pub mod demo;
+pub mod proxy;
+pub mod ratelimit;
+pub mod routes;
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use axum::Router;
-use cloud_kit::{Metrics, Readiness, Server, ServerError, Shutdown};
+use axum::routing::{any, get};
+use cloud_kit::{Metrics, Readiness, Server, ServerError, Shutdown, SystemClock};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
 pub use config::Config;
+pub use routes::{RouteTable, TableError, VariantResolver};
+
+use crate::auth::Validator;
+use crate::bff::{Aggregation, FrontendFlags};
+use crate::config::SessionConfig;
+use crate::ratelimit::{LimiterMetrics, RateLimiter, RedisUrlError};
 
 pub const SERVICE_NAME: &str = "cloud-api-gateway-bff";
 
@@ -16,21 +37,178 @@ pub const SERVICE_NAME: &str = "cloud-api-gateway-bff";
 pub enum BuildError {
     #[error(transparent)]
     Server(#[from] ServerError),
+    #[error(transparent)]
+    Routes(#[from] TableError),
+    #[error("invalid configuration: {0}")]
+    Redis(#[from] RedisUrlError),
+    #[error("invalid configuration:\n{}", .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
+    Config(Vec<String>),
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    route: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    result: String,
+}
+
+/// The gateway's own metrics, next to cloud-kit's RED metrics.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct GatewayMetrics {
+    upstream_requests: Family<UpstreamLabels, Counter>,
+    pub(crate) auth_failures: Counter,
+    reloads: Family<ReloadLabels, Counter>,
+}
+
+impl GatewayMetrics {
+    fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "gateway_upstream_requests",
+            "Proxied requests by route name and outcome (upstream status, or unreachable/timeout/circuit_open/...)",
+            self.upstream_requests.clone(),
+        );
+        registry.register("gateway_auth_failures", "Requests refused because their token was invalid", self.auth_failures.clone());
+        registry.register("gateway_route_reloads", "Route table reloads by result", self.reloads.clone());
+    }
+
+    pub(crate) fn upstream(&self, route: &str, outcome: &str) {
+        self.upstream_requests.get_or_create(&UpstreamLabels { route: route.to_string(), outcome: outcome.to_string() }).inc();
+    }
+}
+
+/// Shared by every request handler.
+#[derive(Debug)]
+pub(crate) struct AppState {
+    pub(crate) table: ArcSwap<RouteTable>,
+    pub(crate) validator: Validator,
+    pub(crate) limiter: RateLimiter,
+    pub(crate) metrics: GatewayMetrics,
+    pub(crate) variants: Option<Arc<dyn VariantResolver>>,
+    pub(crate) flags: Option<Arc<dyn FrontendFlags>>,
+    pub(crate) session: SessionConfig,
+}
+
+/// Optional integrations that are not configuration: the feature-flag hooks.
+#[derive(Debug, Clone, Default)]
+pub struct Hooks {
+    /// Picks canary variants for routes with a `canary` block.
+    pub variants: Option<Arc<dyn VariantResolver>>,
+    /// Evaluates front-end flags for `GET /bff/v1/session`.
+    pub flags: Option<Arc<dyn FrontendFlags>>,
+}
+
+/// Re-reads the config file (and its `routes_file`) and swaps in the new route table. An invalid
+/// new table keeps the old one and says why.
+#[derive(Debug, Clone)]
+pub struct ReloadHandle {
+    state: Arc<AppState>,
+    source_file: Option<PathBuf>,
+}
+
+impl ReloadHandle {
+    pub fn reload(&self) -> Result<usize, String> {
+        let result = Config::load(self.source_file.as_deref()).map_err(|e| e.to_string()).and_then(|config| RouteTable::compile(&config).map_err(|e| e.to_string()));
+        match result {
+            Ok(table) => {
+                let routes = table.len();
+                self.state.table.store(Arc::new(table));
+                self.state.metrics.reloads.get_or_create(&ReloadLabels { result: "ok".into() }).inc();
+                tracing::info!(routes, "route table reloaded");
+                Ok(routes)
+            }
+            Err(reason) => {
+                self.state.metrics.reloads.get_or_create(&ReloadLabels { result: "rejected".into() }).inc();
+                tracing::warn!(reason = %reason, "the new route table is invalid; keeping the current one");
+                Err(reason)
+            }
+        }
+    }
 }
 
 /// The service with its listeners bound, ready to run.
 #[derive(Debug)]
 pub struct Application {
     server: Server,
+    state: Arc<AppState>,
+    reload: ReloadHandle,
+    listen_for_signals: bool,
 }
 
 /// Builds the service from its configuration and binds its listeners.
 pub async fn build(config: Config) -> Result<Application, BuildError> {
+    build_with(config, Hooks::default()).await
+}
+
+/// [`build`] with feature-flag hooks.
+pub async fn build_with(config: Config, hooks: Hooks) -> Result<Application, BuildError> {
+    let table = RouteTable::compile(&config)?;
+    let mut errors = Vec::new();
+    if config.identity.clock_skew > std::time::Duration::from_secs(300) {
+        errors.push(format!("identity.clock_skew: {:?} is more than 5 minutes", config.identity.clock_skew));
+    }
+    if config.identity.audience.trim().is_empty() {
+        errors.push("identity.audience: may not be empty".to_string());
+    }
+    let mut aggregations = Vec::new();
+    for (name, aggregation) in &config.bff.aggregations {
+        errors.extend(bff::validate(name, aggregation));
+        aggregations.push(Arc::new(Aggregation { name: name.clone(), config: aggregation.clone() }));
+    }
+    if !errors.is_empty() {
+        return Err(BuildError::Config(errors));
+    }
     let metrics = Metrics::new();
+    let gateway_metrics = GatewayMetrics::default();
+    let limiter_metrics = LimiterMetrics::default();
+    metrics.register(|registry| {
+        gateway_metrics.register(registry);
+        limiter_metrics.register(registry);
+    });
+    let limiter = RateLimiter::new(&config.redis, limiter_metrics)?;
+    let validator = Validator::new(config.identity.clone(), Arc::new(SystemClock));
+    let state = Arc::new(AppState {
+        table: ArcSwap::from_pointee(table),
+        validator: validator.clone(),
+        limiter: limiter.clone(),
+        metrics: gateway_metrics,
+        variants: hooks.variants,
+        flags: hooks.flags,
+        session: config.bff.session.clone(),
+    });
     let readiness = Readiness::new();
-    let router = cloud_kit::http_layers::default_fallbacks(Router::new().merge(cloud_kit::version_route(cloud_kit::build_info!())));
+    readiness.add_check("jwks", move || {
+        let loaded = validator.is_loaded();
+        async move { if loaded { Ok(()) } else { Err("the identity key set is not loaded yet".to_string()) } }
+    });
+    if limiter.uses_redis() {
+        readiness.add_check("redis", move || {
+            let limiter = limiter.clone();
+            async move { limiter.ping().await }
+        });
+    }
+    let mut router: Router<Arc<AppState>> = Router::new();
+    if config.bff.session.enabled {
+        router = router.route("/bff/v1/session", get(bff::session));
+    }
+    for aggregation in aggregations {
+        let path = aggregation.config.path.clone();
+        router = router.route(
+            &path,
+            get(move |axum::extract::State(state): axum::extract::State<Arc<AppState>>, request: axum::extract::Request| {
+                let aggregation = aggregation.clone();
+                async move { bff::aggregate(state, aggregation, request).await }
+            }),
+        );
+    }
+    let router = router.route("/", any(proxy::handle)).route("/{*path}", any(proxy::handle)).with_state(state.clone());
+    let router = cloud_kit::http_layers::default_fallbacks(Router::new().merge(cloud_kit::version_route(cloud_kit::build_info!())).merge(router));
     let server = Server::bind(SERVICE_NAME, &config.server, router, readiness, metrics).await?;
-    Ok(Application { server })
+    let reload = ReloadHandle { state: state.clone(), source_file: config.source_file.clone() };
+    Ok(Application { server, state, reload, listen_for_signals: true })
 }
 
 impl Application {
@@ -47,20 +225,64 @@ impl Application {
         self.server.shutdown_handle()
     }
 
+    /// Reloads the route table, as SIGHUP does.
+    pub fn reload_handle(&self) -> ReloadHandle {
+        self.reload.clone()
+    }
+
     /// Use one shutdown trigger for several services (e.g. `cloudctl up`).
     pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
         self.server = self.server.with_shutdown(shutdown);
         self
     }
 
-    /// Stop only through [`Self::shutdown_handle`], not on process signals.
+    /// Stop only through [`Self::shutdown_handle`], not on process signals (SIGHUP is ignored too).
     pub fn without_signals(mut self) -> Self {
         self.server = self.server.without_signals();
+        self.listen_for_signals = false;
         self
     }
 
     pub async fn run_until_stopped(self) -> Result<(), ServerError> {
-        tracing::info!(service = SERVICE_NAME, port = self.port(), admin_port = self.admin_port(), "listening");
-        self.server.run_until_stopped().await
+        tracing::info!(service = SERVICE_NAME, port = self.port(), admin_port = self.admin_port(), routes = ?self.state.table.load().names(), "listening");
+        let shutdown = self.server.shutdown_handle();
+        let refresher = tokio::spawn(self.state.validator.clone().run_refresher({
+            let shutdown = shutdown.clone();
+            async move { shutdown.triggered().await }
+        }));
+        let hangups = self.listen_for_signals.then(|| tokio::spawn(reload_on_sighup(self.reload.clone(), shutdown.clone())));
+        let result = self.server.run_until_stopped().await;
+        refresher.abort();
+        if let Some(h) = hangups {
+            h.abort();
+        }
+        result
+    }
+}
+
+async fn reload_on_sighup(reload: ReloadHandle, shutdown: Shutdown) {
+    #[cfg(unix)]
+    {
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGHUP; route reloads are disabled");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                received = hangup.recv() => {
+                    if received.is_none() { return; }
+                    tracing::info!("received SIGHUP; reloading the route table");
+                    let _ = reload.reload();
+                }
+                () = shutdown.triggered() => return,
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (reload, shutdown);
     }
 }

@@ -1,0 +1,498 @@
+//! Access-token validation (RFC 9068 JWTs signed with EdDSA or ES256) against the identity
+//! service's key set, found through OpenID discovery.
+//!
+//! - The key set is cached and refreshed in the background.
+//! - A token with an unknown `kid` triggers a refetch that is single-flight (one fetch for all
+//!   waiting requests) and rate-limited (`min_refetch_interval`).
+//! - When identity is down, the last good key set keeps being used.
+//! - Verified tokens are cached by their full text until they expire, so that steady traffic pays
+//!   for one signature check per token, not per request.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use cloud_kit::Clock;
+use serde::Deserialize;
+use url::Url;
+
+use crate::config::IdentityConfig;
+
+/// Why a token was refused. Every variant but [`TokenError::KeysUnavailable`] is a 401.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("no bearer token in the Authorization header")]
+    Missing,
+    #[error("the token is malformed: {0}")]
+    Malformed(&'static str),
+    #[error("the token's algorithm `{0}` is not accepted (EdDSA or ES256)")]
+    UnsupportedAlgorithm(String),
+    #[error("the token was signed with an unknown key")]
+    UnknownKey,
+    #[error("the token's signature is invalid")]
+    BadSignature,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    #[error("the token was issued by another issuer")]
+    WrongIssuer,
+    #[error("the token is not meant for this audience")]
+    WrongAudience,
+    #[error("the identity provider's keys are not loaded yet")]
+    KeysUnavailable,
+}
+
+/// The verified claims the gateway uses.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Claims {
+    pub iss: String,
+    pub sub: String,
+    #[serde(default)]
+    pub aud: Audience,
+    pub exp: i64,
+    #[serde(default)]
+    pub iat: Option<i64>,
+    #[serde(default)]
+    pub nbf: Option<i64>,
+    #[serde(default)]
+    pub jti: Option<String>,
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// The tenant.
+    #[serde(default)]
+    pub tid: Option<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub permissions: Vec<String>,
+}
+
+impl Claims {
+    /// Whether the token grants `permission`, through `permissions` or a `scope` value.
+    pub fn has_permission(&self, permission: &str) -> bool {
+        self.permissions.iter().any(|p| p == permission) || self.scope.as_deref().is_some_and(|s| s.split(' ').any(|p| p == permission))
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    #[default]
+    None,
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audience {
+    fn contains(&self, audience: &str) -> bool {
+        match self {
+            Audience::None => false,
+            Audience::One(a) => a == audience,
+            Audience::Many(all) => all.iter().any(|a| a == audience),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Header {
+    alg: String,
+    #[serde(default)]
+    kid: Option<String>,
+    #[serde(default)]
+    typ: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Alg {
+    EdDsa,
+    Es256,
+}
+
+#[derive(Debug)]
+struct VerifyKey {
+    alg: Alg,
+    /// Ed25519: the 32-byte public key; P-256: the uncompressed point `04 || x || y`.
+    public: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+struct KeySet {
+    keys: HashMap<String, Arc<VerifyKey>>,
+    generation: u64,
+    loaded: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct Jwk {
+    kty: String,
+    #[serde(default)]
+    kid: Option<String>,
+    #[serde(default)]
+    crv: Option<String>,
+    #[serde(default)]
+    x: Option<String>,
+    #[serde(default)]
+    y: Option<String>,
+    #[serde(default, rename = "use")]
+    use_: Option<String>,
+    #[serde(default)]
+    alg: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct JwkSet {
+    keys: Vec<Jwk>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct Discovery {
+    jwks_uri: Url,
+    #[serde(default)]
+    userinfo_endpoint: Option<Url>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("{what} from {url}: {reason}")]
+    Http { what: &'static str, url: String, reason: String },
+    #[error("the key set at {0} holds no usable EdDSA or ES256 signing key")]
+    NoUsableKeys(String),
+}
+
+/// How many verified tokens are remembered before the cache is emptied.
+const TOKEN_CACHE_CAPACITY: usize = 16 * 1024;
+const TOKEN_CACHE_SHARDS: usize = 16;
+
+#[derive(Debug)]
+struct CachedToken {
+    claims: Arc<Claims>,
+    generation: u64,
+}
+
+/// The validator: key-set cache, fetcher and verified-token cache.
+#[derive(Debug, Clone)]
+pub struct Validator {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: IdentityConfig,
+    issuer: String,
+    http: reqwest::Client,
+    clock: Arc<dyn Clock>,
+    keys: ArcSwap<KeySet>,
+    discovery: ArcSwap<Option<Discovery>>,
+    /// Held while fetching; holds when the last fetch attempt started.
+    fetch_lock: tokio::sync::Mutex<Option<Instant>>,
+    fetches: AtomicU64,
+    tokens: Vec<std::sync::Mutex<HashMap<Box<str>, CachedToken>>>,
+}
+
+impl Validator {
+    pub fn new(config: IdentityConfig, clock: Arc<dyn Clock>) -> Self {
+        let issuer = config.issuer_url.as_str().trim_end_matches('/').to_string();
+        let http = reqwest::Client::builder().timeout(config.fetch_timeout).build().unwrap_or_default();
+        let tokens = (0..TOKEN_CACHE_SHARDS).map(|_| std::sync::Mutex::new(HashMap::new())).collect();
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                issuer,
+                http,
+                clock,
+                keys: ArcSwap::from_pointee(KeySet::default()),
+                discovery: ArcSwap::from_pointee(None),
+                fetch_lock: tokio::sync::Mutex::new(None),
+                fetches: AtomicU64::new(0),
+                tokens,
+            }),
+        }
+    }
+
+    /// Whether a key set has been loaded at least once.
+    pub fn is_loaded(&self) -> bool {
+        self.inner.keys.load().loaded
+    }
+
+    /// How many key-set fetches were attempted (for tests and metrics).
+    pub fn fetch_count(&self) -> u64 {
+        self.inner.fetches.load(Ordering::Relaxed)
+    }
+
+    /// The issuer's userinfo endpoint, once discovery has succeeded.
+    pub fn userinfo_endpoint(&self) -> Option<Url> {
+        self.inner.discovery.load().as_ref().as_ref().and_then(|d| d.userinfo_endpoint.clone())
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.inner.http
+    }
+
+    /// Keeps the key set fresh until `stop` resolves: retries quickly while it has never loaded,
+    /// then refreshes every `refresh_interval`. A failed refresh keeps the last good set.
+    pub async fn run_refresher(self, stop: impl Future<Output = ()>) {
+        let refresh = async {
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                let wait = match self.fetch_now().await {
+                    Ok(()) => {
+                        backoff = Duration::from_millis(200);
+                        self.inner.config.refresh_interval
+                    }
+                    Err(err) => {
+                        if self.is_loaded() {
+                            tracing::warn!(error = %err, "refreshing the identity key set failed; keeping the last good key set");
+                        } else {
+                            tracing::warn!(error = %err, retry_in = ?backoff, "the identity key set is not loaded yet");
+                        }
+                        let wait = backoff;
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        if self.is_loaded() { self.inner.config.min_refetch_interval.max(wait) } else { wait }
+                    }
+                };
+                tokio::time::sleep(wait).await;
+            }
+        };
+        tokio::select! {
+            () = refresh => {}
+            () = stop => {}
+        }
+    }
+
+    /// Fetches discovery (unless `jwks_uri` is configured) and the key set, and installs it.
+    async fn fetch_now(&self) -> Result<(), FetchError> {
+        let mut last = self.inner.fetch_lock.lock().await;
+        *last = Some(Instant::now());
+        self.fetch_locked().await
+    }
+
+    async fn fetch_locked(&self) -> Result<(), FetchError> {
+        self.inner.fetches.fetch_add(1, Ordering::Relaxed);
+        let jwks_uri = match &self.inner.config.jwks_uri {
+            Some(uri) => {
+                if self.inner.discovery.load().is_none() {
+                    // Userinfo still comes from discovery; failing that is not fatal here.
+                    if let Ok(d) = self.discover().await {
+                        self.inner.discovery.store(Arc::new(Some(d)));
+                    }
+                }
+                uri.clone()
+            }
+            None => {
+                let discovery = self.discover().await?;
+                let uri = discovery.jwks_uri.clone();
+                self.inner.discovery.store(Arc::new(Some(discovery)));
+                uri
+            }
+        };
+        let set: JwkSet = get_json(&self.inner.http, "key set", &jwks_uri).await?;
+        let mut keys = HashMap::new();
+        for jwk in set.keys {
+            if let Some((kid, key)) = parse_jwk(jwk) {
+                keys.insert(kid, Arc::new(key));
+            }
+        }
+        if keys.is_empty() {
+            return Err(FetchError::NoUsableKeys(jwks_uri.to_string()));
+        }
+        let generation = self.inner.keys.load().generation + 1;
+        tracing::debug!(keys = keys.len(), generation, "identity key set loaded");
+        self.inner.keys.store(Arc::new(KeySet { keys, generation, loaded: true }));
+        Ok(())
+    }
+
+    async fn discover(&self) -> Result<Discovery, FetchError> {
+        let url = self.inner.config.issuer_url.join(".well-known/openid-configuration").map_err(|e| FetchError::Http {
+            what: "discovery",
+            url: self.inner.config.issuer_url.to_string(),
+            reason: e.to_string(),
+        })?;
+        let url = if self.inner.config.issuer_url.path().ends_with('/') {
+            url
+        } else {
+            // `join` would drop the issuer's last path segment.
+            Url::parse(&format!("{}/.well-known/openid-configuration", self.inner.issuer)).unwrap_or(url)
+        };
+        get_json(&self.inner.http, "discovery", &url).await
+    }
+
+    /// The key for `kid`, refetching the key set once (single-flight, rate-limited) if unknown.
+    async fn key(&self, kid: &str) -> Result<(Arc<VerifyKey>, u64), TokenError> {
+        {
+            let set = self.inner.keys.load();
+            if let Some(key) = set.keys.get(kid) {
+                return Ok((key.clone(), set.generation));
+            }
+        }
+        let mut last = self.inner.fetch_lock.lock().await;
+        // Another request may have refreshed the set while this one waited for the lock.
+        {
+            let set = self.inner.keys.load();
+            if let Some(key) = set.keys.get(kid) {
+                return Ok((key.clone(), set.generation));
+            }
+        }
+        let recently = last.is_some_and(|at| at.elapsed() < self.inner.config.min_refetch_interval);
+        if !recently {
+            *last = Some(Instant::now());
+            if let Err(err) = self.fetch_locked().await {
+                tracing::warn!(error = %err, "refetching the identity key set for an unknown kid failed");
+            }
+        }
+        drop(last);
+        let set = self.inner.keys.load();
+        match set.keys.get(kid) {
+            Some(key) => Ok((key.clone(), set.generation)),
+            None if !set.loaded => Err(TokenError::KeysUnavailable),
+            None => Err(TokenError::UnknownKey),
+        }
+    }
+
+    /// Validates a compact JWS access token and returns its claims.
+    pub async fn validate(&self, token: &str) -> Result<Arc<Claims>, TokenError> {
+        let shard = &self.inner.tokens[shard_of(token)];
+        let generation = self.inner.keys.load().generation;
+        let cached = shard
+            .lock()
+            .ok()
+            .and_then(|map| map.get(token).filter(|c| c.generation == generation).map(|c| c.claims.clone()));
+        if let Some(claims) = cached {
+            self.check_times(&claims)?;
+            return Ok(claims);
+        }
+        let (claims, generation) = self.verify(token).await?;
+        let claims = Arc::new(claims);
+        if let Ok(mut map) = shard.lock() {
+            if map.len() >= TOKEN_CACHE_CAPACITY / TOKEN_CACHE_SHARDS {
+                map.clear();
+            }
+            map.insert(token.into(), CachedToken { claims: claims.clone(), generation });
+        }
+        Ok(claims)
+    }
+
+    async fn verify(&self, token: &str) -> Result<(Claims, u64), TokenError> {
+        let mut parts = token.split('.');
+        let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+            return Err(TokenError::Malformed("a JWS has three dot-separated parts"));
+        };
+        let header: Header = decode_json(header_b64).ok_or(TokenError::Malformed("the header is not base64url JSON"))?;
+        let alg = match header.alg.as_str() {
+            "EdDSA" => Alg::EdDsa,
+            "ES256" => Alg::Es256,
+            other => return Err(TokenError::UnsupportedAlgorithm(other.chars().take(16).collect())),
+        };
+        if let Some(typ) = &header.typ
+            && !["at+jwt", "application/at+jwt", "JWT"].iter().any(|t| t.eq_ignore_ascii_case(typ))
+        {
+            return Err(TokenError::Malformed("the header's typ is not at+jwt"));
+        }
+        let kid = header.kid.ok_or(TokenError::Malformed("the header has no kid"))?;
+        let signature = URL_SAFE_NO_PAD.decode(signature_b64).map_err(|_| TokenError::Malformed("the signature is not base64url"))?;
+        let (key, generation) = self.key(&kid).await?;
+        if key.alg != alg {
+            return Err(TokenError::BadSignature);
+        }
+        let signed = token.get(..header_b64.len() + 1 + payload_b64.len()).ok_or(TokenError::Malformed("truncated"))?;
+        let algorithm: &'static dyn ring::signature::VerificationAlgorithm = match alg {
+            Alg::EdDsa => &ring::signature::ED25519,
+            Alg::Es256 => &ring::signature::ECDSA_P256_SHA256_FIXED,
+        };
+        ring::signature::UnparsedPublicKey::new(algorithm, &key.public)
+            .verify(signed.as_bytes(), &signature)
+            .map_err(|_| TokenError::BadSignature)?;
+        let claims: Claims = decode_json(payload_b64).ok_or(TokenError::Malformed("the claims are not base64url JSON with iss, sub and exp"))?;
+        if claims.iss.trim_end_matches('/') != self.inner.issuer {
+            return Err(TokenError::WrongIssuer);
+        }
+        if !claims.aud.contains(&self.inner.config.audience) {
+            return Err(TokenError::WrongAudience);
+        }
+        self.check_times(&claims)?;
+        Ok((claims, generation))
+    }
+
+    fn check_times(&self, claims: &Claims) -> Result<(), TokenError> {
+        let now = self.inner.clock.now().unix_timestamp();
+        let skew = i64::try_from(self.inner.config.clock_skew.as_secs()).unwrap_or(0);
+        if now > claims.exp.saturating_add(skew) {
+            return Err(TokenError::Expired);
+        }
+        let not_before = claims.nbf.or(claims.iat).unwrap_or(i64::MIN);
+        if not_before > now.saturating_add(skew) {
+            return Err(TokenError::NotYetValid);
+        }
+        Ok(())
+    }
+}
+
+fn shard_of(token: &str) -> usize {
+    // The signature's last bytes are as good as random.
+    token.bytes().rev().take(4).fold(0usize, |acc, b| acc.wrapping_mul(31).wrapping_add(usize::from(b))) % TOKEN_CACHE_SHARDS
+}
+
+fn decode_json<T: serde::de::DeserializeOwned>(b64: &str) -> Option<T> {
+    let bytes = URL_SAFE_NO_PAD.decode(b64).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn parse_jwk(jwk: Jwk) -> Option<(String, VerifyKey)> {
+    if jwk.use_.as_deref().is_some_and(|u| u != "sig") {
+        return None;
+    }
+    let kid = jwk.kid?;
+    let x = URL_SAFE_NO_PAD.decode(jwk.x?).ok()?;
+    let key = match (jwk.kty.as_str(), jwk.crv.as_deref()) {
+        ("OKP", Some("Ed25519")) if x.len() == 32 => VerifyKey { alg: Alg::EdDsa, public: x },
+        ("EC", Some("P-256")) if x.len() == 32 => {
+            let y = URL_SAFE_NO_PAD.decode(jwk.y?).ok()?;
+            if y.len() != 32 {
+                return None;
+            }
+            let mut public = Vec::with_capacity(65);
+            public.push(4);
+            public.extend_from_slice(&x);
+            public.extend_from_slice(&y);
+            VerifyKey { alg: Alg::Es256, public }
+        }
+        _ => return None,
+    };
+    let expected = match key.alg {
+        Alg::EdDsa => "EdDSA",
+        Alg::Es256 => "ES256",
+    };
+    if jwk.alg.as_deref().is_some_and(|a| a != expected) {
+        return None;
+    }
+    Some((kid, key))
+}
+
+async fn get_json<T: serde::de::DeserializeOwned>(http: &reqwest::Client, what: &'static str, url: &Url) -> Result<T, FetchError> {
+    let err = |reason: String| FetchError::Http { what, url: url.to_string(), reason };
+    let response = http.get(url.clone()).send().await.map_err(|e| err(e.to_string()))?;
+    if !response.status().is_success() {
+        return Err(err(format!("status {}", response.status())));
+    }
+    response.json::<T>().await.map_err(|e| err(format!("invalid JSON: {e}")))
+}
+
+/// Extracts the bearer token from an `Authorization` header value.
+pub fn bearer(value: Option<&http::HeaderValue>) -> Result<&str, TokenError> {
+    let value = value.ok_or(TokenError::Missing)?.to_str().map_err(|_| TokenError::Malformed("the Authorization header is not ASCII"))?;
+    let (scheme, token) = value.split_once(' ').ok_or(TokenError::Missing)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(TokenError::Missing);
+    }
+    let token = token.trim();
+    if token.is_empty() || token.len() > 16 * 1024 {
+        return Err(TokenError::Malformed("empty or oversized token"));
+    }
+    Ok(token)
+}
