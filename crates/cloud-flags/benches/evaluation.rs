@@ -23,7 +23,11 @@ use unleash_yggdrasil::EngineState;
 const FLAG: FlagKey = FlagKey::new("bench.flag-042");
 
 fn features_100() -> Vec<u8> {
-    std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/flags/features-100.json")).unwrap()
+    std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../bench/flags/features-100.json"
+    ))
+    .unwrap()
 }
 
 fn features_n(n: usize, rollout: u32) -> Vec<u8> {
@@ -42,7 +46,12 @@ fn features_n(n: usize, rollout: u32) -> Vec<u8> {
 
 fn ours_contexts() -> Vec<FlagContext> {
     (0..1024)
-        .map(|i| FlagContext::new().with_user_id(format!("user-{i}")).with_tenant_id(format!("tenant-{i}")).with_environment("production"))
+        .map(|i| {
+            FlagContext::new()
+                .with_user_id(format!("user-{i}"))
+                .with_tenant_id(format!("tenant-{i}"))
+                .with_environment("production")
+        })
         .collect()
 }
 
@@ -51,7 +60,10 @@ fn raw_contexts() -> Vec<Context> {
         .map(|i| Context {
             user_id: Some(format!("user-{i}")),
             environment: Some("production".into()),
-            properties: Some(HashMap::from([("tenantId".to_string(), format!("tenant-{i}"))])),
+            properties: Some(HashMap::from([(
+                "tenantId".to_string(),
+                format!("tenant-{i}"),
+            )])),
             ..Context::default()
         })
         .collect()
@@ -67,8 +79,14 @@ fn evaluation(c: &mut Criterion) {
     let raw_ctx = raw_contexts();
     // Same answers from both, or the comparison is meaningless.
     for (o, r) in ours_ctx.iter().zip(&raw_ctx) {
-        assert_eq!(client.is_enabled(FLAG, o), raw.is_enabled(FLAG.name(), r, &None));
-        assert_eq!(client.variant(FLAG, o).name, raw.get_variant(FLAG.name(), r, &None).name);
+        assert_eq!(
+            client.is_enabled(FLAG, o),
+            raw.is_enabled(FLAG.name(), r, &None)
+        );
+        assert_eq!(
+            client.variant(FLAG, o).name,
+            raw.get_variant(FLAG.name(), r, &None).name
+        );
     }
 
     let mut group = c.benchmark_group("is_enabled");
@@ -115,7 +133,9 @@ fn state_update(c: &mut Criterion) {
     group.bench_function("replace_1000_flags", |bench| {
         bench.iter(|| {
             flip = !flip;
-            client.apply_features_json(if flip { &b } else { &a }).unwrap()
+            client
+                .apply_features_json(if flip { &b } else { &a })
+                .unwrap()
         })
     });
     group.finish();
@@ -154,13 +174,22 @@ fn update_p99() {
     let updates = Arc::new(AtomicU64::new(0));
     let update_ns = Arc::new(AtomicU64::new(0));
     let updater = {
-        let (client, stop, updates, update_ns, a, b) = (client.clone(), stop.clone(), updates.clone(), update_ns.clone(), a.clone(), b.clone());
+        let (client, stop, updates, update_ns, a, b) = (
+            client.clone(),
+            stop.clone(),
+            updates.clone(),
+            update_ns.clone(),
+            a.clone(),
+            b.clone(),
+        );
         std::thread::spawn(move || {
             let mut flip = false;
             while !stop.load(Ordering::Relaxed) {
                 flip = !flip;
                 let t = Instant::now();
-                client.apply_features_json(if flip { &b } else { &a }).unwrap();
+                client
+                    .apply_features_json(if flip { &b } else { &a })
+                    .unwrap();
                 update_ns.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 updates.fetch_add(1, Ordering::Relaxed);
             }
@@ -171,7 +200,9 @@ fn update_p99() {
     updater.join().unwrap();
     let count = updates.load(Ordering::Relaxed).max(1);
     let mean_ms = update_ns.load(Ordering::Relaxed) as f64 / count as f64 / 1e6;
-    println!("update-p99: during updates p50 {p50u:.0} ns  p99 {p99u:.0} ns  ({nu} evaluations, {count} updates of 1000 flags, mean update {mean_ms:.1} ms)");
+    println!(
+        "update-p99: during updates p50 {p50u:.0} ns  p99 {p99u:.0} ns  ({nu} evaluations, {count} updates of 1000 flags, mean update {mean_ms:.1} ms)"
+    );
     println!("update-p99: p99 ratio during/steady = {:.2}", p99u / p99);
 }
 

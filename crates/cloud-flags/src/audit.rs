@@ -80,7 +80,11 @@ impl AuditRecord {
     fn compute_hash(&self) -> String {
         let mut unhashed = self.clone();
         unhashed.hash = String::new();
-        sha256_hex(serde_json::to_string(&unhashed).unwrap_or_default().as_bytes())
+        sha256_hex(
+            serde_json::to_string(&unhashed)
+                .unwrap_or_default()
+                .as_bytes(),
+        )
     }
 
     /// Emits the record as one structured event on [`AUDIT_TARGET`].
@@ -137,7 +141,13 @@ pub(crate) struct AuditLog {
 impl AuditLog {
     /// A log that only emits tracing events (no file).
     pub fn events_only() -> Self {
-        Self { path: None, head: Mutex::new(Head { seq: 0, hash: GENESIS.into() }) }
+        Self {
+            path: None,
+            head: Mutex::new(Head {
+                seq: 0,
+                hash: GENESIS.into(),
+            }),
+        }
     }
 
     /// Opens (or starts) the log at `path` and returns what it says is live, so a restart with
@@ -145,7 +155,8 @@ impl AuditLog {
     /// `<path>.broken-<unix time>`, reported, and a new chain starts.
     pub fn open(path: &Path, now: OffsetDateTime) -> Result<(Self, LiveIndex), FlagError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| FlagError::io("create audit log directory", dir, e))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| FlagError::io("create audit log directory", dir, e))?;
         }
         let (head, live) = match verify(path) {
             Ok(report) => {
@@ -153,7 +164,10 @@ impl AuditLog {
                 let mut live = LiveIndex::new();
                 for r in &records {
                     let def = match (&r.definition, &r.new_hash) {
-                        (Some(value), Some(hash)) => Some(FlagDefinition { value: value.clone(), hash: hash.clone() }),
+                        (Some(value), Some(hash)) => Some(FlagDefinition {
+                            value: value.clone(),
+                            hash: hash.clone(),
+                        }),
                         _ => None,
                     };
                     if def.is_none() && !r.killed {
@@ -162,18 +176,47 @@ impl AuditLog {
                         live.insert(r.flag.clone(), (def, r.killed));
                     }
                 }
-                (Head { seq: report.records, hash: report.head_hash }, live)
+                (
+                    Head {
+                        seq: report.records,
+                        hash: report.head_hash,
+                    },
+                    live,
+                )
             }
-            Err(FlagError::AuditLogMissing { .. }) => (Head { seq: 0, hash: GENESIS.into() }, LiveIndex::new()),
+            Err(FlagError::AuditLogMissing { .. }) => (
+                Head {
+                    seq: 0,
+                    hash: GENESIS.into(),
+                },
+                LiveIndex::new(),
+            ),
             Err(err) => {
-                let aside = PathBuf::from(format!("{}.broken-{}", path.display(), now.unix_timestamp()));
+                let aside = PathBuf::from(format!(
+                    "{}.broken-{}",
+                    path.display(),
+                    now.unix_timestamp()
+                ));
                 tracing::error!(target: AUDIT_TARGET, error = %err, moved_to = %aside.display(),
                     "audit log failed verification; moved aside, starting a new chain");
-                std::fs::rename(path, &aside).map_err(|e| FlagError::io("move broken audit log aside", path, e))?;
-                (Head { seq: 0, hash: GENESIS.into() }, LiveIndex::new())
+                std::fs::rename(path, &aside)
+                    .map_err(|e| FlagError::io("move broken audit log aside", path, e))?;
+                (
+                    Head {
+                        seq: 0,
+                        hash: GENESIS.into(),
+                    },
+                    LiveIndex::new(),
+                )
             }
         };
-        Ok((Self { path: Some(path.to_path_buf()), head: Mutex::new(head) }, live))
+        Ok((
+            Self {
+                path: Some(path.to_path_buf()),
+                head: Mutex::new(head),
+            },
+            live,
+        ))
     }
 
     /// Chains, appends (fsynced) and emits the records; returns them as written.
@@ -205,7 +248,9 @@ impl AuditLog {
             };
             record.hash = record.compute_hash();
             prev = record.hash.clone();
-            text.push_str(&serde_json::to_string(&record).map_err(|e| FlagError::Encode(e.to_string()))?);
+            text.push_str(
+                &serde_json::to_string(&record).map_err(|e| FlagError::Encode(e.to_string()))?,
+            );
             text.push('\n');
             records.push(record);
         }
@@ -215,8 +260,10 @@ impl AuditLog {
                 .append(true)
                 .open(path)
                 .map_err(|e| FlagError::io("open audit log", path, e))?;
-            file.write_all(text.as_bytes()).map_err(|e| FlagError::io("append to audit log", path, e))?;
-            file.sync_data().map_err(|e| FlagError::io("sync audit log", path, e))?;
+            file.write_all(text.as_bytes())
+                .map_err(|e| FlagError::io("append to audit log", path, e))?;
+            file.sync_data()
+                .map_err(|e| FlagError::io("sync audit log", path, e))?;
         }
         head.seq = seq;
         head.hash = prev;
@@ -232,18 +279,21 @@ pub fn read_records(path: &Path) -> Result<Vec<AuditRecord>, FlagError> {
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(FlagError::AuditLogMissing { path: path.to_path_buf() });
+            return Err(FlagError::AuditLogMissing {
+                path: path.to_path_buf(),
+            });
         }
         Err(e) => return Err(FlagError::io("open audit log", path, e)),
     };
     let mut records = vec![];
     for (i, line) in BufReader::new(file).lines().enumerate() {
         let line = line.map_err(|e| FlagError::io("read audit log", path, e))?;
-        let record: AuditRecord = serde_json::from_str(&line).map_err(|e| FlagError::AuditTampered {
-            path: path.to_path_buf(),
-            line: i + 1,
-            reason: format!("not an audit record: {e}"),
-        })?;
+        let record: AuditRecord =
+            serde_json::from_str(&line).map_err(|e| FlagError::AuditTampered {
+                path: path.to_path_buf(),
+                line: i + 1,
+                reason: format!("not an audit record: {e}"),
+            })?;
         records.push(record);
     }
     Ok(records)
@@ -265,26 +315,45 @@ pub fn verify(path: &Path) -> Result<VerifyReport, FlagError> {
     let mut prev = GENESIS.to_string();
     for (i, record) in records.iter().enumerate() {
         let line = i + 1;
-        let bad = |reason: String| FlagError::AuditTampered { path: path.to_path_buf(), line, reason };
+        let bad = |reason: String| FlagError::AuditTampered {
+            path: path.to_path_buf(),
+            line,
+            reason,
+        };
         if record.seq != line as u64 {
-            return Err(bad(format!("seq is {} but this is record {line}: a record was deleted, inserted or reordered", record.seq)));
+            return Err(bad(format!(
+                "seq is {} but this is record {line}: a record was deleted, inserted or reordered",
+                record.seq
+            )));
         }
         if record.prev_hash != prev {
             return Err(bad("prev_hash does not match the previous record: a record before it was changed or deleted".into()));
         }
         if record.compute_hash() != record.hash {
-            return Err(bad("hash does not match the record's content: the record was edited".into()));
+            return Err(bad(
+                "hash does not match the record's content: the record was edited".into(),
+            ));
         }
         prev = record.hash.clone();
     }
-    Ok(VerifyReport { records: records.len() as u64, head_hash: prev })
+    Ok(VerifyReport {
+        records: records.len() as u64,
+        head_hash: prev,
+    })
 }
 
 /// The record that describes `flag` as it was live at `at`: the last change of the flag at or
 /// before `at`. `None` when the flag had no definition yet. A returned record with
 /// `definition: None` means the flag had been removed; `killed: true` means it was forced off.
-pub fn live_at<'a>(records: &'a [AuditRecord], flag: &str, at: OffsetDateTime) -> Option<&'a AuditRecord> {
-    records.iter().filter(|r| r.flag == flag && r.time <= at).max_by_key(|r| r.seq)
+pub fn live_at<'a>(
+    records: &'a [AuditRecord],
+    flag: &str,
+    at: OffsetDateTime,
+) -> Option<&'a AuditRecord> {
+    records
+        .iter()
+        .filter(|r| r.flag == flag && r.time <= at)
+        .max_by_key(|r| r.seq)
 }
 
 /// Every flag's live record at `at` (including removed flags, whose `definition` is `None`).

@@ -61,7 +61,12 @@ pub struct VariantPayload {
 impl Variant {
     /// The variant of a flag that is off.
     pub fn disabled() -> Self {
-        Self { name: "disabled".into(), enabled: false, feature_enabled: false, payload: None }
+        Self {
+            name: "disabled".into(),
+            enabled: false,
+            feature_enabled: false,
+            payload: None,
+        }
     }
 
     fn from_engine(v: EngineVariant) -> Self {
@@ -69,7 +74,9 @@ impl Variant {
             name: v.name,
             enabled: v.enabled,
             feature_enabled: v.feature_enabled,
-            payload: v.payload.map(|(kind, value)| VariantPayload { kind, value }),
+            payload: v
+                .payload
+                .map(|(kind, value)| VariantPayload { kind, value }),
         }
     }
 }
@@ -147,7 +154,9 @@ type BTreeMapLive = std::collections::BTreeMap<String, (Option<FlagDefinition>, 
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").field("clock", &self.clock).finish_non_exhaustive()
+        f.debug_struct("Shared")
+            .field("clock", &self.clock)
+            .finish_non_exhaustive()
     }
 }
 
@@ -184,9 +193,20 @@ fn live_from_audit(index: LiveIndex) -> BTreeMapLive {
 }
 
 impl FlagClient {
-    fn new_shared(clock: Arc<dyn Clock>, audit: AuditLog, live: BTreeMapLive, kill_switch: KillSwitchSource) -> Self {
+    fn new_shared(
+        clock: Arc<dyn Clock>,
+        audit: AuditLog,
+        live: BTreeMapLive,
+        kill_switch: KillSwitchSource,
+    ) -> Self {
         let counters = Arc::new(CounterRegistry::default());
-        let empty = FlagState::build(&Compiled::empty(), Arc::default(), &counters, (None, None, None), false);
+        let empty = FlagState::build(
+            &Compiled::empty(),
+            Arc::default(),
+            &counters,
+            (None, None, None),
+            false,
+        );
         let (impressions, _) = broadcast::channel(1024);
         let shared = Arc::new(Shared {
             state: ArcSwap::from_pointee(empty),
@@ -199,10 +219,19 @@ impl FlagClient {
             health: Mutex::new(Health::default()),
             install_lock: Mutex::new(()),
         });
-        Self { handle: Arc::new(Handle { shared, cancel: CancellationToken::new(), tasks: Mutex::new(vec![]) }) }
+        Self {
+            handle: Arc::new(Handle {
+                shared,
+                cancel: CancellationToken::new(),
+                tasks: Mutex::new(vec![]),
+            }),
+        }
     }
 
-    fn open_audit(path: Option<&Path>, clock: &Arc<dyn Clock>) -> Result<(AuditLog, BTreeMapLive), FlagError> {
+    fn open_audit(
+        path: Option<&Path>,
+        clock: &Arc<dyn Clock>,
+    ) -> Result<(AuditLog, BTreeMapLive), FlagError> {
         match path {
             Some(p) => {
                 let (log, live) = AuditLog::open(p, clock.now())?;
@@ -214,10 +243,20 @@ impl FlagClient {
 
     /// Every flag off, always ready: for services configured without flags.
     pub fn empty() -> Self {
-        let client =
-            Self::new_shared(Arc::new(SystemClock), AuditLog::events_only(), BTreeMapLive::new(), KillSwitchSource::default());
+        let client = Self::new_shared(
+            Arc::new(SystemClock),
+            AuditLog::events_only(),
+            BTreeMapLive::new(),
+            KillSwitchSource::default(),
+        );
         let shared = &client.handle.shared;
-        let state = FlagState::build(&Compiled::empty(), Arc::default(), &shared.counters, (None, None, None), true);
+        let state = FlagState::build(
+            &Compiled::empty(),
+            Arc::default(),
+            &shared.counters,
+            (None, None, None),
+            true,
+        );
         shared.state.store(Arc::new(state));
         client
     }
@@ -261,21 +300,40 @@ impl FlagClient {
     /// A client from a features document in memory (tests, benchmarks).
     pub fn from_features_json(body: &[u8]) -> Result<Self, FlagError> {
         let features = persist::parse_features(body, Path::new("<memory>"))?;
-        let client =
-            Self::new_shared(Arc::new(SystemClock), AuditLog::events_only(), BTreeMapLive::new(), KillSwitchSource::default());
+        let client = Self::new_shared(
+            Arc::new(SystemClock),
+            AuditLog::events_only(),
+            BTreeMapLive::new(),
+            KillSwitchSource::default(),
+        );
         let now = client.handle.shared.clock.now();
-        client.install(Some(Compiled::compile(&features)), BTreeSet::new(), StateSource::Bootstrap, None, now)?;
+        client.install(
+            Some(Compiled::compile(&features)),
+            BTreeSet::new(),
+            StateSource::Bootstrap,
+            None,
+            now,
+        )?;
         Ok(client)
     }
 
     /// Builds the client a service's `flags:` config section asks for.
-    pub async fn from_config(config: &FlagsConfig, clock: Arc<dyn Clock>) -> Result<Self, FlagError> {
+    pub async fn from_config(
+        config: &FlagsConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, FlagError> {
         match (&config.unleash, &config.bootstrap_path) {
             (Some(unleash), _) => {
                 let mut unleash = unleash.clone();
-                unleash.bootstrap_path = unleash.bootstrap_path.or_else(|| config.bootstrap_path.clone());
-                unleash.audit_log_path = unleash.audit_log_path.or_else(|| config.audit_log_path.clone());
-                unleash.kill_switch_file = unleash.kill_switch_file.or_else(|| config.kill_switch_file.clone());
+                unleash.bootstrap_path = unleash
+                    .bootstrap_path
+                    .or_else(|| config.bootstrap_path.clone());
+                unleash.audit_log_path = unleash
+                    .audit_log_path
+                    .or_else(|| config.audit_log_path.clone());
+                unleash.kill_switch_file = unleash
+                    .kill_switch_file
+                    .or_else(|| config.kill_switch_file.clone());
                 Self::connect_with_clock(unleash, clock).await
             }
             (None, Some(path)) => {
@@ -298,9 +356,14 @@ impl FlagClient {
     /// fails, the last-known-good backup, else the bootstrap file, else no state (not ready)
     /// until the server answers. Then polls every `refresh_interval` with `If-None-Match`,
     /// backing off exponentially on errors, and registers and posts usage metrics.
-    pub async fn connect_with_clock(config: UnleashConfig, clock: Arc<dyn Clock>) -> Result<Self, FlagError> {
+    pub async fn connect_with_clock(
+        config: UnleashConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, FlagError> {
         if config.refresh_interval.is_zero() || config.metrics_interval.is_zero() {
-            return Err(FlagError::Config("refresh_interval and metrics_interval must be greater than zero".into()));
+            return Err(FlagError::Config(
+                "refresh_interval and metrics_interval must be greater than zero".into(),
+            ));
         }
         let http = reqwest::Client::builder()
             .timeout(config.request_timeout)
@@ -315,7 +378,10 @@ impl FlagClient {
         if let Err(err) = first {
             tracing::warn!(target: "cloud_flags", error = %err, "Unleash server not reachable at start; trying last-known-good");
             client.record_failure(&err);
-            client.load_fallback(config.backup_path.as_deref(), config.bootstrap_path.as_deref())?;
+            client.load_fallback(
+                config.backup_path.as_deref(),
+                config.bootstrap_path.as_deref(),
+            )?;
         }
 
         let poller = {
@@ -327,7 +393,12 @@ impl FlagClient {
             tokio::spawn(async move {
                 loop {
                     let failures = match handle.upgrade() {
-                        Some(h) => h.shared.health.lock().map(|h| h.consecutive_failures).unwrap_or(0),
+                        Some(h) => h
+                            .shared
+                            .health
+                            .lock()
+                            .map(|h| h.consecutive_failures)
+                            .unwrap_or(0),
                         None => return,
                     };
                     tokio::select! {
@@ -358,43 +429,74 @@ impl FlagClient {
     }
 
     fn push_task(&self, task: tokio::task::JoinHandle<()>) {
-        self.handle.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(task);
+        self.handle
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(task);
     }
 
     /// Stops the background tasks (posting a last metrics bucket first) and waits for them.
     pub async fn shutdown(&self) {
         self.handle.cancel.cancel();
-        let tasks: Vec<_> = std::mem::take(&mut *self.handle.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        let tasks: Vec<_> =
+            std::mem::take(&mut *self.handle.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         for task in tasks {
             let _ = task.await;
         }
     }
 
     fn record_failure(&self, err: &FlagError) {
-        let mut health = self.handle.shared.health.lock().unwrap_or_else(|p| p.into_inner());
+        let mut health = self
+            .handle
+            .shared
+            .health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         health.consecutive_failures = health.consecutive_failures.saturating_add(1);
         health.last_error = Some(err.to_string());
     }
 
-    fn load_fallback(&self, backup: Option<&Path>, bootstrap: Option<&Path>) -> Result<(), FlagError> {
+    fn load_fallback(
+        &self,
+        backup: Option<&Path>,
+        bootstrap: Option<&Path>,
+    ) -> Result<(), FlagError> {
         let killed = self.read_kill_switch().unwrap_or_default();
         if let Some(path) = backup.filter(|p| p.exists()) {
             match persist::read_backup(path) {
                 Ok(b) => {
                     let compiled = Compiled::compile(&b.features);
-                    self.install(Some(compiled), killed, StateSource::Backup, b.etag, b.fetched_at)?;
+                    self.install(
+                        Some(compiled),
+                        killed,
+                        StateSource::Backup,
+                        b.etag,
+                        b.fetched_at,
+                    )?;
                     return Ok(());
                 }
                 Err(err) => {
                     tracing::error!(target: "cloud_flags", error = %err, "ignoring corrupt last-known-good file");
-                    self.handle.shared.health.lock().unwrap_or_else(|p| p.into_inner()).backup_error = Some(err.to_string());
+                    self.handle
+                        .shared
+                        .health
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .backup_error = Some(err.to_string());
                 }
             }
         }
         if let Some(path) = bootstrap {
             let (features, _) = persist::read_bootstrap(path)?;
             let now = self.handle.shared.clock.now();
-            self.install(Some(Compiled::compile(&features)), killed, StateSource::Bootstrap, None, now)?;
+            self.install(
+                Some(Compiled::compile(&features)),
+                killed,
+                StateSource::Bootstrap,
+                None,
+                now,
+            )?;
         }
         Ok(())
     }
@@ -403,7 +505,12 @@ impl FlagClient {
     async fn poll_once(&self, api: &Api, backup: Option<&Path>) -> Result<(), FlagError> {
         let etag = self.handle.shared.state.load().etag.clone();
         let Some((body, etag)) = api.fetch_features(etag.as_deref()).await? else {
-            self.handle.shared.health.lock().unwrap_or_else(|p| p.into_inner()).consecutive_failures = 0;
+            self.handle
+                .shared
+                .health
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .consecutive_failures = 0;
             return Ok(());
         };
         let fetched_at = self.handle.shared.clock.now();
@@ -412,25 +519,45 @@ impl FlagClient {
         // Parsing and compiling a large state takes milliseconds: keep it off the async
         // workers and away from evaluations, which keep using the old state until the swap.
         let compiled = tokio::task::spawn_blocking(move || -> Result<Compiled, FlagError> {
-            let features: ClientFeatures = persist::parse_features(&compile_body, Path::new("GET /api/client/features"))?;
+            let features: ClientFeatures =
+                persist::parse_features(&compile_body, Path::new("GET /api/client/features"))?;
             Ok(Compiled::compile(&features))
         })
         .await
         .map_err(|e| FlagError::Http(format!("compile task failed: {e}")))??;
-        let killed = self.read_kill_switch().unwrap_or_else(|_| (*self.handle.shared.state.load().killed).clone());
-        self.install(Some(compiled), killed, StateSource::Server, etag.clone(), fetched_at)?;
+        let killed = self
+            .read_kill_switch()
+            .unwrap_or_else(|_| (*self.handle.shared.state.load().killed).clone());
+        self.install(
+            Some(compiled),
+            killed,
+            StateSource::Server,
+            etag.clone(),
+            fetched_at,
+        )?;
         {
-            let mut health = self.handle.shared.health.lock().unwrap_or_else(|p| p.into_inner());
+            let mut health = self
+                .handle
+                .shared
+                .health
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             health.consecutive_failures = 0;
             health.last_error = None;
         }
         if let Some(path) = backup {
             let path = path.to_path_buf();
-            let write = tokio::task::spawn_blocking(move || persist::write_backup(&path, &body, etag.as_deref(), fetched_at));
+            let write = tokio::task::spawn_blocking(move || {
+                persist::write_backup(&path, &body, etag.as_deref(), fetched_at)
+            });
             match write.await {
                 Ok(Ok(())) => {}
-                Ok(Err(err)) => tracing::error!(target: "cloud_flags", error = %err, "cannot persist last-known-good state"),
-                Err(err) => tracing::error!(target: "cloud_flags", error = %err, "backup task failed"),
+                Ok(Err(err)) => {
+                    tracing::error!(target: "cloud_flags", error = %err, "cannot persist last-known-good state")
+                }
+                Err(err) => {
+                    tracing::error!(target: "cloud_flags", error = %err, "backup task failed")
+                }
             }
         }
         Ok(())
@@ -445,14 +572,22 @@ impl FlagClient {
     /// Re-reads the kill switch (env var and file) and installs it if it changed; returns the
     /// audit records of the change.
     pub fn reload_kill_switch(&self) -> Result<Vec<AuditRecord>, FlagError> {
-        let Ok(killed) = self.read_kill_switch() else { return Ok(vec![]) };
+        let Ok(killed) = self.read_kill_switch() else {
+            return Ok(vec![]);
+        };
         let state = self.handle.shared.state.load_full();
         if *state.killed == killed {
             return Ok(vec![]);
         }
         let now = self.handle.shared.clock.now();
         let at = state.fetched_at.unwrap_or(now);
-        self.install(None, killed, StateSource::KillSwitch, state.etag.clone(), at)
+        self.install(
+            None,
+            killed,
+            StateSource::KillSwitch,
+            state.etag.clone(),
+            at,
+        )
     }
 
     /// Replaces the whole state with a features document (e.g. a re-read bootstrap file);
@@ -475,7 +610,10 @@ impl FlagClient {
         fetched_at: OffsetDateTime,
     ) -> Result<Vec<AuditRecord>, FlagError> {
         let shared = &self.handle.shared;
-        let _guard = shared.install_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = shared
+            .install_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let current = shared.state.load_full();
         let compiled = compiled.unwrap_or_else(|| current.compiled());
         let killed = Arc::new(killed);
@@ -499,7 +637,11 @@ impl FlagClient {
             let new_killed = killed.contains(name);
             let mut changes = diff(old_def.as_ref(), new_def);
             if old_killed != new_killed {
-                changes.push(if new_killed { ChangeKind::KillSwitchOn } else { ChangeKind::KillSwitchOff });
+                changes.push(if new_killed {
+                    ChangeKind::KillSwitchOn
+                } else {
+                    ChangeKind::KillSwitchOff
+                });
             }
             if changes.is_empty() {
                 continue;
@@ -573,14 +715,30 @@ impl FlagClient {
                 let variant = if slot.killed {
                     Variant::disabled()
                 } else {
-                    state.engine.variant(flag, ctx).map_or_else(Variant::disabled, Variant::from_engine)
+                    state
+                        .engine
+                        .variant(flag, ctx)
+                        .map_or_else(Variant::disabled, Variant::from_engine)
                 };
-                match slot.variant_counters.iter().find(|(name, _)| **name == *variant.name) {
+                match slot
+                    .variant_counters
+                    .iter()
+                    .find(|(name, _)| **name == *variant.name)
+                {
                     Some((_, counter)) => counter.record(variant.feature_enabled),
-                    None => shared.counters.get(flag, &variant.name).record(variant.feature_enabled),
+                    None => shared
+                        .counters
+                        .get(flag, &variant.name)
+                        .record(variant.feature_enabled),
                 }
                 if slot.impression {
-                    self.impression(ImpressionKind::GetVariant, flag, variant.feature_enabled, Some(&variant.name), ctx);
+                    self.impression(
+                        ImpressionKind::GetVariant,
+                        flag,
+                        variant.feature_enabled,
+                        Some(&variant.name),
+                        ctx,
+                    );
                 }
                 variant
             }
@@ -602,7 +760,14 @@ impl FlagClient {
     }
 
     #[cold]
-    fn impression(&self, kind: ImpressionKind, flag: &str, enabled: bool, variant: Option<&str>, ctx: &FlagContext) {
+    fn impression(
+        &self,
+        kind: ImpressionKind,
+        flag: &str,
+        enabled: bool,
+        variant: Option<&str>,
+        ctx: &FlagContext,
+    ) {
         let event = ImpressionEvent {
             event_id: uuid::Uuid::new_v4(),
             event_type: kind,
@@ -630,25 +795,45 @@ impl FlagClient {
     /// Evaluates every known flag whose name starts with `prefix` (e.g. `"frontend."` for the
     /// flags `/bff/v1/session` hands to the browser), sorted by name.
     pub fn evaluate_prefix(&self, prefix: &str, ctx: &FlagContext) -> Vec<EvaluatedFlag> {
-        let names: Vec<String> = self.flag_names().into_iter().filter(|n| n.starts_with(prefix)).collect();
+        let names: Vec<String> = self
+            .flag_names()
+            .into_iter()
+            .filter(|n| n.starts_with(prefix))
+            .collect();
         names
             .into_iter()
             .map(|name| {
                 let enabled = self.is_enabled(&name, ctx);
                 let variant = self.variant(&name, ctx);
-                EvaluatedFlag { name, enabled, variant }
+                EvaluatedFlag {
+                    name,
+                    enabled,
+                    variant,
+                }
             })
             .collect()
     }
 
     /// Whether the current state defines `flag`.
     pub fn knows(&self, flag: impl AsRef<str>) -> bool {
-        self.handle.shared.state.load().slots.contains_key(flag.as_ref())
+        self.handle
+            .shared
+            .state
+            .load()
+            .slots
+            .contains_key(flag.as_ref())
     }
 
     /// The names of every flag in the current state, sorted.
     pub fn flag_names(&self) -> Vec<String> {
-        self.handle.shared.state.load().definitions.keys().cloned().collect()
+        self.handle
+            .shared
+            .state
+            .load()
+            .definitions
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// Impression events of flags with `impressionData: true`.
@@ -665,7 +850,12 @@ impl FlagClient {
 
     pub fn status(&self) -> FlagStatus {
         let state = self.handle.shared.state.load();
-        let health = self.handle.shared.health.lock().unwrap_or_else(|p| p.into_inner());
+        let health = self
+            .handle
+            .shared
+            .health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         FlagStatus {
             ready: state.loaded,
             source: state.source,
@@ -697,7 +887,9 @@ impl FlagClient {
     /// Registers `feature_flag_evaluations_total{flag,variant,enabled}` in a service's registry:
     /// `metrics.register(|reg| client.register_metrics(reg))`.
     pub fn register_metrics(&self, registry: &mut Registry) {
-        registry.register_collector(Box::new(EvaluationCollector(self.handle.shared.counters.clone())));
+        registry.register_collector(Box::new(EvaluationCollector(
+            self.handle.shared.counters.clone(),
+        )));
     }
 }
 
@@ -724,7 +916,10 @@ impl Api {
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
         }
-        let join = |p: &str| base.join(p).map_err(|e| FlagError::Config(format!("url {}: {e}", config.url)));
+        let join = |p: &str| {
+            base.join(p)
+                .map_err(|e| FlagError::Config(format!("url {}: {e}", config.url)))
+        };
         Ok(Self {
             http,
             features: join("client/features")?,
@@ -740,7 +935,12 @@ impl Api {
         })
     }
 
-    fn request(&self, method: reqwest::Method, url: &url::Url, interval_ms: u128) -> reqwest::RequestBuilder {
+    fn request(
+        &self,
+        method: reqwest::Method,
+        url: &url::Url,
+        interval_ms: u128,
+    ) -> reqwest::RequestBuilder {
         let mut auth = reqwest::header::HeaderValue::from_str(self.token.expose_secret())
             .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static("invalid-token"));
         auth.set_sensitive(true);
@@ -755,25 +955,46 @@ impl Api {
     }
 
     /// `None` on 304 Not Modified; otherwise the body and the ETag.
-    async fn fetch_features(&self, etag: Option<&str>) -> Result<Option<(Vec<u8>, Option<String>)>, FlagError> {
+    async fn fetch_features(
+        &self,
+        etag: Option<&str>,
+    ) -> Result<Option<(Vec<u8>, Option<String>)>, FlagError> {
         let mut req = self.request(reqwest::Method::GET, &self.features, self.refresh_ms);
         if let Some(etag) = etag {
             req = req.header(reqwest::header::IF_NONE_MATCH, etag);
         }
-        let resp = req.send().await.map_err(|e| FlagError::Http(e.without_url().to_string()))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| FlagError::Http(e.without_url().to_string()))?;
         let status = resp.status();
         if status == reqwest::StatusCode::NOT_MODIFIED {
             return Ok(None);
         }
         if !status.is_success() {
-            return Err(FlagError::Status { what: "GET client/features", status: status.as_u16() });
+            return Err(FlagError::Status {
+                what: "GET client/features",
+                status: status.as_u16(),
+            });
         }
-        let etag = resp.headers().get(reqwest::header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let body = resp.bytes().await.map_err(|e| FlagError::Http(e.without_url().to_string()))?;
+        let etag = resp
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| FlagError::Http(e.without_url().to_string()))?;
         Ok(Some((body.to_vec(), etag)))
     }
 
-    async fn post(&self, url: &url::Url, what: &'static str, body: &serde_json::Value) -> Result<(), FlagError> {
+    async fn post(
+        &self,
+        url: &url::Url,
+        what: &'static str,
+        body: &serde_json::Value,
+    ) -> Result<(), FlagError> {
         let resp = self
             .request(reqwest::Method::POST, url, self.metrics_ms)
             .json(body)
@@ -781,7 +1002,10 @@ impl Api {
             .await
             .map_err(|e| FlagError::Http(e.without_url().to_string()))?;
         if !resp.status().is_success() {
-            return Err(FlagError::Status { what, status: resp.status().as_u16() });
+            return Err(FlagError::Status {
+                what,
+                status: resp.status().as_u16(),
+            });
         }
         Ok(())
     }
@@ -799,15 +1023,22 @@ impl Api {
             "yggdrasilVersion": crate::engine::SUPPORTED_SPEC_VERSION,
             "specVersion": crate::engine::SUPPORTED_SPEC_VERSION,
         });
-        self.post(&self.register, "POST client/register", &body).await
+        self.post(&self.register, "POST client/register", &body)
+            .await
     }
 }
 
 fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
-async fn report_metrics(shared: Arc<Shared>, api: Arc<Api>, every: Duration, cancel: CancellationToken) {
+async fn report_metrics(
+    shared: Arc<Shared>,
+    api: Arc<Api>,
+    every: Duration,
+    cancel: CancellationToken,
+) {
     let mut registered = false;
     let mut posted: HashMap<(String, String), (u64, u64)> = HashMap::new();
     let mut bucket_start = shared.clock.now();
@@ -815,7 +1046,9 @@ async fn report_metrics(shared: Arc<Shared>, api: Arc<Api>, every: Duration, can
         if !registered {
             match api.register().await {
                 Ok(()) => registered = true,
-                Err(err) => tracing::warn!(target: "cloud_flags", error = %err, "client registration failed; will retry"),
+                Err(err) => {
+                    tracing::warn!(target: "cloud_flags", error = %err, "client registration failed; will retry")
+                }
             }
         }
         let stop = tokio::select! {
@@ -829,7 +1062,10 @@ async fn report_metrics(shared: Arc<Shared>, api: Arc<Api>, every: Duration, can
             let toggles: serde_json::Map<String, serde_json::Value> = usage
                 .iter()
                 .map(|(flag, u)| {
-                    (flag.clone(), serde_json::json!({ "yes": u.yes, "no": u.no, "variants": u.variants }))
+                    (
+                        flag.clone(),
+                        serde_json::json!({ "yes": u.yes, "no": u.no, "variants": u.variants }),
+                    )
                 })
                 .collect();
             let body = serde_json::json!({
@@ -842,11 +1078,16 @@ async fn report_metrics(shared: Arc<Shared>, api: Arc<Api>, every: Duration, can
             });
             match api.post(&api.metrics, "POST client/metrics", &body).await {
                 Ok(()) => {
-                    posted = snapshot.into_iter().map(|(f, v, on, off)| ((f, v), (on, off))).collect();
+                    posted = snapshot
+                        .into_iter()
+                        .map(|(f, v, on, off)| ((f, v), (on, off)))
+                        .collect();
                     bucket_start = now;
                 }
                 // Not marking the counts as posted: the next bucket carries them.
-                Err(err) => tracing::warn!(target: "cloud_flags", error = %err, "posting usage metrics failed; will retry"),
+                Err(err) => {
+                    tracing::warn!(target: "cloud_flags", error = %err, "posting usage metrics failed; will retry")
+                }
             }
         }
         if stop {

@@ -64,7 +64,11 @@ fn default_app_name() -> String {
     "cloud-platform".into()
 }
 fn default_instance_id() -> String {
-    format!("{}-{}", std::env::var("HOSTNAME").unwrap_or_else(|_| "instance".into()), uuid::Uuid::new_v4().simple())
+    format!(
+        "{}-{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "instance".into()),
+        uuid::Uuid::new_v4().simple()
+    )
 }
 fn default_refresh() -> Duration {
     Duration::from_secs(15)
@@ -108,7 +112,10 @@ impl UnleashConfig {
     }
 
     pub(crate) fn kill_switch(&self) -> KillSwitchSource {
-        KillSwitchSource { env_var: self.kill_switch_env.clone(), file: self.kill_switch_file.clone() }
+        KillSwitchSource {
+            env_var: self.kill_switch_env.clone(),
+            file: self.kill_switch_file.clone(),
+        }
     }
 }
 
@@ -127,7 +134,10 @@ impl OfflineConfig {
         Self {
             bootstrap_path: bootstrap_path.into(),
             audit_log_path: None,
-            kill_switch: KillSwitchSource { env_var: default_kill_env(), file: None },
+            kill_switch: KillSwitchSource {
+                env_var: default_kill_env(),
+                file: None,
+            },
             kill_switch_poll: None,
         }
     }

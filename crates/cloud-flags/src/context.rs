@@ -39,7 +39,8 @@ impl FlagContext {
     #[must_use]
     pub fn with_tenant_id(mut self, tenant_id: impl Into<String>) -> Self {
         let tenant_id = tenant_id.into();
-        self.properties.insert(TENANT_ID_FIELD.to_string(), tenant_id.clone());
+        self.properties
+            .insert(TENANT_ID_FIELD.to_string(), tenant_id.clone());
         self.tenant_id = Some(tenant_id);
         self
     }
@@ -139,7 +140,10 @@ mod tests {
         let a = FlagContext::new().with_tenant_id("t1");
         let b = FlagContext::new().with_property("tenantId", "t1");
         assert_eq!(a, b);
-        assert_eq!(a.properties().get("tenantId").map(String::as_str), Some("t1"));
+        assert_eq!(
+            a.properties().get("tenantId").map(String::as_str),
+            Some("t1")
+        );
         assert_eq!(b.tenant_id(), Some("t1"));
     }
 }

@@ -72,10 +72,21 @@ pub fn definitions(features: &ClientFeatures) -> BTreeMap<String, FlagDefinition
                 // Changes on every use of the flag; not part of its definition.
                 obj.remove("lastSeenAt");
             }
-            let used: BTreeSet<i32> =
-                feature.strategies.iter().flatten().flat_map(|s| s.segments.iter().flatten().copied()).collect();
-            let used_segments: Vec<Value> =
-                used.iter().map(|id| segments.get(id).cloned().unwrap_or_else(|| json!({ "id": id, "missing": true }))).collect();
+            let used: BTreeSet<i32> = feature
+                .strategies
+                .iter()
+                .flatten()
+                .flat_map(|s| s.segments.iter().flatten().copied())
+                .collect();
+            let used_segments: Vec<Value> = used
+                .iter()
+                .map(|id| {
+                    segments
+                        .get(id)
+                        .cloned()
+                        .unwrap_or_else(|| json!({ "id": id, "missing": true }))
+                })
+                .collect();
             let value = json!({ "feature": value, "segments": used_segments });
             let hash = sha256_hex(value.to_string().as_bytes());
             (feature.name.clone(), FlagDefinition { value, hash })
@@ -84,11 +95,17 @@ pub fn definitions(features: &ClientFeatures) -> BTreeMap<String, FlagDefinition
 }
 
 fn strategies(def: &Value) -> Vec<Value> {
-    def.pointer("/feature/strategies").and_then(Value::as_array).cloned().unwrap_or_default()
+    def.pointer("/feature/strategies")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn strategy_field(def: &Value, field: &str) -> Vec<Value> {
-    strategies(def).iter().map(|s| s.get(field).cloned().unwrap_or(Value::Null)).collect()
+    strategies(def)
+        .iter()
+        .map(|s| s.get(field).cloned().unwrap_or(Value::Null))
+        .collect()
 }
 
 /// The kinds of change from `old` to `new` (empty when they are the same definition).
@@ -128,7 +145,9 @@ pub fn diff(old: Option<&FlagDefinition>, new: Option<&FlagDefinition>) -> Vec<C
     {
         changes.push(ChangeKind::Variants);
     }
-    if strategy_field(old, "segments") != strategy_field(new, "segments") || old.get("segments") != new.get("segments") {
+    if strategy_field(old, "segments") != strategy_field(new, "segments")
+        || old.get("segments") != new.get("segments")
+    {
         changes.push(ChangeKind::Segments);
     }
     if changes.is_empty() {
@@ -163,15 +182,24 @@ mod tests {
 
         let mut v = base();
         v["features"][0]["enabled"] = json!(false);
-        assert_eq!(diff(Some(&old), Some(&one(v))), vec![ChangeKind::EnabledToggled]);
+        assert_eq!(
+            diff(Some(&old), Some(&one(v))),
+            vec![ChangeKind::EnabledToggled]
+        );
 
         let mut v = base();
         v["features"][0]["strategies"][0]["parameters"]["rollout"] = json!("20");
-        assert_eq!(diff(Some(&old), Some(&one(v))), vec![ChangeKind::Strategies]);
+        assert_eq!(
+            diff(Some(&old), Some(&one(v))),
+            vec![ChangeKind::Strategies]
+        );
 
         let mut v = base();
         v["features"][0]["strategies"][0]["constraints"][0]["values"] = json!(["dev"]);
-        assert_eq!(diff(Some(&old), Some(&one(v))), vec![ChangeKind::Constraints]);
+        assert_eq!(
+            diff(Some(&old), Some(&one(v))),
+            vec![ChangeKind::Constraints]
+        );
 
         let mut v = base();
         v["features"][0]["variants"] = json!([{"name": "a", "weight": 1000}]);

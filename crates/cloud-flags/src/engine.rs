@@ -52,7 +52,10 @@ pub const SUPPORTED_SPEC_VERSION: &str = unleash_yggdrasil::SUPPORTED_SPEC_VERSI
 
 /// The strategies the engine implements (sent to the server on registration).
 pub fn known_strategies() -> Vec<String> {
-    unleash_yggdrasil::KNOWN_STRATEGIES.iter().map(|s| (*s).to_string()).collect()
+    unleash_yggdrasil::KNOWN_STRATEGIES
+        .iter()
+        .map(|s| (*s).to_string())
+        .collect()
 }
 
 fn enriched<'a>(flag: &'a str, ctx: &'a FlagContext) -> EnrichedContext<'a> {

@@ -17,7 +17,11 @@ pub enum FlagError {
     #[error("audit log {path} does not exist")]
     AuditLogMissing { path: PathBuf },
     #[error("audit log {path} failed verification at line {line}: {reason}")]
-    AuditTampered { path: PathBuf, line: usize, reason: String },
+    AuditTampered {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
     #[error("invalid flag configuration: {0}")]
     Config(String),
     #[error("cannot encode: {0}")]
@@ -30,6 +34,10 @@ pub enum FlagError {
 
 impl FlagError {
     pub(crate) fn io(action: &'static str, path: &Path, source: std::io::Error) -> Self {
-        Self::Io { action, path: path.to_path_buf(), source }
+        Self::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }

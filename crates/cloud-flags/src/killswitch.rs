@@ -47,7 +47,10 @@ fn read_file(path: &Path) -> Result<BTreeSet<String>, String> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(parse(&text)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeSet::new()),
-        Err(e) => Err(format!("cannot read kill-switch file {}: {e}", path.display())),
+        Err(e) => Err(format!(
+            "cannot read kill-switch file {}: {e}",
+            path.display()
+        )),
     }
 }
 
@@ -57,7 +60,16 @@ mod tests {
 
     #[test]
     fn parses_lists_and_comments() {
-        let set = parse("gateway.canary-upstream # incident 42\n\n  identity.new-claims,frontend.x\n# all off\n");
-        assert_eq!(set.into_iter().collect::<Vec<_>>(), ["frontend.x", "gateway.canary-upstream", "identity.new-claims"]);
+        let set = parse(
+            "gateway.canary-upstream # incident 42\n\n  identity.new-claims,frontend.x\n# all off\n",
+        );
+        assert_eq!(
+            set.into_iter().collect::<Vec<_>>(),
+            [
+                "frontend.x",
+                "gateway.canary-upstream",
+                "identity.new-claims"
+            ]
+        );
     }
 }

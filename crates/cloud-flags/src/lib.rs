@@ -27,8 +27,9 @@ mod state;
 
 pub use audit::{AUDIT_TARGET, AuditRecord, StateSource, VerifyReport};
 pub use client::{
-    EVALUATION_TARGET, EvaluatedFlag, FlagClient, FlagStatus, IMPRESSION_TARGET, ImpressionEvent, ImpressionKind,
-    PROVIDER_NAME, SDK_NAME, Variant, VariantPayload, backoff_delay, bundled_bootstrap_path,
+    EVALUATION_TARGET, EvaluatedFlag, FlagClient, FlagStatus, IMPRESSION_TARGET, ImpressionEvent,
+    ImpressionKind, PROVIDER_NAME, SDK_NAME, Variant, VariantPayload, backoff_delay,
+    bundled_bootstrap_path,
 };
 pub use config::{FlagsConfig, OfflineConfig, UnleashConfig};
 pub use context::{FlagContext, TENANT_ID_FIELD};

@@ -50,7 +50,14 @@ impl CounterRegistry {
     pub fn snapshot(&self) -> Vec<(String, String, u64, u64)> {
         let map = self.counters.lock().unwrap_or_else(|p| p.into_inner());
         map.iter()
-            .map(|((f, v), c)| (f.clone(), v.clone(), c.on.load(Ordering::Relaxed), c.off.load(Ordering::Relaxed)))
+            .map(|((f, v), c)| {
+                (
+                    f.clone(),
+                    v.clone(),
+                    c.on.load(Ordering::Relaxed),
+                    c.off.load(Ordering::Relaxed),
+                )
+            })
             .collect()
     }
 }
@@ -71,7 +78,10 @@ pub(crate) fn usage_between(
 ) -> BTreeMap<String, ToggleUsage> {
     let mut usage: BTreeMap<String, ToggleUsage> = BTreeMap::new();
     for (flag, variant, on, off) in now {
-        let (on0, off0) = before.get(&(flag.clone(), variant.clone())).copied().unwrap_or((0, 0));
+        let (on0, off0) = before
+            .get(&(flag.clone(), variant.clone()))
+            .copied()
+            .unwrap_or((0, 0));
         let (don, doff) = (on.saturating_sub(on0), off.saturating_sub(off0));
         if don == 0 && doff == 0 {
             continue;
@@ -104,7 +114,11 @@ impl Collector for EvaluationCollector {
                 if value == 0 {
                     continue;
                 }
-                let labels = [("flag", flag.as_str()), ("variant", variant.as_str()), ("enabled", enabled)];
+                let labels = [
+                    ("flag", flag.as_str()),
+                    ("variant", variant.as_str()),
+                    ("enabled", enabled),
+                ];
                 ConstCounter::new(value).encode(metric.encode_family(&labels)?)?;
             }
         }

@@ -14,10 +14,12 @@
 //! matching context fields, everything else to properties.
 
 use async_trait::async_trait;
-use open_feature::provider::{FeatureProvider, ProviderMetadata, ProviderStatus, ResolutionDetails};
+use open_feature::provider::{
+    FeatureProvider, ProviderMetadata, ProviderStatus, ResolutionDetails,
+};
 use open_feature::{
-    EvaluationContext, EvaluationContextFieldValue, EvaluationError, EvaluationErrorCode, EvaluationReason,
-    EvaluationResult, StructValue, Value,
+    EvaluationContext, EvaluationContextFieldValue, EvaluationError, EvaluationErrorCode,
+    EvaluationReason, EvaluationResult, StructValue, Value,
 };
 
 use crate::{FlagClient, FlagContext, PROVIDER_NAME, Variant};
@@ -30,15 +32,24 @@ pub struct UnleashProvider {
 
 impl UnleashProvider {
     pub fn new(client: FlagClient) -> Self {
-        Self { client, metadata: ProviderMetadata::new(PROVIDER_NAME) }
+        Self {
+            client,
+            metadata: ProviderMetadata::new(PROVIDER_NAME),
+        }
     }
 
     fn known(&self, flag: &str) -> EvaluationResult<()> {
         if !self.client.is_ready() {
-            return Err(error(EvaluationErrorCode::ProviderNotReady, "no flag state loaded yet".into()));
+            return Err(error(
+                EvaluationErrorCode::ProviderNotReady,
+                "no flag state loaded yet".into(),
+            ));
         }
         if !self.client.knows(flag) {
-            return Err(error(EvaluationErrorCode::FlagNotFound, format!("flag {flag:?} is not defined")));
+            return Err(error(
+                EvaluationErrorCode::FlagNotFound,
+                format!("flag {flag:?} is not defined"),
+            ));
         }
         Ok(())
     }
@@ -50,7 +61,10 @@ impl UnleashProvider {
 }
 
 fn error(code: EvaluationErrorCode, message: String) -> EvaluationError {
-    EvaluationError { code, message: Some(message) }
+    EvaluationError {
+        code,
+        message: Some(message),
+    }
 }
 
 fn field_string(value: &EvaluationContextFieldValue) -> Option<String> {
@@ -59,7 +73,9 @@ fn field_string(value: &EvaluationContextFieldValue) -> Option<String> {
         EvaluationContextFieldValue::Int(i) => Some(i.to_string()),
         EvaluationContextFieldValue::Float(f) => Some(f.to_string()),
         EvaluationContextFieldValue::String(s) => Some(s.clone()),
-        EvaluationContextFieldValue::DateTime(t) => t.format(&time::format_description::well_known::Rfc3339).ok(),
+        EvaluationContextFieldValue::DateTime(t) => t
+            .format(&time::format_description::well_known::Rfc3339)
+            .ok(),
         EvaluationContextFieldValue::Struct(_) => None,
     }
 }
@@ -71,7 +87,9 @@ pub fn to_flag_context(ctx: &EvaluationContext) -> FlagContext {
         out = out.with_user_id(key.clone());
     }
     for (name, value) in &ctx.custom_fields {
-        let Some(value) = field_string(value) else { continue };
+        let Some(value) = field_string(value) else {
+            continue;
+        };
         out = match name.as_str() {
             "userId" => out.with_user_id(value),
             "tenantId" => out.with_tenant_id(value),
@@ -96,15 +114,24 @@ fn json_to_value(v: serde_json::Value) -> Value {
         },
         serde_json::Value::String(s) => Value::String(s),
         serde_json::Value::Array(a) => Value::Array(a.into_iter().map(json_to_value).collect()),
-        serde_json::Value::Object(o) => {
-            Value::Struct(StructValue { fields: o.into_iter().map(|(k, v)| (k, json_to_value(v))).collect() })
-        }
+        serde_json::Value::Object(o) => Value::Struct(StructValue {
+            fields: o.into_iter().map(|(k, v)| (k, json_to_value(v))).collect(),
+        }),
     }
 }
 
 fn details<T>(value: T, variant: &Variant) -> ResolutionDetails<T> {
-    let reason = if variant.enabled { EvaluationReason::Split } else { EvaluationReason::Default };
-    ResolutionDetails { value, variant: Some(variant.name.clone()), reason: Some(reason), flag_metadata: None }
+    let reason = if variant.enabled {
+        EvaluationReason::Split
+    } else {
+        EvaluationReason::Default
+    };
+    ResolutionDetails {
+        value,
+        variant: Some(variant.name.clone()),
+        reason: Some(reason),
+        flag_metadata: None,
+    }
 }
 
 fn payload<'a>(flag: &str, variant: &'a Variant, kind: &str) -> EvaluationResult<&'a str> {
@@ -112,9 +139,15 @@ fn payload<'a>(flag: &str, variant: &'a Variant, kind: &str) -> EvaluationResult
         Some(p) if p.kind == kind => Ok(&p.value),
         Some(p) => Err(error(
             EvaluationErrorCode::TypeMismatch,
-            format!("variant {:?} of {flag:?} has a {} payload, not {kind}", variant.name, p.kind),
+            format!(
+                "variant {:?} of {flag:?} has a {} payload, not {kind}",
+                variant.name, p.kind
+            ),
         )),
-        None => Err(error(EvaluationErrorCode::TypeMismatch, format!("variant {:?} of {flag:?} has no payload", variant.name))),
+        None => Err(error(
+            EvaluationErrorCode::TypeMismatch,
+            format!("variant {:?} of {flag:?} has no payload", variant.name),
+        )),
     }
 }
 
@@ -125,10 +158,18 @@ impl FeatureProvider for UnleashProvider {
     }
 
     fn status(&self) -> ProviderStatus {
-        if self.client.is_ready() { ProviderStatus::Ready } else { ProviderStatus::NotReady }
+        if self.client.is_ready() {
+            ProviderStatus::Ready
+        } else {
+            ProviderStatus::NotReady
+        }
     }
 
-    async fn resolve_bool_value(&self, flag: &str, ctx: &EvaluationContext) -> EvaluationResult<ResolutionDetails<bool>> {
+    async fn resolve_bool_value(
+        &self,
+        flag: &str,
+        ctx: &EvaluationContext,
+    ) -> EvaluationResult<ResolutionDetails<bool>> {
         self.known(flag)?;
         let enabled = self.client.is_enabled(flag, &to_flag_context(ctx));
         Ok(ResolutionDetails {
@@ -148,23 +189,35 @@ impl FeatureProvider for UnleashProvider {
         Ok(details(variant.name.clone(), &variant))
     }
 
-    async fn resolve_int_value(&self, flag: &str, ctx: &EvaluationContext) -> EvaluationResult<ResolutionDetails<i64>> {
+    async fn resolve_int_value(
+        &self,
+        flag: &str,
+        ctx: &EvaluationContext,
+    ) -> EvaluationResult<ResolutionDetails<i64>> {
         let variant = self.variant(flag, ctx)?;
         let raw = payload(flag, &variant, "number")?;
-        let value = raw
-            .trim()
-            .parse::<i64>()
-            .map_err(|e| error(EvaluationErrorCode::ParseError, format!("payload {raw:?} of {flag:?} is not an integer: {e}")))?;
+        let value = raw.trim().parse::<i64>().map_err(|e| {
+            error(
+                EvaluationErrorCode::ParseError,
+                format!("payload {raw:?} of {flag:?} is not an integer: {e}"),
+            )
+        })?;
         Ok(details(value, &variant))
     }
 
-    async fn resolve_float_value(&self, flag: &str, ctx: &EvaluationContext) -> EvaluationResult<ResolutionDetails<f64>> {
+    async fn resolve_float_value(
+        &self,
+        flag: &str,
+        ctx: &EvaluationContext,
+    ) -> EvaluationResult<ResolutionDetails<f64>> {
         let variant = self.variant(flag, ctx)?;
         let raw = payload(flag, &variant, "number")?;
-        let value = raw
-            .trim()
-            .parse::<f64>()
-            .map_err(|e| error(EvaluationErrorCode::ParseError, format!("payload {raw:?} of {flag:?} is not a number: {e}")))?;
+        let value = raw.trim().parse::<f64>().map_err(|e| {
+            error(
+                EvaluationErrorCode::ParseError,
+                format!("payload {raw:?} of {flag:?} is not a number: {e}"),
+            )
+        })?;
         Ok(details(value, &variant))
     }
 
@@ -175,11 +228,18 @@ impl FeatureProvider for UnleashProvider {
     ) -> EvaluationResult<ResolutionDetails<StructValue>> {
         let variant = self.variant(flag, ctx)?;
         let raw = payload(flag, &variant, "json")?;
-        let json: serde_json::Value = serde_json::from_str(raw)
-            .map_err(|e| error(EvaluationErrorCode::ParseError, format!("payload of {flag:?} is not JSON: {e}")))?;
+        let json: serde_json::Value = serde_json::from_str(raw).map_err(|e| {
+            error(
+                EvaluationErrorCode::ParseError,
+                format!("payload of {flag:?} is not JSON: {e}"),
+            )
+        })?;
         match json_to_value(json) {
             Value::Struct(s) => Ok(details(s, &variant)),
-            _ => Err(error(EvaluationErrorCode::TypeMismatch, format!("payload of {flag:?} is JSON but not an object"))),
+            _ => Err(error(
+                EvaluationErrorCode::TypeMismatch,
+                format!("payload of {flag:?} is JSON but not an object"),
+            )),
         }
     }
 }

@@ -43,7 +43,10 @@ pub struct Backup {
 /// format `{"events": [...]}` of `/api/client/delta`, applied to an empty state); the error
 /// names the file and the position.
 pub fn parse_features(bytes: &[u8], path: &Path) -> Result<ClientFeatures, FlagError> {
-    let invalid = |e: serde_json::Error| FlagError::InvalidFeatures { path: path.to_path_buf(), reason: e.to_string() };
+    let invalid = |e: serde_json::Error| FlagError::InvalidFeatures {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
     let value: serde_json::Value = serde_json::from_slice(bytes).map_err(invalid)?;
     if value.get("events").is_some() && value.get("features").is_none() {
         let delta: ClientFeaturesDelta = serde_json::from_value(value).map_err(invalid)?;
@@ -59,8 +62,16 @@ pub fn read_bootstrap(path: &Path) -> Result<(ClientFeatures, Vec<u8>), FlagErro
 }
 
 /// Writes the backup atomically: temp file, fsync, rename, fsync of the directory.
-pub fn write_backup(path: &Path, body: &[u8], etag: Option<&str>, fetched_at: OffsetDateTime) -> Result<(), FlagError> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+pub fn write_backup(
+    path: &Path,
+    body: &[u8],
+    etag: Option<&str>,
+    fetched_at: OffsetDateTime,
+) -> Result<(), FlagError> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| FlagError::io("create backup directory", dir, e))?;
     let header = BackupHeader {
         format: BACKUP_FORMAT.into(),
@@ -72,10 +83,15 @@ pub fn write_backup(path: &Path, body: &[u8], etag: Option<&str>, fetched_at: Of
     let mut bytes = serde_json::to_vec(&header).map_err(|e| FlagError::Encode(e.to_string()))?;
     bytes.push(b'\n');
     bytes.extend_from_slice(body);
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| FlagError::io("create temporary backup in", dir, e))?;
-    tmp.write_all(&bytes).map_err(|e| FlagError::io("write temporary backup for", path, e))?;
-    tmp.as_file().sync_all().map_err(|e| FlagError::io("sync temporary backup for", path, e))?;
-    tmp.persist(path).map_err(|e| FlagError::io("rename backup into", path, e.error))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .map_err(|e| FlagError::io("create temporary backup in", dir, e))?;
+    tmp.write_all(&bytes)
+        .map_err(|e| FlagError::io("write temporary backup for", path, e))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| FlagError::io("sync temporary backup for", path, e))?;
+    tmp.persist(path)
+        .map_err(|e| FlagError::io("rename backup into", path, e.error))?;
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }
@@ -84,24 +100,46 @@ pub fn write_backup(path: &Path, body: &[u8], etag: Option<&str>, fetched_at: Of
 
 /// Reads and checks the backup. Any problem is a [`FlagError::CorruptBackup`] naming it.
 pub fn read_backup(path: &Path) -> Result<Backup, FlagError> {
-    let bytes = std::fs::read(path).map_err(|e| FlagError::io("read last-known-good file", path, e))?;
-    let corrupt = |reason: String| FlagError::CorruptBackup { path: path.to_path_buf(), reason };
-    let split = bytes.iter().position(|b| *b == b'\n').ok_or_else(|| corrupt("no header line".into()))?;
-    let header: BackupHeader =
-        serde_json::from_slice(&bytes[..split]).map_err(|e| corrupt(format!("header is not valid: {e}")))?;
+    let bytes =
+        std::fs::read(path).map_err(|e| FlagError::io("read last-known-good file", path, e))?;
+    let corrupt = |reason: String| FlagError::CorruptBackup {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let split = bytes
+        .iter()
+        .position(|b| *b == b'\n')
+        .ok_or_else(|| corrupt("no header line".into()))?;
+    let header: BackupHeader = serde_json::from_slice(&bytes[..split])
+        .map_err(|e| corrupt(format!("header is not valid: {e}")))?;
     if header.format != BACKUP_FORMAT {
-        return Err(corrupt(format!("format is {:?}, expected {BACKUP_FORMAT:?}", header.format)));
+        return Err(corrupt(format!(
+            "format is {:?}, expected {BACKUP_FORMAT:?}",
+            header.format
+        )));
     }
     let body = &bytes[split + 1..];
     if body.len() != header.length {
-        return Err(corrupt(format!("body is {} bytes, header says {} (truncated?)", body.len(), header.length)));
+        return Err(corrupt(format!(
+            "body is {} bytes, header says {} (truncated?)",
+            body.len(),
+            header.length
+        )));
     }
     let actual = sha256_hex(body);
     if actual != header.sha256 {
-        return Err(corrupt(format!("checksum mismatch: header {} but body hashes to {actual}", header.sha256)));
+        return Err(corrupt(format!(
+            "checksum mismatch: header {} but body hashes to {actual}",
+            header.sha256
+        )));
     }
     let features = parse_features(body, path).map_err(|e| corrupt(e.to_string()))?;
-    Ok(Backup { features, body: body.to_vec(), etag: header.etag, fetched_at: header.fetched_at })
+    Ok(Backup {
+        features,
+        body: body.to_vec(),
+        etag: header.etag,
+        fetched_at: header.fetched_at,
+    })
 }
 
 #[cfg(test)]
@@ -128,12 +166,19 @@ mod tests {
         let last = flipped.len() - 3;
         flipped[last] ^= 0x01;
         std::fs::write(&path, &flipped).unwrap();
-        assert!(matches!(read_backup(&path), Err(FlagError::CorruptBackup { reason, .. }) if reason.contains("checksum")));
+        assert!(
+            matches!(read_backup(&path), Err(FlagError::CorruptBackup { reason, .. }) if reason.contains("checksum"))
+        );
         // Truncated.
         std::fs::write(&path, &good[..good.len() - 10]).unwrap();
-        assert!(matches!(read_backup(&path), Err(FlagError::CorruptBackup { reason, .. }) if reason.contains("truncated")));
+        assert!(
+            matches!(read_backup(&path), Err(FlagError::CorruptBackup { reason, .. }) if reason.contains("truncated"))
+        );
         // Garbage.
         std::fs::write(&path, b"not a backup").unwrap();
-        assert!(matches!(read_backup(&path), Err(FlagError::CorruptBackup { .. })));
+        assert!(matches!(
+            read_backup(&path),
+            Err(FlagError::CorruptBackup { .. })
+        ));
     }
 }

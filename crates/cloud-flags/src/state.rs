@@ -23,7 +23,11 @@ impl Hasher for Fnv {
         self.0
     }
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
         for b in bytes {
             h ^= u64::from(*b);
             h = h.wrapping_mul(0x0100_0000_01b3);
@@ -63,11 +67,21 @@ impl Compiled {
             .filter(|f| f.impression_data.unwrap_or(false))
             .map(|f| f.name.clone())
             .collect();
-        Self { engine: Arc::new(engine), definitions: Arc::new(definitions(features)), impressions: Arc::new(impressions) }
+        Self {
+            engine: Arc::new(engine),
+            definitions: Arc::new(definitions(features)),
+            impressions: Arc::new(impressions),
+        }
     }
 
     pub fn empty() -> Self {
-        Self::compile(&ClientFeatures { version: 2, features: vec![], segments: None, query: None, meta: None })
+        Self::compile(&ClientFeatures {
+            version: 2,
+            features: vec![],
+            segments: None,
+            query: None,
+            meta: None,
+        })
     }
 }
 
@@ -95,7 +109,12 @@ fn variant_names(def: &Value) -> BTreeSet<String> {
         }
     };
     collect(def.pointer("/feature/variants"), &mut names);
-    for s in def.pointer("/feature/strategies").and_then(Value::as_array).into_iter().flatten() {
+    for s in def
+        .pointer("/feature/strategies")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         collect(s.get("variants"), &mut names);
     }
     names
@@ -113,8 +132,10 @@ impl FlagState {
             .definitions
             .iter()
             .map(|(name, def)| {
-                let variant_counters: Vec<(Box<str>, Arc<PairCounter>)> =
-                    variant_names(&def.value).into_iter().map(|v| (v.clone().into_boxed_str(), counters.get(name, &v))).collect();
+                let variant_counters: Vec<(Box<str>, Arc<PairCounter>)> = variant_names(&def.value)
+                    .into_iter()
+                    .map(|v| (v.clone().into_boxed_str(), counters.get(name, &v)))
+                    .collect();
                 let slot = Slot {
                     enabled_counter: counters.get(name, NO_VARIANT),
                     variant_counters: variant_counters.into(),
@@ -138,6 +159,10 @@ impl FlagState {
     }
 
     pub fn compiled(&self) -> Compiled {
-        Compiled { engine: self.engine.clone(), definitions: self.definitions.clone(), impressions: self.impressions.clone() }
+        Compiled {
+            engine: self.engine.clone(),
+            definitions: self.definitions.clone(),
+            impressions: self.impressions.clone(),
+        }
     }
 }

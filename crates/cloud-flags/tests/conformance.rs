@@ -2,8 +2,7 @@
 //! in `xtask/src/tools.rs`), evaluated through OUR API (`FlagClient::is_enabled` / `variant`
 //! with a `FlagContext`). A missing spec, a missing case or a failing case fails the run.
 //! `cargo xtask test` passes the unpacked package as `CLOUD_TEST_UNLEASH_SPEC_DIR`.
-
-use std::path::PathBuf;
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use cloud_flags::{FlagClient, FlagContext};
 use serde::Deserialize;
@@ -101,10 +100,18 @@ fn context(ctx: &Value) -> FlagContext {
 
 #[test]
 fn client_specification_passes_through_our_api() {
-    let Some(dir) = cloud_test_support::require_tool("UNLEASH_SPEC_DIR") else { return };
-    let specs = PathBuf::from(dir).join("specifications");
-    let index: Vec<String> = serde_json::from_slice(&std::fs::read(specs.join("index.json")).unwrap()).unwrap();
-    assert_eq!(index.len(), EXPECTED_FILES, "spec index lists {} files", index.len());
+    let Some(dir) = cloud_test_support::require_tool("UNLEASH_SPEC_DIR") else {
+        return;
+    };
+    let specs = dir.join("specifications");
+    let index: Vec<String> =
+        serde_json::from_slice(&std::fs::read(specs.join("index.json")).unwrap()).unwrap();
+    assert_eq!(
+        index.len(),
+        EXPECTED_FILES,
+        "spec index lists {} files",
+        index.len()
+    );
 
     let (mut enabled_cases, mut variant_cases) = (0, 0);
     let mut failures = vec![];
@@ -112,12 +119,16 @@ fn client_specification_passes_through_our_api() {
         let spec: SpecFile = serde_json::from_slice(&std::fs::read(specs.join(file)).unwrap())
             .unwrap_or_else(|e| panic!("{file}: not a spec file: {e}"));
         let state = serde_json::to_vec(&spec.state).unwrap();
-        let client = FlagClient::from_features_json(&state).unwrap_or_else(|e| panic!("{file}: state rejected: {e}"));
+        let client = FlagClient::from_features_json(&state)
+            .unwrap_or_else(|e| panic!("{file}: state rejected: {e}"));
         for case in &spec.tests {
             enabled_cases += 1;
             let got = client.is_enabled(&case.toggle_name, &context(&case.context));
             if got != case.expected_result {
-                failures.push(format!("{} / {}: is_enabled = {got}, expected {}", spec.name, case.description, case.expected_result));
+                failures.push(format!(
+                    "{} / {}: is_enabled = {got}, expected {}",
+                    spec.name, case.description, case.expected_result
+                ));
             }
         }
         for case in &spec.variant_tests {
@@ -129,13 +140,24 @@ fn client_specification_passes_through_our_api() {
                 (Some(g), Some(w)) => g.kind == w.kind && g.value == w.value,
                 _ => false,
             };
-            let feature_ok = want.feature_enabled.is_none_or(|f| f == got.feature_enabled);
+            let feature_ok = want
+                .feature_enabled
+                .is_none_or(|f| f == got.feature_enabled);
             if got.name != want.name || got.enabled != want.enabled || !payload_ok || !feature_ok {
-                failures.push(format!("{} / {}: variant = {got:?}, expected {want:?}", spec.name, case.description));
+                failures.push(format!(
+                    "{} / {}: variant = {got:?}, expected {want:?}",
+                    spec.name, case.description
+                ));
             }
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), enabled_cases + variant_cases, failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        enabled_cases + variant_cases,
+        failures.join("\n")
+    );
     assert_eq!(enabled_cases, EXPECTED_ENABLED_CASES, "isEnabled cases run");
     assert_eq!(variant_cases, EXPECTED_VARIANT_CASES, "variant cases run");
     eprintln!("conformance: {enabled_cases} isEnabled + {variant_cases} variant cases passed");
