@@ -3,12 +3,36 @@
 //! A library with [`build`] and [`Application::run_until_stopped`], so that the binary, `cloudctl
 //! up` and the tests all start exactly the same service.
 
+pub mod admin;
+pub mod audit;
+pub mod bootstrap;
+pub mod cli;
 pub mod config;
+pub mod crypto;
+pub mod demo;
+pub mod keys;
+pub mod login;
+pub mod model;
+pub mod oauth;
+pub mod openapi;
+pub mod state;
+pub mod store;
+pub mod tokens;
+
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
 use axum::Router;
-use cloud_kit::{Metrics, Readiness, Server, ServerError, Shutdown};
+use axum::routing::{get, post};
+use cloud_kit::{Clock, Metrics, Readiness, Server, ServerError, Shutdown, SystemClock};
+use secrecy::{ExposeSecret, SecretString};
 
 pub use config::Config;
+
+use crate::crypto::{PasswordPool, SecretHasher, random_token};
+use crate::keys::{KeyCipher, KeyManager};
+use crate::state::{AppState, Inner};
+use crate::store::{Store, StoreError};
 
 pub const SERVICE_NAME: &str = "cloud-identity-access";
 
@@ -18,6 +42,19 @@ pub enum BuildError {
     Server(#[from] ServerError),
     #[error("cannot derive the issuer URL: {0}")]
     Issuer(#[from] url::ParseError),
+    /// Never includes the database URL, which may hold a password.
+    #[error("cannot open the database (database.url): {0}")]
+    Store(#[from] StoreError),
+    #[error("signing keys: {0}")]
+    Keys(#[from] keys::KeyError),
+    #[error("bootstrap: {0}")]
+    Bootstrap(#[from] bootstrap::BootstrapError),
+    #[error("data_dir {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error("keys.encryption_key is required with a PostgreSQL database (every replica must decrypt the same keys)")]
+    EncryptionKeyRequired,
+    #[error(transparent)]
+    Password(#[from] crypto::PasswordError),
 }
 
 /// The service with its listeners bound, ready to run.
@@ -25,16 +62,152 @@ pub enum BuildError {
 pub struct Application {
     server: Server,
     issuer: url::Url,
+    state: AppState,
+    rotation_period: std::time::Duration,
+    rotation_check: std::time::Duration,
+}
+
+fn is_memory(url: &str) -> bool {
+    url.starts_with("sqlite:") && (url.contains(":memory:") || url.contains("mode=memory"))
+}
+
+/// The key that encrypts signing keys at rest: configured, or generated once into the data dir.
+fn key_cipher(config: &Config, url: &SecretString) -> Result<KeyCipher, BuildError> {
+    if let Some(key) = &config.keys.encryption_key {
+        return Ok(KeyCipher::from_secret(key.expose_secret()));
+    }
+    let url = url.expose_secret();
+    if is_memory(url) {
+        return Ok(KeyCipher::from_secret(&random_token(32)));
+    }
+    if !url.starts_with("sqlite:") {
+        return Err(BuildError::EncryptionKeyRequired);
+    }
+    let path = config.data_dir.join("key-encryption.key");
+    let io = |source| BuildError::DataDir { path: path.display().to_string(), source };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(KeyCipher::from_secret(text.trim())),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(&config.data_dir).map_err(io)?;
+            let secret = random_token(32);
+            match write_private(&path, &secret) {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "generated a key-encryption key");
+                    Ok(KeyCipher::from_secret(&secret))
+                }
+                // Another process sharing the data dir generated it first: use theirs.
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+                    std::fs::read_to_string(&path).map(|text| KeyCipher::from_secret(text.trim())).map_err(io)
+                }
+                Err(err) => Err(io(err)),
+            }
+        }
+        Err(err) => Err(io(err)),
+    }
+}
+
+/// Writes a 0600 file atomically: complete under a temporary name, then linked into place, so a
+/// concurrent reader never sees it half-written; fails with `AlreadyExists` if `path` exists.
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension(format!("tmp-{}", random_token(8)));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let result = options.open(&tmp).and_then(|mut file| file.write_all(contents.as_bytes())).and_then(|()| std::fs::hard_link(&tmp, path));
+    let _ = std::fs::remove_file(&tmp);
+    result
+}
+
+/// Opens the store named by the config (creating the data dir for the default SQLite file).
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, BuildError> {
+    if config.database.url.is_none() {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| BuildError::DataDir { path: config.data_dir.display().to_string(), source })?;
+    }
+    Ok(store::connect(&config.database_url(), config.database.max_connections).await?)
+}
+
+/// Opens the store and loads the signing keys, without binding listeners (CLI commands).
+pub async fn open_keys(config: &Config, store: Arc<dyn Store>) -> Result<KeyManager, BuildError> {
+    let cipher = key_cipher(config, &config.database_url())?;
+    let retire_after = config.tokens.access_token_ttl.max(config.tokens.refresh_token_ttl.min(std::time::Duration::from_secs(86_400)));
+    Ok(KeyManager::new(store, cipher, retire_after))
 }
 
 /// Builds the service from its configuration and binds its listeners.
 pub async fn build(config: Config) -> Result<Application, BuildError> {
+    build_with_clock(config, Arc::new(SystemClock)).await
+}
+
+/// [`build`] with an injected clock (tests of expiry and rotation).
+pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Application, BuildError> {
+    let store = open_store(&config).await?;
+    let url = config.database_url();
+    let cipher = key_cipher(&config, &url)?;
+    let secrets = SecretHasher::new(cipher.derive("client-secret-pepper"));
+    let keys = open_keys(&config, store.clone()).await?;
+    let now = clock.now().unix_timestamp();
+    keys.ensure(now).await?;
+    bootstrap::run(store.as_ref(), &secrets, &config.bootstrap, now).await?;
+    let state = AppState(Arc::new(Inner {
+        store: store.clone(),
+        keys: keys.clone(),
+        secrets,
+        passwords: PasswordPool::new(config.login.max_concurrent_hashes)?,
+        clock,
+        issuer: OnceLock::new(),
+        tokens: config.tokens.clone(),
+        login: config.login.clone(),
+        throttle: login::Throttle::default(),
+        csrf_key: crypto::random_bytes::<32>(),
+    }));
+
     let metrics = Metrics::new();
     let readiness = Readiness::new();
-    let router = cloud_kit::http_layers::default_fallbacks(Router::new().merge(cloud_kit::version_route(cloud_kit::build_info!())));
+    readiness.add_check("database", {
+        let store = store.clone();
+        move || {
+            let store = store.clone();
+            async move { store.ping().await.map_err(|e| e.to_string()) }
+        }
+    });
+    readiness.add_check("signing_keys", {
+        let keys = keys.clone();
+        move || {
+            let loaded = keys.current().is_some();
+            async move { if loaded { Ok(()) } else { Err("no active signing key loaded".to_string()) } }
+        }
+    });
+    let router = cloud_kit::http_layers::default_fallbacks(routes(state.clone()));
     let server = Server::bind(SERVICE_NAME, &config.server, router, readiness, metrics).await?;
     let issuer = config.issuer_or(server.port())?;
-    Ok(Application { server, issuer })
+    let _ = state.0.issuer.set(issuer.as_str().trim_end_matches('/').to_string());
+    Ok(Application {
+        server,
+        issuer,
+        state,
+        rotation_period: config.keys.rotation_period,
+        rotation_check: config.keys.rotation_check_interval,
+    })
+}
+
+/// Every API route (also used by the OpenAPI drift test).
+pub fn routes(state: AppState) -> Router {
+    Router::new()
+        .merge(cloud_kit::version_route(cloud_kit::build_info!()))
+        .route("/.well-known/openid-configuration", get(oauth::discovery))
+        .route("/.well-known/jwks.json", get(oauth::jwks))
+        .route("/oauth2/authorize", get(login::authorize_get).post(login::authorize_post))
+        .route("/oauth2/token", post(oauth::token))
+        .route("/oauth2/introspect", post(oauth::introspect))
+        .route("/oauth2/revoke", post(oauth::revoke))
+        .route("/oauth2/userinfo", get(oauth::userinfo).post(oauth::userinfo))
+        .merge(admin::router())
+        .with_state(state)
 }
 
 impl Application {
@@ -48,6 +221,15 @@ impl Application {
 
     pub fn issuer(&self) -> &url::Url {
         &self.issuer
+    }
+
+    /// The shared state: the store, keys and token settings.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.state.store.clone()
     }
 
     /// Triggers the same graceful shutdown as SIGTERM.
@@ -69,6 +251,21 @@ impl Application {
 
     pub async fn run_until_stopped(self) -> Result<(), ServerError> {
         tracing::info!(service = SERVICE_NAME, port = self.port(), admin_port = self.admin_port(), issuer = %self.issuer, "listening");
-        self.server.run_until_stopped().await
+        let keys = self.state.keys.clone();
+        let clock = self.state.clock.clone();
+        let (period, every) = (self.rotation_period, self.rotation_check);
+        let rotation = tokio::spawn(async move {
+            let mut interval = tokio::time::interval(every.max(std::time::Duration::from_secs(1)));
+            interval.tick().await;
+            loop {
+                interval.tick().await;
+                if let Err(err) = keys.tick(period, clock.now().unix_timestamp()).await {
+                    tracing::error!(error = %err, "key rotation check failed");
+                }
+            }
+        });
+        let result = self.server.run_until_stopped().await;
+        rotation.abort();
+        result
     }
 }
