@@ -47,6 +47,7 @@ pub struct Config {
 pub struct IdentityConfig {
     /// The identity provider's issuer; its discovery document lives under it and tokens must
     /// carry it as `iss`.
+    #[serde(deserialize_with = "http_url")]
     pub issuer_url: Url,
     /// The `aud` every token must contain.
     pub audience: String,
@@ -77,6 +78,16 @@ impl Default for IdentityConfig {
             min_refetch_interval: Duration::from_secs(5),
             fetch_timeout: Duration::from_secs(2),
         }
+    }
+}
+
+/// An `http://` or `https://` URL with a host; the error quotes the value as written.
+fn http_url<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Url, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    let expected = &"an http:// or https:// URL with a host";
+    match Url::parse(&text) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() && !text.contains(char::is_whitespace) => Ok(url),
+        _ => Err(serde::de::Error::invalid_value(serde::de::Unexpected::Str(&text), expected)),
     }
 }
 
@@ -402,6 +413,10 @@ fn describe(err: &figment::Error) -> String {
     let key = err.path.join(".");
     let source = err.metadata.as_ref().map(|m| match &m.source {
         Some(src) => format!("{} {src}", m.name),
+        // Name the exact variable, e.g. GATEWAY_SERVER__PORT for server.port.
+        None if m.name.contains("environment") && !key.is_empty() => {
+            format!("environment variable {ENV_PREFIX}_{}", key.to_uppercase().replace('.', "__"))
+        }
         None => m.name.to_string(),
     });
     let key = if key.is_empty() { "(top level)".to_string() } else { key };

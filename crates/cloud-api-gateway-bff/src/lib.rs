@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use axum::Router;
-use axum::routing::{any, get};
+use axum::routing::get;
 use cloud_kit::{Metrics, Readiness, Server, ServerError, Shutdown, SystemClock};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -180,9 +180,19 @@ pub async fn build_with(config: Config, hooks: Hooks) -> Result<Application, Bui
         session: config.bff.session.clone(),
     });
     let readiness = Readiness::new();
+    // The key set gates readiness only while something needs tokens: a gateway with only public
+    // routes serves without identity.
+    let needs_aggregation_tokens = !config.bff.aggregations.is_empty();
+    let readiness_state = state.clone();
     readiness.add_check("jwks", move || {
+        let needed = needs_aggregation_tokens || readiness_state.table.load().needs_tokens();
         let loaded = validator.is_loaded();
-        async move { if loaded { Ok(()) } else { Err("the identity key set is not loaded yet".to_string()) } }
+        async move {
+            match (needed, loaded) {
+                (true, false) => Err("the identity key set is not loaded yet".to_string()),
+                _ => Ok(()),
+            }
+        }
     });
     if limiter.uses_redis() {
         readiness.add_check("redis", move || {
@@ -204,8 +214,14 @@ pub async fn build_with(config: Config, hooks: Hooks) -> Result<Application, Bui
             }),
         );
     }
-    let router = router.route("/", any(proxy::handle)).route("/{*path}", any(proxy::handle)).with_state(state.clone());
-    let router = cloud_kit::http_layers::default_fallbacks(Router::new().merge(cloud_kit::version_route(cloud_kit::build_info!())).merge(router));
+    // Proxied paths are the fallback, so that RED metrics label them `unmatched` (not by raw
+    // path); `gateway_upstream_requests_total` labels them by route name.
+    let router = Router::new()
+        .merge(cloud_kit::version_route(cloud_kit::build_info!()))
+        .merge(router)
+        .fallback(proxy::handle)
+        .method_not_allowed_fallback(cloud_kit::problem::method_not_allowed_fallback)
+        .with_state(state.clone());
     let server = Server::bind(SERVICE_NAME, &config.server, router, readiness, metrics).await?;
     let reload = ReloadHandle { state: state.clone(), source_file: config.source_file.clone() };
     Ok(Application { server, state, reload, listen_for_signals: true })

@@ -181,6 +181,11 @@ impl RouteTable {
         self.routes.iter().find(|r| path.starts_with(r.prefix.as_str()) || (r.prefix.ends_with('/') && path == &r.prefix[..r.prefix.len() - 1]))
     }
 
+    /// Whether any route needs a token (and so the identity key set).
+    pub fn needs_tokens(&self) -> bool {
+        self.routes.iter().any(|r| r.auth != AuthMode::Public)
+    }
+
     pub fn len(&self) -> usize {
         self.routes.len()
     }

@@ -146,6 +146,8 @@ async fn an_unknown_kid_refetches_once_and_the_last_good_keys_survive_an_identit
     let (upstream, _) = upstream().await;
     let gw = start(config(&identity, &format!("routes:\n  api: {{path_prefix: /api/, upstreams: [\"http://{upstream}\"]}}\n"))).await;
     gw.ready().await;
+    // The start-up fetch counts against the refetch rate limit (min_refetch_interval: 200ms).
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let fetched_before = identity.jwks_hits.load(Ordering::SeqCst);
     // Rotation: identity now publishes `new` too; 20 concurrent requests with the new kid.
     identity.publish(&[&old, &new]);
@@ -181,7 +183,11 @@ async fn starts_before_identity_and_becomes_ready_once_the_keys_load() {
     drop(reserved);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gw.yaml");
-    std::fs::write(&path, format!("server: {{port: 0, admin_port: 0, drain_period: 0s}}\nidentity: {{issuer_url: \"http://{addr}\"}}\n")).unwrap();
+    std::fs::write(
+        &path,
+        format!("server: {{port: 0, admin_port: 0, drain_period: 0s}}\nidentity: {{issuer_url: \"http://{addr}\"}}\nroutes:\n  api: {{path_prefix: /api/, upstreams: [\"http://127.0.0.1:1\"]}}\n"),
+    )
+    .unwrap();
     let gw = start(cloud_api_gateway_bff::Config::load(Some(&path)).unwrap()).await;
     let r = reqwest::get(format!("{}/readyz", gw.admin)).await.unwrap();
     assert_eq!(r.status(), 503);
@@ -189,7 +195,8 @@ async fn starts_before_identity_and_becomes_ready_once_the_keys_load() {
     assert!(report["checks"]["jwks"].as_str().unwrap().starts_with("failing"), "{report}");
     let token = key.sign(&claims(&format!("http://{addr}"), "t", "u", &[]));
     let r = client().get(format!("{}/api/x", gw.url)).bearer_auth(&token).send().await.unwrap();
-    assert_eq!(r.status(), 404, "no routes configured: problem 404");
+    assert_eq!(r.status(), 503, "keys not loaded yet: 503, not 401 or 500");
+    assert!(problem(r.headers().get("content-type")));
     let _identity = Identity::serve(tokio::net::TcpListener::bind(addr).await.unwrap(), &[&key]).await;
     gw.ready().await;
 }
@@ -245,6 +252,7 @@ async fn upstream_failures_are_problem_json_and_the_circuit_breaker_opens_and_re
     timeouts: {{request: 300ms}}
     circuit_breaker: {{min_requests: 4, error_ratio: 0.5, open_for: 500ms}}
   dead: {{path_prefix: /dead/, auth: public, upstreams: [\"http://{dead}\"], circuit_breaker: {{enabled: false}}}}
+  slow: {{path_prefix: /slow/, auth: public, upstreams: [\"http://{upstream}\"], timeouts: {{request: 300ms}}}}
 "
         ),
     ))
@@ -252,7 +260,7 @@ async fn upstream_failures_are_problem_json_and_the_circuit_breaker_opens_and_re
     let r = client().get(format!("{}/dead/x", gw.url)).send().await.unwrap();
     assert_eq!(r.status(), 502);
     assert!(problem(r.headers().get("content-type")));
-    let r = client().get(format!("{}/api/slow/2000", gw.url)).send().await.unwrap();
+    let r = client().get(format!("{}/slow/2000", gw.url)).send().await.unwrap();
     assert_eq!(r.status(), 504);
     assert!(problem(r.headers().get("content-type")));
     // The breaker: 4 failures open it; then the upstream is not called at all.

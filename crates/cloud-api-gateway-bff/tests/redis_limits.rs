@@ -47,9 +47,9 @@ impl Drop for PrivateRedis {
     }
 }
 
-fn routes(upstream: std::net::SocketAddr, redis: &str, requests: u64) -> String {
+fn routes(upstream: std::net::SocketAddr, redis: &str, requests: u64, timeout: &str) -> String {
     format!(
-        "redis: {{url: \"{redis}\", timeout: 200ms, retry_after: 200ms}}\nrate_limits: {{shared: {{requests: {requests}, period: 1h}}}}\nroutes:\n  api: {{path_prefix: /api/, rate_limit: shared, upstreams: [\"http://{upstream}\"]}}\n"
+        "redis: {{url: \"{redis}\", timeout: {timeout}, retry_after: 200ms}}\nrate_limits: {{shared: {{requests: {requests}, period: 1h}}}}\nroutes:\n  api: {{path_prefix: /api/, rate_limit: shared, upstreams: [\"http://{upstream}\"]}}\n"
     )
 }
 
@@ -60,8 +60,8 @@ async fn two_gateways_share_one_quota_within_five_percent() {
     let identity = Identity::start(&[&key]).await;
     let (upstream, _) = upstream().await;
     let limit = 200u64;
-    let a = start(config(&identity, &routes(upstream, &redis.url, limit))).await;
-    let b = start(config(&identity, &routes(upstream, &redis.url, limit))).await;
+    let a = start(config(&identity, &routes(upstream, &redis.url, limit, "2s"))).await;
+    let b = start(config(&identity, &routes(upstream, &redis.url, limit, "2s"))).await;
     a.ready().await;
     b.ready().await;
     let token = key.sign(&claims(&identity.issuer, "tenant-burst", "u", &[]));
@@ -81,7 +81,10 @@ async fn two_gateways_share_one_quota_within_five_percent() {
     assert_eq!(admitted as usize + rejected, statuses.len(), "only 200 and 429: {statuses:?}");
     let deviation = (admitted - limit as f64).abs() / limit as f64;
     assert!(deviation <= 0.05, "admitted {admitted} of a shared limit of {limit}");
-    assert!(!a.metrics().await.contains("gateway_ratelimit_redis_fallback 1"));
+    for gw in [&a, &b] {
+        let metrics = gw.metrics().await;
+        assert!(metrics.contains("gateway_ratelimit_redis_failures_total 0"), "admitted {admitted}; every decision came from Redis:\n{metrics}");
+    }
 }
 
 #[tokio::test]
@@ -90,7 +93,7 @@ async fn killing_redis_fails_open_without_5xx() {
     let key = Key::ed25519("k1");
     let identity = Identity::start(&[&key]).await;
     let (upstream, _) = upstream().await;
-    let gw = start(config(&identity, &routes(upstream, &redis.url, 100_000))).await;
+    let gw = start(config(&identity, &routes(upstream, &redis.url, 100_000, "200ms"))).await;
     gw.ready().await;
     let token = key.sign(&claims(&identity.issuer, "tenant-x", "u", &[]));
     let client = client();
