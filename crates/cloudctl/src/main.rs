@@ -1,5 +1,6 @@
 //! `cloudctl`: the operator CLI of the cloud platform.
 
+mod flags;
 mod output;
 mod up;
 
@@ -16,12 +17,15 @@ struct Cli {
 enum Command {
     /// Run the whole platform on this machine with embedded defaults (SQLite, no external servers).
     Up(up::UpArgs),
+    /// Feature flags: read and verify the hash-chained audit trail of flag changes.
+    Flags(flags::FlagsArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Up(args) => up::run(args),
+        Command::Flags(args) => flags::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
