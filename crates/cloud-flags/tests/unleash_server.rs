@@ -235,7 +235,12 @@ async fn against_a_real_unleash_server() {
             .flatten()
             .map(|m| m["yes"].as_u64().unwrap_or(0))
             .sum();
-        let no: u64 = raw["lastHourUsage"].as_array().into_iter().flatten().map(|m| m["no"].as_u64().unwrap_or(0)).sum();
+        let no: u64 = raw["lastHourUsage"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| m["no"].as_u64().unwrap_or(0))
+            .sum();
         let seen = raw["seenApplications"]
             .as_array()
             .is_some_and(|a| a.iter().any(|app| app == "cloud-flags-it"));
@@ -252,17 +257,6 @@ async fn against_a_real_unleash_server() {
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let apps = server
-        .admin(
-            reqwest::Method::GET,
-            "/api/admin/metrics/applications",
-            None,
-        )
-        .await;
-    assert!(
-        apps.to_string().contains("cloud-flags-it"),
-        "client registered: {apps}"
-    );
 
     // The server goes away: evaluation continues on the last good state.
     server.stop().await;
