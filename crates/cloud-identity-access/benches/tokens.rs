@@ -15,7 +15,11 @@ use secrecy::SecretString;
 use tower::ServiceExt;
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn benches(c: &mut Criterion) {
@@ -31,11 +35,20 @@ fn benches(c: &mut Criterion) {
             cloud_identity_access::demo::DemoSeed::Created(d) => d,
             other => panic!("{other:?}"),
         };
-        let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", demo.client_id, demo.client_secret)));
+        let basic = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD
+                .encode(format!("{}:{}", demo.client_id, demo.client_secret))
+        );
         let router = cloud_identity_access::routes(state.clone());
         let resp = router.clone().oneshot(token_request(&basic)).await.unwrap();
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
-        let token = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["access_token"].as_str().unwrap().to_string();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let token = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_string();
         (router, state, basic, token)
     });
     let keys = state.key_set().unwrap();
@@ -45,13 +58,19 @@ fn benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("identity");
     group.measurement_time(Duration::from_secs(5));
     group.bench_function("sign_access_token", |b| {
-        let claims = cloud_identity_access::tokens::verify_access_token(&keys, &token, &issuer, now).unwrap();
+        let claims =
+            cloud_identity_access::tokens::verify_access_token(&keys, &token, &issuer, now)
+                .unwrap();
         b.iter(|| keys.sign("at+jwt", &claims))
     });
-    group.bench_function("verify_access_token", |b| b.iter(|| verify_access_token(&keys, &token, &issuer, now).unwrap()));
+    group.bench_function("verify_access_token", |b| {
+        b.iter(|| verify_access_token(&keys, &token, &issuer, now).unwrap())
+    });
     let hasher = SecretHasher::new([7; 32]);
     let stored = hasher.hash("a-client-secret-of-43-characters-xxxxxxxxxx");
-    group.bench_function("client_secret_hmac_verify", |b| b.iter(|| hasher.verify("a-client-secret-of-43-characters-xxxxxxxxxx", &stored)));
+    group.bench_function("client_secret_hmac_verify", |b| {
+        b.iter(|| hasher.verify("a-client-secret-of-43-characters-xxxxxxxxxx", &stored))
+    });
     group.bench_function("client_credentials_request_in_process", |b| {
         b.to_async(&rt).iter(|| {
             let router = router.clone();
@@ -84,7 +103,9 @@ fn token_request(basic: &str) -> Request<Body> {
     Request::post("/oauth2/token")
         .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
         .header(header::AUTHORIZATION, basic)
-        .body(Body::from("grant_type=client_credentials&scope=orders:read"))
+        .body(Body::from(
+            "grant_type=client_credentials&scope=orders:read",
+        ))
         .unwrap()
 }
 

@@ -64,14 +64,23 @@ pub fn verify_chain(events: &[AuditEvent], head_seq: i64, head_hash: &str) -> Ve
     let mut expected_seq = 1;
     for event in events {
         if event.seq != expected_seq {
-            problems.push(format!("event seq {}: expected seq {expected_seq} (a row was deleted or inserted)", event.seq));
+            problems.push(format!(
+                "event seq {}: expected seq {expected_seq} (a row was deleted or inserted)",
+                event.seq
+            ));
         }
         if event.prev_hash != expected_prev {
-            problems.push(format!("event seq {}: prev_hash does not match the hash of the event before it", event.seq));
+            problems.push(format!(
+                "event seq {}: prev_hash does not match the hash of the event before it",
+                event.seq
+            ));
         }
         let recomputed = event_hash(event);
         if recomputed != event.hash {
-            problems.push(format!("event seq {}: content does not match its hash (the row was modified)", event.seq));
+            problems.push(format!(
+                "event seq {}: content does not match its hash (the row was modified)",
+                event.seq
+            ));
         }
         expected_prev = event.hash.clone();
         expected_seq = event.seq + 1;
@@ -83,5 +92,8 @@ pub fn verify_chain(events: &[AuditEvent], head_seq: i64, head_hash: &str) -> Ve
     if expected_prev != head_hash {
         problems.push("the chain head hash does not match the last event's hash".to_string());
     }
-    VerifyReport { events: events.len(), problems }
+    VerifyReport {
+        events: events.len(),
+        problems,
+    }
 }

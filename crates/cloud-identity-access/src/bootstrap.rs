@@ -7,7 +7,9 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::admin::{PLATFORM_ADMIN, PLATFORM_TENANT};
 use crate::config::BootstrapConfig;
 use crate::crypto::SecretHasher;
-use crate::model::{Actor, Client, ClientKind, GRANT_CLIENT_CREDENTIALS, Role, RoleAssignment, SubjectKind, Tenant};
+use crate::model::{
+    Actor, Client, ClientKind, GRANT_CLIENT_CREDENTIALS, Role, RoleAssignment, SubjectKind, Tenant,
+};
 use crate::store::{Store, StoreError};
 
 pub const ADMIN_CLIENT_ID: &str = "platform-admin";
@@ -15,7 +17,10 @@ pub const ADMIN_CLIENT_ID: &str = "platform-admin";
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
     #[error("cannot read bootstrap.admin_client_secret_file {path}: {source}")]
-    File { path: String, source: std::io::Error },
+    File {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("bootstrap.admin_client_secret must be at least 32 characters")]
     TooShort,
     #[error(transparent)]
@@ -28,18 +33,30 @@ fn configured_secret(config: &BootstrapConfig) -> Result<Option<SecretString>, B
     }
     match &config.admin_client_secret_file {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|source| BootstrapError::File { path: path.display().to_string(), source })?;
-            Ok(Some(SecretString::from(text.trim_end_matches(['\n', '\r']).to_string())))
+            let text = std::fs::read_to_string(path).map_err(|source| BootstrapError::File {
+                path: path.display().to_string(),
+                source,
+            })?;
+            Ok(Some(SecretString::from(
+                text.trim_end_matches(['\n', '\r']).to_string(),
+            )))
         }
         None => Ok(None),
     }
 }
 
 /// Creates the platform tenant, the `platform-admin` role and client if they do not exist.
-pub async fn run(store: &dyn Store, hasher: &SecretHasher, config: &BootstrapConfig, now: i64) -> Result<(), BootstrapError> {
+pub async fn run(
+    store: &dyn Store,
+    hasher: &SecretHasher,
+    config: &BootstrapConfig,
+    now: i64,
+) -> Result<(), BootstrapError> {
     let Some(secret) = configured_secret(config)? else {
         if store.get_client(ADMIN_CLIENT_ID).await?.is_none() {
-            tracing::warn!("no bootstrap.admin_client_secret configured: the admin API has no platform admin client yet");
+            tracing::warn!(
+                "no bootstrap.admin_client_secret configured: the admin API has no platform admin client yet"
+            );
         }
         return Ok(());
     };
@@ -48,7 +65,11 @@ pub async fn run(store: &dyn Store, hasher: &SecretHasher, config: &BootstrapCon
     }
     let actor = Actor::system();
     if store.get_tenant(PLATFORM_TENANT).await?.is_none() {
-        let tenant = Tenant { id: PLATFORM_TENANT.into(), name: PLATFORM_TENANT.into(), created_at: now };
+        let tenant = Tenant {
+            id: PLATFORM_TENANT.into(),
+            name: PLATFORM_TENANT.into(),
+            created_at: now,
+        };
         match store.create_tenant(&actor, &tenant, now).await {
             // Another replica bootstrapped at the same moment.
             Ok(()) | Err(StoreError::Conflict(_)) => {}
@@ -58,7 +79,12 @@ pub async fn run(store: &dyn Store, hasher: &SecretHasher, config: &BootstrapCon
     if store.get_client(ADMIN_CLIENT_ID).await?.is_some() {
         return Ok(());
     }
-    let role = match store.list_roles(PLATFORM_TENANT).await?.into_iter().find(|r| r.name == "platform-admin") {
+    let role = match store
+        .list_roles(PLATFORM_TENANT)
+        .await?
+        .into_iter()
+        .find(|r| r.name == "platform-admin")
+    {
         Some(role) => role,
         None => {
             let role = Role {
@@ -96,6 +122,9 @@ pub async fn run(store: &dyn Store, hasher: &SecretHasher, config: &BootstrapCon
         created_at: now,
     };
     store.assign_role(&actor, &assignment, now).await?;
-    tracing::info!(client_id = ADMIN_CLIENT_ID, "bootstrap: created the platform admin client");
+    tracing::info!(
+        client_id = ADMIN_CLIENT_ID,
+        "bootstrap: created the platform admin client"
+    );
     Ok(())
 }

@@ -22,7 +22,13 @@ pub async fn keys_rotate(config: &Config) -> Result<Vec<KeyInfo>, BuildError> {
     let keys = open_keys(config, store.clone()).await?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     keys.ensure(now).await?;
-    keys.rotate(&Actor { id: "operator:cli".into() }, now).await?;
+    keys.rotate(
+        &Actor {
+            id: "operator:cli".into(),
+        },
+        now,
+    )
+    .await?;
     keys_list_from(store.as_ref()).await
 }
 
@@ -36,7 +42,13 @@ async fn keys_list_from(store: &dyn crate::store::Store) -> Result<Vec<KeyInfo>,
         .list_keys()
         .await?
         .into_iter()
-        .map(|k| KeyInfo { kid: k.kid, alg: k.alg, state: k.state.as_str(), created_at: k.created_at, state_changed_at: k.state_changed_at })
+        .map(|k| KeyInfo {
+            kid: k.kid,
+            alg: k.alg,
+            state: k.state.as_str(),
+            created_at: k.created_at,
+            state_changed_at: k.state_changed_at,
+        })
         .collect())
 }
 

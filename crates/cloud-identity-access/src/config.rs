@@ -32,7 +32,11 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            server: ServerConfig { port: 8081, admin_port: 9091, ..ServerConfig::default() },
+            server: ServerConfig {
+                port: 8081,
+                admin_port: 9091,
+                ..ServerConfig::default()
+            },
             telemetry: TelemetryConfig::default(),
             issuer: None,
             data_dir: PathBuf::from("data/identity"),
@@ -57,7 +61,10 @@ pub struct DatabaseConfig {
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        Self { url: None, max_connections: 8 }
+        Self {
+            url: None,
+            max_connections: 8,
+        }
     }
 }
 
@@ -160,7 +167,10 @@ impl Config {
     pub fn database_url(&self) -> SecretString {
         match &self.database.url {
             Some(url) => url.clone(),
-            None => SecretString::from(format!("sqlite://{}/identity.db?mode=rwc", self.data_dir.display())),
+            None => SecretString::from(format!(
+                "sqlite://{}/identity.db?mode=rwc",
+                self.data_dir.display()
+            )),
         }
     }
 }
@@ -168,10 +178,20 @@ impl Config {
 /// An issuer must be an absolute `http(s)` URL with a host and no query or fragment (OIDC
 /// Discovery section 3); the error names the value as written.
 fn issuer_url<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Url>, D::Error> {
-    let Some(raw) = Option::<String>::deserialize(deserializer)? else { return Ok(None) };
-    let invalid = || serde::de::Error::custom(format!("{raw:?} is not an absolute http(s) URL with a host and no query or fragment"));
+    let Some(raw) = Option::<String>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    let invalid = || -> D::Error {
+        serde::de::Error::custom(format!(
+            "{raw:?} is not an absolute http(s) URL with a host and no query or fragment"
+        ))
+    };
     let url = Url::parse(&raw).map_err(|_| invalid())?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() || url.query().is_some() || url.fragment().is_some() {
+    if !matches!(url.scheme(), "http" | "https")
+        || url.host_str().is_none()
+        || url.query().is_some()
+        || url.fragment().is_some()
+    {
         return Err(invalid());
     }
     Ok(Some(url))

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
@@ -56,7 +56,9 @@ impl std::fmt::Debug for SecretHasher {
 
 impl SecretHasher {
     pub fn new(pepper: [u8; 32]) -> Self {
-        Self { pepper: Arc::new(pepper) }
+        Self {
+            pepper: Arc::new(pepper),
+        }
     }
 
     pub fn hash(&self, secret: &str) -> String {
@@ -85,7 +87,10 @@ pub fn pkce_s256_matches(verifier: &str, challenge: &str) -> bool {
 
 /// RFC 7636: a verifier is 43-128 characters of `[A-Za-z0-9-._~]`.
 pub fn valid_pkce_verifier(verifier: &str) -> bool {
-    (43..=128).contains(&verifier.len()) && verifier.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+    (43..=128).contains(&verifier.len())
+        && verifier
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,22 +114,45 @@ pub struct PasswordPool {
 impl PasswordPool {
     pub fn new(permits: usize) -> Result<Self, PasswordError> {
         let dummy = hash_password_blocking(&random_token(24))?;
-        Ok(Self { permits: Arc::new(Semaphore::new(permits.max(1))), dummy_hash: Arc::new(dummy) })
+        Ok(Self {
+            permits: Arc::new(Semaphore::new(permits.max(1))),
+            dummy_hash: Arc::new(dummy),
+        })
     }
 
     pub async fn hash(&self, password: String) -> Result<String, PasswordError> {
-        let _permit = self.permits.acquire().await.map_err(|_| PasswordError::PoolClosed)?;
-        tokio::task::spawn_blocking(move || hash_password_blocking(&password)).await.map_err(|e| PasswordError::Hash(e.to_string()))?
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| PasswordError::PoolClosed)?;
+        tokio::task::spawn_blocking(move || hash_password_blocking(&password))
+            .await
+            .map_err(|e| PasswordError::Hash(e.to_string()))?
     }
 
     /// Verifies `password` against `stored`, or against the dummy hash when `stored` is `None`
     /// (unknown user), which always fails but costs the same.
-    pub async fn verify(&self, password: String, stored: Option<String>) -> Result<bool, PasswordError> {
-        let _permit = self.permits.acquire().await.map_err(|_| PasswordError::PoolClosed)?;
+    pub async fn verify(
+        &self,
+        password: String,
+        stored: Option<String>,
+    ) -> Result<bool, PasswordError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| PasswordError::PoolClosed)?;
         let known = stored.is_some();
         let hash = stored.unwrap_or_else(|| self.dummy_hash.as_str().to_string());
         let ok = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&hash).map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok()).unwrap_or(false)
+            PasswordHash::new(&hash)
+                .map(|parsed| {
+                    Argon2::default()
+                        .verify_password(password.as_bytes(), &parsed)
+                        .is_ok()
+                })
+                .unwrap_or(false)
         })
         .await
         .map_err(|e| PasswordError::Hash(e.to_string()))?;
@@ -133,8 +161,12 @@ impl PasswordPool {
 }
 
 pub fn hash_password_blocking(password: &str) -> Result<String, PasswordError> {
-    let salt = SaltString::encode_b64(&random_bytes::<16>()).map_err(|e| PasswordError::Hash(e.to_string()))?;
-    Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| PasswordError::Hash(e.to_string()))
+    let salt = SaltString::encode_b64(&random_bytes::<16>())
+        .map_err(|e| PasswordError::Hash(e.to_string()))?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| PasswordError::Hash(e.to_string()))
 }
 
 #[cfg(test)]
@@ -148,7 +180,10 @@ mod tests {
         let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
         assert!(valid_pkce_verifier(verifier));
         assert!(pkce_s256_matches(verifier, challenge));
-        assert!(!pkce_s256_matches("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXX", challenge));
+        assert!(!pkce_s256_matches(
+            "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXX",
+            challenge
+        ));
     }
 
     #[test]
@@ -165,7 +200,10 @@ mod tests {
         let stored = a.hash("s3cret");
         assert!(a.verify("s3cret", &stored));
         assert!(!a.verify("s3cret!", &stored));
-        assert!(!b.verify("s3cret", &stored), "another pepper must not verify");
+        assert!(
+            !b.verify("s3cret", &stored),
+            "another pepper must not verify"
+        );
     }
 
     #[tokio::test]
@@ -173,7 +211,11 @@ mod tests {
         let pool = PasswordPool::new(1).unwrap();
         let hash = pool.hash("correct horse".into()).await.unwrap();
         assert!(hash.starts_with("$argon2id$"));
-        assert!(pool.verify("correct horse".into(), Some(hash.clone())).await.unwrap());
+        assert!(
+            pool.verify("correct horse".into(), Some(hash.clone()))
+                .await
+                .unwrap()
+        );
         assert!(!pool.verify("wrong".into(), Some(hash)).await.unwrap());
         assert!(!pool.verify("anything".into(), None).await.unwrap());
     }

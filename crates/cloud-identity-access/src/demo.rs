@@ -4,8 +4,8 @@ use crate::Application;
 use crate::admin::{CreateClient, PLATFORM_TENANT, TENANT_ADMIN, new_client};
 use crate::crypto::random_token;
 use crate::model::{
-    Actor, ClientKind, GRANT_AUTHORIZATION_CODE, GRANT_CLIENT_CREDENTIALS, GRANT_REFRESH_TOKEN, GRANT_TOKEN_EXCHANGE, Role, RoleAssignment,
-    SubjectKind, Tenant, User, UserStatus,
+    Actor, ClientKind, GRANT_AUTHORIZATION_CODE, GRANT_CLIENT_CREDENTIALS, GRANT_REFRESH_TOKEN,
+    GRANT_TOKEN_EXCHANGE, Role, RoleAssignment, SubjectKind, Tenant, User, UserStatus,
 };
 use crate::store::StoreError;
 
@@ -44,7 +44,9 @@ impl DemoCredentials {
 pub enum DemoSeed {
     Created(DemoCredentials),
     /// The store already held tenants; nothing was changed and no secret can be shown again.
-    AlreadySeeded { tenant_ids: Vec<String> },
+    AlreadySeeded {
+        tenant_ids: Vec<String>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,16 +61,34 @@ pub enum DemoError {
 pub async fn seed(app: &Application) -> Result<DemoSeed, DemoError> {
     let state = app.state();
     let store = &state.store;
-    let existing: Vec<String> = store.list_tenants().await?.into_iter().map(|t| t.id).filter(|id| id != PLATFORM_TENANT).collect();
+    let existing: Vec<String> = store
+        .list_tenants()
+        .await?
+        .into_iter()
+        .map(|t| t.id)
+        .filter(|id| id != PLATFORM_TENANT)
+        .collect();
     if !existing.is_empty() {
-        return Ok(DemoSeed::AlreadySeeded { tenant_ids: existing });
+        return Ok(DemoSeed::AlreadySeeded {
+            tenant_ids: existing,
+        });
     }
     let now = state.now();
-    let actor = Actor { id: "system:demo-seed".into() };
-    let tenant = Tenant { id: DEMO_TENANT.into(), name: DEMO_TENANT.into(), created_at: now };
+    let actor = Actor {
+        id: "system:demo-seed".into(),
+    };
+    let tenant = Tenant {
+        id: DEMO_TENANT.into(),
+        name: DEMO_TENANT.into(),
+        created_at: now,
+    };
     store.create_tenant(&actor, &tenant, now).await?;
     let password = random_token(12);
-    let password_hash = state.passwords.hash(password.clone()).await.map_err(|e| DemoError::Password(e.to_string()))?;
+    let password_hash = state
+        .passwords
+        .hash(password.clone())
+        .await
+        .map_err(|e| DemoError::Password(e.to_string()))?;
     let user = User {
         id: uuid::Uuid::now_v7().to_string(),
         tenant_id: tenant.id.clone(),
@@ -78,12 +98,22 @@ pub async fn seed(app: &Application) -> Result<DemoSeed, DemoError> {
         created_at: now,
     };
     store.create_user(&actor, &user, now).await?;
-    let reader = Role { id: uuid::Uuid::now_v7().to_string(), tenant_id: tenant.id.clone(), name: "orders-reader".into(), permissions: vec!["orders:read".into()], created_at: now };
+    let reader = Role {
+        id: uuid::Uuid::now_v7().to_string(),
+        tenant_id: tenant.id.clone(),
+        name: "orders-reader".into(),
+        permissions: vec!["orders:read".into()],
+        created_at: now,
+    };
     let service = Role {
         id: uuid::Uuid::now_v7().to_string(),
         tenant_id: tenant.id.clone(),
         name: "demo-admin".into(),
-        permissions: vec!["orders:read".into(), "orders:write".into(), TENANT_ADMIN.into()],
+        permissions: vec![
+            "orders:read".into(),
+            "orders:write".into(),
+            TENANT_ADMIN.into(),
+        ],
         created_at: now,
     };
     store.create_role(&actor, &reader, now).await?;
@@ -96,7 +126,12 @@ pub async fn seed(app: &Application) -> Result<DemoSeed, DemoError> {
             kind: ClientKind::Confidential,
             redirect_uris: vec![],
             grant_types: vec![GRANT_CLIENT_CREDENTIALS.into(), GRANT_TOKEN_EXCHANGE.into()],
-            scopes: vec!["orders:read".into(), "orders:write".into(), "openid".into(), "email".into()],
+            scopes: vec![
+                "orders:read".into(),
+                "orders:write".into(),
+                "openid".into(),
+                "email".into(),
+            ],
         },
     );
     store.create_client(&actor, &svc_client, now).await?;
@@ -108,12 +143,26 @@ pub async fn seed(app: &Application) -> Result<DemoSeed, DemoError> {
             kind: ClientKind::Public,
             redirect_uris: vec![DEMO_REDIRECT_URI.into()],
             grant_types: vec![GRANT_AUTHORIZATION_CODE.into(), GRANT_REFRESH_TOKEN.into()],
-            scopes: vec!["openid".into(), "email".into(), "offline_access".into(), "orders:read".into()],
+            scopes: vec![
+                "openid".into(),
+                "email".into(),
+                "offline_access".into(),
+                "orders:read".into(),
+            ],
         },
     );
     store.create_client(&actor, &web_client, now).await?;
-    for (role, kind, subject) in [(&reader, SubjectKind::User, &user.id), (&service, SubjectKind::Client, &svc_client.id)] {
-        let a = RoleAssignment { tenant_id: tenant.id.clone(), role_id: role.id.clone(), subject_kind: kind, subject_id: subject.clone(), created_at: now };
+    for (role, kind, subject) in [
+        (&reader, SubjectKind::User, &user.id),
+        (&service, SubjectKind::Client, &svc_client.id),
+    ] {
+        let a = RoleAssignment {
+            tenant_id: tenant.id.clone(),
+            role_id: role.id.clone(),
+            subject_kind: kind,
+            subject_id: subject.clone(),
+            created_at: now,
+        };
         store.assign_role(&actor, &a, now).await?;
     }
     Ok(DemoSeed::Created(DemoCredentials {

@@ -28,7 +28,9 @@ pub const ALG: &str = "EdDSA";
 pub enum KeyError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("signing key {kid} cannot be decrypted: wrong keys.encryption_key, or the row was altered")]
+    #[error(
+        "signing key {kid} cannot be decrypted: wrong keys.encryption_key, or the row was altered"
+    )]
     Decrypt { kid: String },
     #[error("signing key {kid} is malformed")]
     Malformed { kid: String },
@@ -51,7 +53,9 @@ impl std::fmt::Debug for KeyCipher {
 
 impl KeyCipher {
     pub fn from_secret(secret: &str) -> Self {
-        Self { key: Arc::new(Sha256::digest(secret.as_bytes()).into()) }
+        Self {
+            key: Arc::new(Sha256::digest(secret.as_bytes()).into()),
+        }
     }
 
     /// A 32-byte value derived from the encryption key for another purpose (e.g. the pepper of
@@ -66,21 +70,42 @@ impl KeyCipher {
     fn encrypt(&self, kid: &str, plaintext: &[u8]) -> String {
         let cipher = Aes256Gcm::new(self.key.as_slice().into());
         let nonce_bytes = random_bytes::<12>();
-        let sealed = cipher.encrypt(Nonce::from_slice(&nonce_bytes), Payload { msg: plaintext, aad: kid.as_bytes() }).unwrap_or_default();
+        let sealed = cipher
+            .encrypt(
+                Nonce::from_slice(&nonce_bytes),
+                Payload {
+                    msg: plaintext,
+                    aad: kid.as_bytes(),
+                },
+            )
+            .unwrap_or_default();
         let mut out = nonce_bytes.to_vec();
         out.extend_from_slice(&sealed);
         format!("aes256gcm:{}", b64url(&out))
     }
 
     fn decrypt(&self, kid: &str, text: &str) -> Result<Vec<u8>, KeyError> {
-        let err = || KeyError::Decrypt { kid: kid.to_string() };
-        let data = text.strip_prefix("aes256gcm:").and_then(b64url_decode).ok_or_else(err)?;
+        let err = || KeyError::Decrypt {
+            kid: kid.to_string(),
+        };
+        let data = text
+            .strip_prefix("aes256gcm:")
+            .and_then(b64url_decode)
+            .ok_or_else(err)?;
         if data.len() < 12 {
             return Err(err());
         }
         let (nonce, sealed) = data.split_at(12);
         let cipher = Aes256Gcm::new(self.key.as_slice().into());
-        cipher.decrypt(Nonce::from_slice(nonce), Payload { msg: sealed, aad: kid.as_bytes() }).map_err(|_| err())
+        cipher
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: sealed,
+                    aad: kid.as_bytes(),
+                },
+            )
+            .map_err(|_| err())
     }
 }
 
@@ -95,7 +120,10 @@ pub struct KeySet {
 
 impl std::fmt::Debug for KeySet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeySet").field("active_kid", &self.active_kid).field("published", &self.verifying.keys().collect::<Vec<_>>()).finish()
+        f.debug_struct("KeySet")
+            .field("active_kid", &self.active_kid)
+            .field("published", &self.verifying.keys().collect::<Vec<_>>())
+            .finish()
     }
 }
 
@@ -121,7 +149,12 @@ struct Header<'a> {
 impl KeySet {
     /// A compact JWS over `claims`, with header `typ` (`at+jwt` for access tokens, RFC 9068).
     pub fn sign(&self, typ: &str, claims: &impl Serialize) -> String {
-        let header = serde_json::to_vec(&Header { alg: ALG, typ, kid: &self.active_kid }).unwrap_or_default();
+        let header = serde_json::to_vec(&Header {
+            alg: ALG,
+            typ,
+            kid: &self.active_kid,
+        })
+        .unwrap_or_default();
         let payload = serde_json::to_vec(claims).unwrap_or_default();
         let signing_input = format!("{}.{}", b64url(&header), b64url(&payload));
         let signature: Signature = self.signing.sign(signing_input.as_bytes());
@@ -132,23 +165,38 @@ impl KeySet {
     /// Claim checks (exp, iss, aud) are the caller's.
     pub fn verify(&self, token: &str) -> Result<(Option<String>, Value), JwtError> {
         let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        let (Some(h), Some(p), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err(JwtError::Malformed);
         };
-        let header: Value = b64url_decode(h).and_then(|b| serde_json::from_slice(&b).ok()).ok_or(JwtError::Malformed)?;
+        let header: Value = b64url_decode(h)
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or(JwtError::Malformed)?;
         if header.get("alg").and_then(Value::as_str) != Some(ALG) {
             return Err(JwtError::Algorithm);
         }
-        let kid = header.get("kid").and_then(Value::as_str).ok_or(JwtError::UnknownKey)?;
+        let kid = header
+            .get("kid")
+            .and_then(Value::as_str)
+            .ok_or(JwtError::UnknownKey)?;
         let key = self.verifying.get(kid).ok_or(JwtError::UnknownKey)?;
-        let sig_bytes: [u8; 64] = b64url_decode(s).and_then(|b| b.try_into().ok()).ok_or(JwtError::Malformed)?;
+        let sig_bytes: [u8; 64] = b64url_decode(s)
+            .and_then(|b| b.try_into().ok())
+            .ok_or(JwtError::Malformed)?;
         let signature = Signature::from_bytes(&sig_bytes);
-        key.verify_strict(format!("{h}.{p}").as_bytes(), &signature).map_err(|_| JwtError::Signature)?;
-        let claims: Value = b64url_decode(p).and_then(|b| serde_json::from_slice(&b).ok()).ok_or(JwtError::Malformed)?;
+        key.verify_strict(format!("{h}.{p}").as_bytes(), &signature)
+            .map_err(|_| JwtError::Signature)?;
+        let claims: Value = b64url_decode(p)
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or(JwtError::Malformed)?;
         if !claims.is_object() {
             return Err(JwtError::Malformed);
         }
-        let typ = header.get("typ").and_then(Value::as_str).map(str::to_string);
+        let typ = header
+            .get("typ")
+            .and_then(Value::as_str)
+            .map(str::to_string);
         Ok((typ, claims))
     }
 }
@@ -183,13 +231,20 @@ pub struct KeyManager {
 
 impl std::fmt::Debug for KeyManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyManager").field("current", &self.current.load()).finish()
+        f.debug_struct("KeyManager")
+            .field("current", &self.current.load())
+            .finish()
     }
 }
 
 impl KeyManager {
     pub fn new(store: Arc<dyn Store>, cipher: KeyCipher, retire_after: Duration) -> Self {
-        Self { store, cipher, current: Arc::new(ArcSwap::from_pointee(None)), retire_after }
+        Self {
+            store,
+            cipher,
+            current: Arc::new(ArcSwap::from_pointee(None)),
+            retire_after,
+        }
     }
 
     /// The loaded key set, if keys have been loaded.
@@ -205,12 +260,16 @@ impl KeyManager {
         if !has_active || !has_next {
             let mut plan = RotationPlan::default();
             if !has_active {
-                plan.new_keys.push(new_key_record(&self.cipher, KeyState::Active, at));
+                plan.new_keys
+                    .push(new_key_record(&self.cipher, KeyState::Active, at));
             }
             if !has_next {
-                plan.new_keys.push(new_key_record(&self.cipher, KeyState::Next, at));
+                plan.new_keys
+                    .push(new_key_record(&self.cipher, KeyState::Next, at));
             }
-            self.store.apply_rotation(&Actor::system(), &plan, at).await?;
+            self.store
+                .apply_rotation(&Actor::system(), &plan, at)
+                .await?;
         }
         self.reload().await
     }
@@ -222,8 +281,14 @@ impl KeyManager {
         let mut jwks = Vec::new();
         let mut active = None;
         for key in keys.iter().filter(|k| k.state != KeyState::Retired) {
-            let public: [u8; 32] = b64url_decode(&key.public_key).and_then(|b| b.try_into().ok()).ok_or_else(|| KeyError::Malformed { kid: key.kid.clone() })?;
-            let vk = VerifyingKey::from_bytes(&public).map_err(|_| KeyError::Malformed { kid: key.kid.clone() })?;
+            let public: [u8; 32] = b64url_decode(&key.public_key)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| KeyError::Malformed {
+                    kid: key.kid.clone(),
+                })?;
+            let vk = VerifyingKey::from_bytes(&public).map_err(|_| KeyError::Malformed {
+                kid: key.kid.clone(),
+            })?;
             verifying.insert(key.kid.clone(), vk);
             jwks.push(jwk(&key.kid, &key.public_key));
             if key.state == KeyState::Active {
@@ -231,11 +296,24 @@ impl KeyManager {
             }
         }
         let active = active.ok_or(KeyError::NoActiveKey)?;
-        let secret: [u8; 32] =
-            self.cipher.decrypt(&active.kid, &active.private_key_enc)?.try_into().map_err(|_| KeyError::Malformed { kid: active.kid.clone() })?;
+        let secret: [u8; 32] = self
+            .cipher
+            .decrypt(&active.kid, &active.private_key_enc)?
+            .try_into()
+            .map_err(|_| KeyError::Malformed {
+                kid: active.kid.clone(),
+            })?;
         let signing = SigningKey::from_bytes(&secret);
-        if signing.verifying_key().as_bytes() != verifying.get(&active.kid).map(|v| *v.as_bytes()).unwrap_or_default().as_slice() {
-            return Err(KeyError::Malformed { kid: active.kid.clone() });
+        if signing.verifying_key().as_bytes()
+            != verifying
+                .get(&active.kid)
+                .map(|v| *v.as_bytes())
+                .unwrap_or_default()
+                .as_slice()
+        {
+            return Err(KeyError::Malformed {
+                kid: active.kid.clone(),
+            });
         }
         let set = Arc::new(KeySet {
             active_kid: active.kid.clone(),
@@ -261,9 +339,11 @@ impl KeyManager {
             }
         }
         if plan.activate.is_none() {
-            plan.new_keys.push(new_key_record(&self.cipher, KeyState::Active, at));
+            plan.new_keys
+                .push(new_key_record(&self.cipher, KeyState::Active, at));
         }
-        plan.new_keys.push(new_key_record(&self.cipher, KeyState::Next, at));
+        plan.new_keys
+            .push(new_key_record(&self.cipher, KeyState::Next, at));
         self.store.apply_rotation(actor, &plan, at).await?;
         tracing::info!(action = "keys.rotate", "signing keys rotated");
         self.reload().await
@@ -273,15 +353,31 @@ impl KeyManager {
     /// retiring keys whose tokens have all expired, and pick up other replicas' changes.
     pub async fn tick(&self, period: Duration, at: i64) -> Result<(), KeyError> {
         let keys = self.store.list_keys().await?;
-        let due = keys.iter().any(|k| k.state == KeyState::Active && at - k.state_changed_at >= secs(period));
+        let due = keys
+            .iter()
+            .any(|k| k.state == KeyState::Active && at - k.state_changed_at >= secs(period));
         if due {
             self.rotate(&Actor::system(), at).await?;
             return Ok(());
         }
-        let expired: Vec<String> =
-            keys.iter().filter(|k| k.state == KeyState::Retiring && at - k.state_changed_at >= secs(self.retire_after)).map(|k| k.kid.clone()).collect();
+        let expired: Vec<String> = keys
+            .iter()
+            .filter(|k| {
+                k.state == KeyState::Retiring && at - k.state_changed_at >= secs(self.retire_after)
+            })
+            .map(|k| k.kid.clone())
+            .collect();
         if !expired.is_empty() {
-            self.store.apply_rotation(&Actor::system(), &RotationPlan { retire: expired, ..RotationPlan::default() }, at).await?;
+            self.store
+                .apply_rotation(
+                    &Actor::system(),
+                    &RotationPlan {
+                        retire: expired,
+                        ..RotationPlan::default()
+                    },
+                    at,
+                )
+                .await?;
         }
         self.reload().await?;
         Ok(())
@@ -301,8 +397,15 @@ mod tests {
         let c = KeyCipher::from_secret("one");
         let sealed = c.encrypt("kid-a", b"private");
         assert_eq!(c.decrypt("kid-a", &sealed).unwrap(), b"private");
-        assert!(c.decrypt("kid-b", &sealed).is_err(), "ciphertext moved to another kid must not decrypt");
-        assert!(KeyCipher::from_secret("two").decrypt("kid-a", &sealed).is_err());
+        assert!(
+            c.decrypt("kid-b", &sealed).is_err(),
+            "ciphertext moved to another kid must not decrypt"
+        );
+        assert!(
+            KeyCipher::from_secret("two")
+                .decrypt("kid-a", &sealed)
+                .is_err()
+        );
         assert!(!sealed.contains("private"));
     }
 }

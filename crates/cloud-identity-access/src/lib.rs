@@ -50,8 +50,13 @@ pub enum BuildError {
     #[error("bootstrap: {0}")]
     Bootstrap(#[from] bootstrap::BootstrapError),
     #[error("data_dir {path}: {source}")]
-    DataDir { path: String, source: std::io::Error },
-    #[error("keys.encryption_key is required with a PostgreSQL database (every replica must decrypt the same keys)")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "keys.encryption_key is required with a PostgreSQL database (every replica must decrypt the same keys)"
+    )]
     EncryptionKeyRequired,
     #[error(transparent)]
     Password(#[from] crypto::PasswordError),
@@ -84,7 +89,10 @@ fn key_cipher(config: &Config, url: &SecretString) -> Result<KeyCipher, BuildErr
         return Err(BuildError::EncryptionKeyRequired);
     }
     let path = config.data_dir.join("key-encryption.key");
-    let io = |source| BuildError::DataDir { path: path.display().to_string(), source };
+    let io = |source| BuildError::DataDir {
+        path: path.display().to_string(),
+        source,
+    };
     match std::fs::read_to_string(&path) {
         Ok(text) => Ok(KeyCipher::from_secret(text.trim())),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
@@ -97,7 +105,9 @@ fn key_cipher(config: &Config, url: &SecretString) -> Result<KeyCipher, BuildErr
                 }
                 // Another process sharing the data dir generated it first: use theirs.
                 Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
-                    std::fs::read_to_string(&path).map(|text| KeyCipher::from_secret(text.trim())).map_err(io)
+                    std::fs::read_to_string(&path)
+                        .map(|text| KeyCipher::from_secret(text.trim()))
+                        .map_err(io)
                 }
                 Err(err) => Err(io(err)),
             }
@@ -118,7 +128,10 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let result = options.open(&tmp).and_then(|mut file| file.write_all(contents.as_bytes())).and_then(|()| std::fs::hard_link(&tmp, path));
+    let result = options
+        .open(&tmp)
+        .and_then(|mut file| file.write_all(contents.as_bytes()))
+        .and_then(|()| std::fs::hard_link(&tmp, path));
     let _ = std::fs::remove_file(&tmp);
     result
 }
@@ -126,7 +139,10 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 /// Opens the store named by the config (creating the data dir for the default SQLite file).
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, BuildError> {
     if config.database.url.is_none() {
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| BuildError::DataDir { path: config.data_dir.display().to_string(), source })?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| BuildError::DataDir {
+            path: config.data_dir.display().to_string(),
+            source,
+        })?;
     }
     Ok(store::connect(&config.database_url(), config.database.max_connections).await?)
 }
@@ -134,7 +150,12 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, BuildError> {
 /// Opens the store and loads the signing keys, without binding listeners (CLI commands).
 pub async fn open_keys(config: &Config, store: Arc<dyn Store>) -> Result<KeyManager, BuildError> {
     let cipher = key_cipher(config, &config.database_url())?;
-    let retire_after = config.tokens.access_token_ttl.max(config.tokens.refresh_token_ttl.min(std::time::Duration::from_secs(86_400)));
+    let retire_after = config.tokens.access_token_ttl.max(
+        config
+            .tokens
+            .refresh_token_ttl
+            .min(std::time::Duration::from_secs(86_400)),
+    );
     Ok(KeyManager::new(store, cipher, retire_after))
 }
 
@@ -144,7 +165,10 @@ pub async fn build(config: Config) -> Result<Application, BuildError> {
 }
 
 /// [`build`] with an injected clock (tests of expiry and rotation).
-pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Application, BuildError> {
+pub async fn build_with_clock(
+    config: Config,
+    clock: Arc<dyn Clock>,
+) -> Result<Application, BuildError> {
     let store = open_store(&config).await?;
     let url = config.database_url();
     let cipher = key_cipher(&config, &url)?;
@@ -179,13 +203,22 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<A
         let keys = keys.clone();
         move || {
             let loaded = keys.current().is_some();
-            async move { if loaded { Ok(()) } else { Err("no active signing key loaded".to_string()) } }
+            async move {
+                if loaded {
+                    Ok(())
+                } else {
+                    Err("no active signing key loaded".to_string())
+                }
+            }
         }
     });
     let router = cloud_kit::http_layers::default_fallbacks(routes(state.clone()));
     let server = Server::bind(SERVICE_NAME, &config.server, router, readiness, metrics).await?;
     let issuer = config.issuer_or(server.port())?;
-    let _ = state.0.issuer.set(issuer.as_str().trim_end_matches('/').to_string());
+    let _ = state
+        .0
+        .issuer
+        .set(issuer.as_str().trim_end_matches('/').to_string());
     Ok(Application {
         server,
         issuer,
@@ -201,11 +234,17 @@ pub fn routes(state: AppState) -> Router {
         .merge(cloud_kit::version_route(cloud_kit::build_info!()))
         .route("/.well-known/openid-configuration", get(oauth::discovery))
         .route("/.well-known/jwks.json", get(oauth::jwks))
-        .route("/oauth2/authorize", get(login::authorize_get).post(login::authorize_post))
+        .route(
+            "/oauth2/authorize",
+            get(login::authorize_get).post(login::authorize_post),
+        )
         .route("/oauth2/token", post(oauth::token))
         .route("/oauth2/introspect", post(oauth::introspect))
         .route("/oauth2/revoke", post(oauth::revoke))
-        .route("/oauth2/userinfo", get(oauth::userinfo).post(oauth::userinfo))
+        .route(
+            "/oauth2/userinfo",
+            get(oauth::userinfo).post(oauth::userinfo),
+        )
         .merge(admin::router())
         .with_state(state)
 }

@@ -49,9 +49,17 @@ impl Throttle {
         if entries.len() > 100_000 {
             entries.retain(|_, f| f.locked_until > now || now - f.window_start < window);
         }
-        let entry = entries.entry(key.to_string()).or_insert(Failures { count: 0, window_start: now, locked_until: 0 });
+        let entry = entries.entry(key.to_string()).or_insert(Failures {
+            count: 0,
+            window_start: now,
+            locked_until: 0,
+        });
         if now - entry.window_start >= window {
-            *entry = Failures { count: 0, window_start: now, locked_until: 0 };
+            *entry = Failures {
+                count: 0,
+                window_start: now,
+                locked_until: 0,
+            };
         }
         entry.count += 1;
         if entry.count >= max {
@@ -62,7 +70,10 @@ impl Throttle {
     }
 
     pub fn succeed(&self, key: &str) {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
     }
 }
 
@@ -79,7 +90,16 @@ struct AuthRequest {
     code_challenge_method: String,
 }
 
-const AUTH_PARAMS: [&str; 8] = ["response_type", "client_id", "redirect_uri", "scope", "state", "nonce", "code_challenge", "code_challenge_method"];
+const AUTH_PARAMS: [&str; 8] = [
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "scope",
+    "state",
+    "nonce",
+    "code_challenge",
+    "code_challenge_method",
+];
 
 fn parse_params(raw: &[u8]) -> Result<HashMap<String, String>, String> {
     let mut map = HashMap::new();
@@ -126,7 +146,10 @@ fn with_page_headers(mut response: Response) -> Response {
         HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     response
 }
 
@@ -153,7 +176,8 @@ fn error_redirect(req: &AuthRequest, issuer: &str, error: &str, description: &st
     };
     {
         let mut q = url.query_pairs_mut();
-        q.append_pair("error", error).append_pair("error_description", description);
+        q.append_pair("error", error)
+            .append_pair("error_description", description);
         if let Some(state) = &req.state {
             q.append_pair("state", state);
         }
@@ -166,41 +190,89 @@ fn error_redirect(req: &AuthRequest, issuer: &str, error: &str, description: &st
 /// redirect_uri: never redirect there) or an error redirect to the client.
 async fn validate(state: &AppState, req: &AuthRequest) -> Result<Client, Response> {
     if req.client_id.is_empty() {
-        return Err(error_page(StatusCode::BAD_REQUEST, "missing parameter client_id"));
+        return Err(error_page(
+            StatusCode::BAD_REQUEST,
+            "missing parameter client_id",
+        ));
     }
     let client = match state.store.get_client(&req.client_id).await {
         Ok(Some(c)) => c,
         Ok(None) => return Err(error_page(StatusCode::BAD_REQUEST, "unknown client_id")),
         Err(err) => {
             tracing::error!(error = %err, "client lookup failed");
-            return Err(error_page(StatusCode::SERVICE_UNAVAILABLE, "the service is temporarily unavailable"));
+            return Err(error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the service is temporarily unavailable",
+            ));
         }
     };
     // Exact string match, no normalisation or prefix matching.
     if req.redirect_uri.is_empty() || !client.redirect_uris.iter().any(|u| *u == req.redirect_uri) {
-        return Err(error_page(StatusCode::BAD_REQUEST, "redirect_uri is not registered for this client"));
+        return Err(error_page(
+            StatusCode::BAD_REQUEST,
+            "redirect_uri is not registered for this client",
+        ));
     }
     let iss = state.issuer();
     if req.response_type != "code" {
-        return Err(error_redirect(req, iss, "unsupported_response_type", "response_type must be code"));
+        return Err(error_redirect(
+            req,
+            iss,
+            "unsupported_response_type",
+            "response_type must be code",
+        ));
     }
-    if !client.grant_types.iter().any(|g| g == GRANT_AUTHORIZATION_CODE) {
-        return Err(error_redirect(req, iss, "unauthorized_client", "this client may not use the authorization code flow"));
+    if !client
+        .grant_types
+        .iter()
+        .any(|g| g == GRANT_AUTHORIZATION_CODE)
+    {
+        return Err(error_redirect(
+            req,
+            iss,
+            "unauthorized_client",
+            "this client may not use the authorization code flow",
+        ));
     }
     if req.code_challenge_method != "S256" {
-        return Err(error_redirect(req, iss, "invalid_request", "code_challenge_method must be S256 (PKCE is required)"));
+        return Err(error_redirect(
+            req,
+            iss,
+            "invalid_request",
+            "code_challenge_method must be S256 (PKCE is required)",
+        ));
     }
-    if req.code_challenge.len() != 43 || !req.code_challenge.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-        return Err(error_redirect(req, iss, "invalid_request", "code_challenge must be a base64url SHA-256 digest"));
+    if req.code_challenge.len() != 43
+        || !req
+            .code_challenge
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(error_redirect(
+            req,
+            iss,
+            "invalid_request",
+            "code_challenge must be a base64url SHA-256 digest",
+        ));
     }
     for scope in req.scope.split(' ').filter(|s| !s.is_empty()) {
         if !client.scopes.iter().any(|s| s == scope) {
-            return Err(error_redirect(req, iss, "invalid_scope", &format!("scope {scope} is not allowed for this client")));
+            return Err(error_redirect(
+                req,
+                iss,
+                "invalid_scope",
+                &format!("scope {scope} is not allowed for this client"),
+            ));
         }
     }
     if req.scope.split(' ').any(|s| s == "openid") && req.nonce.is_none() {
         // OIDC makes nonce optional for the code flow; we require it to bind the ID token.
-        return Err(error_redirect(req, iss, "invalid_request", "nonce is required with the openid scope"));
+        return Err(error_redirect(
+            req,
+            iss,
+            "invalid_request",
+            "nonce is required with the openid scope",
+        ));
     }
     Ok(client)
 }
@@ -214,13 +286,26 @@ fn csrf_sign(state: &AppState, value: &str) -> String {
 }
 
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|pair| {
-        let (k, v) = pair.trim().split_once('=')?;
-        (k == name).then(|| v.to_string())
-    })
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name).then(|| v.to_string())
+        })
 }
 
-fn login_page(state: &AppState, req: &AuthRequest, client: &Client, csrf_cookie: &str, status: StatusCode, error: Option<&str>, email: &str) -> Response {
+fn login_page(
+    state: &AppState,
+    req: &AuthRequest,
+    client: &Client,
+    csrf_cookie: &str,
+    status: StatusCode,
+    error: Option<&str>,
+    email: &str,
+) -> Response {
     let mut hidden = String::new();
     let values: [(&str, &str); 8] = [
         ("response_type", &req.response_type),
@@ -233,11 +318,25 @@ fn login_page(state: &AppState, req: &AuthRequest, client: &Client, csrf_cookie:
         ("code_challenge_method", &req.code_challenge_method),
     ];
     for (name, value) in values {
-        hidden.push_str(&format!("<input type=\"hidden\" name=\"{name}\" value=\"{}\">", escape(value)));
+        hidden.push_str(&format!(
+            "<input type=\"hidden\" name=\"{name}\" value=\"{}\">",
+            escape(value)
+        ));
     }
     let csrf = csrf_sign(state, csrf_cookie);
-    let alert = error.map(|e| format!("<p id=\"login-error\" role=\"alert\" class=\"error\">{}</p>", escape(e))).unwrap_or_default();
-    let described = if error.is_some() { " aria-describedby=\"login-error\" aria-invalid=\"true\"" } else { "" };
+    let alert = error
+        .map(|e| {
+            format!(
+                "<p id=\"login-error\" role=\"alert\" class=\"error\">{}</p>",
+                escape(e)
+            )
+        })
+        .unwrap_or_default();
+    let described = if error.is_some() {
+        " aria-describedby=\"login-error\" aria-invalid=\"true\""
+    } else {
+        ""
+    };
     let body = format!(
         r#"<!doctype html>
 <html lang="en">
@@ -262,7 +361,8 @@ fn login_page(state: &AppState, req: &AuthRequest, client: &Client, csrf_cookie:
         email = escape(email),
     );
     let mut response = with_page_headers((status, Html(body)).into_response());
-    let cookie = format!("{CSRF_COOKIE}={csrf_cookie}; Path=/oauth2/authorize; HttpOnly; SameSite=Strict");
+    let cookie =
+        format!("{CSRF_COOKIE}={csrf_cookie}; Path=/oauth2/authorize; HttpOnly; SameSite=Strict");
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
@@ -270,7 +370,11 @@ fn login_page(state: &AppState, req: &AuthRequest, client: &Client, csrf_cookie:
 }
 
 /// `GET /oauth2/authorize`: validates the request and shows the login page.
-pub async fn authorize_get(State(state): State<AppState>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+pub async fn authorize_get(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
     let map = match parse_params(query.unwrap_or_default().as_bytes()) {
         Ok(map) => map,
         Err(err) => return error_page(StatusCode::BAD_REQUEST, &err),
@@ -280,8 +384,18 @@ pub async fn authorize_get(State(state): State<AppState>, headers: HeaderMap, Ra
         Ok(client) => client,
         Err(response) => return response,
     };
-    let csrf_cookie = cookie(&headers, CSRF_COOKIE).filter(|c| c.len() == 43).unwrap_or_else(|| random_token(32));
-    login_page(&state, &req, &client, &csrf_cookie, StatusCode::OK, None, "")
+    let csrf_cookie = cookie(&headers, CSRF_COOKIE)
+        .filter(|c| c.len() == 43)
+        .unwrap_or_else(|| random_token(32));
+    login_page(
+        &state,
+        &req,
+        &client,
+        &csrf_cookie,
+        StatusCode::OK,
+        None,
+        "",
+    )
 }
 
 /// `POST /oauth2/authorize`: the login form. On success, a 303 to the client with the code.
@@ -295,17 +409,34 @@ pub async fn authorize_post(
         Ok(body) => body,
         Err(rejection) => return error_page(rejection.status(), "the form could not be read"),
     };
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if !content_type.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/x-www-form-urlencoded") {
-        return error_page(StatusCode::UNSUPPORTED_MEDIA_TYPE, "expected a form (application/x-www-form-urlencoded)");
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+    {
+        return error_page(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "expected a form (application/x-www-form-urlencoded)",
+        );
     }
     let map = match parse_params(&body) {
         Ok(map) => map,
         Err(err) => return error_page(StatusCode::BAD_REQUEST, &err),
     };
     for name in map.keys() {
-        if !AUTH_PARAMS.contains(&name.as_str()) && !["csrf_token", "email", "password"].contains(&name.as_str()) {
-            return error_page(StatusCode::BAD_REQUEST, &format!("unexpected form field {name}"));
+        if !AUTH_PARAMS.contains(&name.as_str())
+            && !["csrf_token", "email", "password"].contains(&name.as_str())
+        {
+            return error_page(
+                StatusCode::BAD_REQUEST,
+                &format!("unexpected form field {name}"),
+            );
         }
     }
     let req = AuthRequest::from_map(&map);
@@ -314,16 +445,36 @@ pub async fn authorize_post(
         Err(response) => return response,
     };
     let Some(csrf_cookie) = cookie(&headers, CSRF_COOKIE) else {
-        return error_page(StatusCode::FORBIDDEN, "the sign-in form expired or cookies are disabled; go back and try again");
+        return error_page(
+            StatusCode::FORBIDDEN,
+            "the sign-in form expired or cookies are disabled; go back and try again",
+        );
     };
     let submitted = map.get("csrf_token").map(String::as_str).unwrap_or("");
-    if !constant_time_eq(csrf_sign(&state, &csrf_cookie).as_bytes(), submitted.as_bytes()) {
-        return error_page(StatusCode::FORBIDDEN, "the sign-in form is not valid (CSRF check failed); go back and try again");
+    if !constant_time_eq(
+        csrf_sign(&state, &csrf_cookie).as_bytes(),
+        submitted.as_bytes(),
+    ) {
+        return error_page(
+            StatusCode::FORBIDDEN,
+            "the sign-in form is not valid (CSRF check failed); go back and try again",
+        );
     }
-    let email = map.get("email").map(|e| e.trim().to_ascii_lowercase()).unwrap_or_default();
+    let email = map
+        .get("email")
+        .map(|e| e.trim().to_ascii_lowercase())
+        .unwrap_or_default();
     let password = map.get("password").cloned().unwrap_or_default();
     if email.is_empty() || password.is_empty() {
-        return login_page(&state, &req, &client, &csrf_cookie, StatusCode::BAD_REQUEST, Some("Enter your email address and password."), &email);
+        return login_page(
+            &state,
+            &req,
+            &client,
+            &csrf_cookie,
+            StatusCode::BAD_REQUEST,
+            Some("Enter your email address and password."),
+            &email,
+        );
     }
     let now = state.now();
     let ip = client_ip(peer.ip());
@@ -331,34 +482,76 @@ pub async fn authorize_post(
     let ip_key = format!("ip:{ip}");
     if state.throttle.locked(&account_key, now) || state.throttle.locked(&ip_key, now) {
         tracing::warn!(tenant_id = %client.tenant_id, "login refused: too many failed attempts");
-        let mut response = login_page(&state, &req, &client, &csrf_cookie, StatusCode::TOO_MANY_REQUESTS, Some("Too many failed sign-in attempts. Try again later."), &email);
+        let mut response = login_page(
+            &state,
+            &req,
+            &client,
+            &csrf_cookie,
+            StatusCode::TOO_MANY_REQUESTS,
+            Some("Too many failed sign-in attempts. Try again later."),
+            &email,
+        );
         if let Ok(v) = HeaderValue::from_str(&secs(state.login.lockout).to_string()) {
             response.headers_mut().insert(header::RETRY_AFTER, v);
         }
         return response;
     }
-    let user = match state.store.find_user_by_email(&client.tenant_id, &email).await {
+    let user = match state
+        .store
+        .find_user_by_email(&client.tenant_id, &email)
+        .await
+    {
         Ok(user) => user,
         Err(err) => {
             tracing::error!(error = %err, "user lookup failed");
-            return error_page(StatusCode::SERVICE_UNAVAILABLE, "the service is temporarily unavailable");
+            return error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the service is temporarily unavailable",
+            );
         }
     };
     // Unknown users are checked against the dummy hash: same time, same message.
-    let verified = match state.passwords.verify(password, user.as_ref().map(|u| u.password_hash.clone())).await {
+    let verified = match state
+        .passwords
+        .verify(password, user.as_ref().map(|u| u.password_hash.clone()))
+        .await
+    {
         Ok(v) => v,
         Err(err) => {
             tracing::error!(error = %err, "password verification failed");
-            return error_page(StatusCode::SERVICE_UNAVAILABLE, "the service is temporarily unavailable");
+            return error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the service is temporarily unavailable",
+            );
         }
     };
     let user = match user {
         Some(user) if verified && user.status == UserStatus::Active => user,
         _ => {
             let l = &state.login;
-            state.throttle.fail(&account_key, now, l.max_failures_per_account, secs(l.window), secs(l.lockout));
-            state.throttle.fail(&ip_key, now, l.max_failures_per_ip, secs(l.window), secs(l.lockout));
-            return login_page(&state, &req, &client, &csrf_cookie, StatusCode::UNAUTHORIZED, Some("The email address or password is incorrect."), &email);
+            state.throttle.fail(
+                &account_key,
+                now,
+                l.max_failures_per_account,
+                secs(l.window),
+                secs(l.lockout),
+            );
+            state.throttle.fail(
+                &ip_key,
+                now,
+                l.max_failures_per_ip,
+                secs(l.window),
+                secs(l.lockout),
+            );
+            return login_page(
+                &state,
+                &req,
+                &client,
+                &csrf_cookie,
+                StatusCode::UNAUTHORIZED,
+                Some("The email address or password is incorrect."),
+                &email,
+            );
         }
     };
     state.throttle.succeed(&account_key);
@@ -369,7 +562,12 @@ pub async fn authorize_post(
         client_id: client.id.clone(),
         user_id: user.id.clone(),
         redirect_uri: req.redirect_uri.clone(),
-        scope: req.scope.split(' ').filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" "),
+        scope: req
+            .scope
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join(" "),
         nonce: req.nonce.clone(),
         code_challenge: req.code_challenge.clone(),
         auth_time: now,
@@ -392,7 +590,9 @@ pub async fn authorize_post(
     }
     let mut response = Redirect::to(url.as_str()).into_response();
     *response.status_mut() = StatusCode::SEE_OTHER;
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
@@ -418,6 +618,9 @@ mod tests {
 
     #[test]
     fn escape_html() {
-        assert_eq!(escape("<a href=\"x\">'&'</a>"), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;");
+        assert_eq!(
+            escape("<a href=\"x\">'&'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
     }
 }

@@ -5,7 +5,11 @@ use clap::{Parser, Subcommand};
 use cloud_identity_access::{Config, SERVICE_NAME, cli};
 
 #[derive(Debug, Parser)]
-#[command(name = "cloud-identity-access", version, about = "Multi-tenant OAuth 2.1 / OpenID Connect provider")]
+#[command(
+    name = "cloud-identity-access",
+    version,
+    about = "Multi-tenant OAuth 2.1 / OpenID Connect provider"
+)]
 struct Cli {
     /// YAML config file; `IDENTITY_*` environment variables override it.
     #[arg(long, value_name = "FILE", global = true)]
@@ -54,19 +58,31 @@ async fn main() -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
-            let app = cloud_identity_access::build(config).await.context("cannot start")?;
+            let app = cloud_identity_access::build(config)
+                .await
+                .context("cannot start")?;
             app.run_until_stopped().await?;
         }
-        Command::Keys { command: KeysCommand::Rotate } => {
-            let keys = cli::keys_rotate(&config).await.context("key rotation failed")?;
+        Command::Keys {
+            command: KeysCommand::Rotate,
+        } => {
+            let keys = cli::keys_rotate(&config)
+                .await
+                .context("key rotation failed")?;
             serde_json::to_writer_pretty(&mut out, &keys)?;
         }
-        Command::Keys { command: KeysCommand::List } => {
+        Command::Keys {
+            command: KeysCommand::List,
+        } => {
             let keys = cli::keys_list(&config).await.context("cannot list keys")?;
             serde_json::to_writer_pretty(&mut out, &keys)?;
         }
-        Command::Audit { command: AuditCommand::Verify } => {
-            let report = cli::audit_verify(&config).await.context("cannot read the audit trail")?;
+        Command::Audit {
+            command: AuditCommand::Verify,
+        } => {
+            let report = cli::audit_verify(&config)
+                .await
+                .context("cannot read the audit trail")?;
             serde_json::to_writer_pretty(&mut out, &report)?;
             use std::io::Write;
             writeln!(out)?;
@@ -76,7 +92,12 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Openapi => {
             use std::io::Write;
-            write!(out, "{}", cloud_identity_access::openapi::yaml().map_err(|e| anyhow::anyhow!("cannot render the OpenAPI document: {e}"))?)?;
+            write!(
+                out,
+                "{}",
+                cloud_identity_access::openapi::yaml()
+                    .map_err(|e| anyhow::anyhow!("cannot render the OpenAPI document: {e}"))?
+            )?;
         }
     }
     Ok(())

@@ -124,7 +124,12 @@ pub const GRANT_AUTHORIZATION_CODE: &str = "authorization_code";
 pub const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
 pub const GRANT_REFRESH_TOKEN: &str = "refresh_token";
 pub const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-pub const ALL_GRANTS: [&str; 4] = [GRANT_AUTHORIZATION_CODE, GRANT_CLIENT_CREDENTIALS, GRANT_REFRESH_TOKEN, GRANT_TOKEN_EXCHANGE];
+pub const ALL_GRANTS: [&str; 4] = [
+    GRANT_AUTHORIZATION_CODE,
+    GRANT_CLIENT_CREDENTIALS,
+    GRANT_REFRESH_TOKEN,
+    GRANT_TOKEN_EXCHANGE,
+];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Client {
@@ -242,10 +247,14 @@ pub struct Actor {
 
 impl Actor {
     pub fn system() -> Self {
-        Self { id: "system".into() }
+        Self {
+            id: "system".into(),
+        }
     }
 
     pub fn client(client_id: &str) -> Self {
-        Self { id: format!("client:{client_id}") }
+        Self {
+            id: format!("client:{client_id}"),
+        }
     }
 }

@@ -16,11 +16,14 @@ use serde_json::{Value, json};
 
 use crate::crypto::{pkce_s256_matches, random_token, sha256_hex, valid_pkce_verifier};
 use crate::model::{
-    Client, ClientKind, GRANT_AUTHORIZATION_CODE, GRANT_CLIENT_CREDENTIALS, GRANT_REFRESH_TOKEN, RefreshToken, SubjectKind,
+    Client, ClientKind, GRANT_AUTHORIZATION_CODE, GRANT_CLIENT_CREDENTIALS, GRANT_REFRESH_TOKEN,
+    RefreshToken, SubjectKind,
 };
 use crate::state::{AppState, secs};
 use crate::store::{CodeRedemption, RefreshRotation, StoreError};
-use crate::tokens::{ACCESS_TOKEN_TYP, AccessClaims, Actor, ID_TOKEN_TYP, IdClaims, TokenError, verify_access_token};
+use crate::tokens::{
+    ACCESS_TOKEN_TYP, AccessClaims, Actor, ID_TOKEN_TYP, IdClaims, TokenError, verify_access_token,
+};
 
 pub const TOKEN_TYPE_ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";
 /// The `aud` of access tokens when the client names no audience.
@@ -36,7 +39,11 @@ pub struct OAuthError {
 
 impl OAuthError {
     pub fn new(status: StatusCode, error: &'static str, description: impl Into<String>) -> Self {
-        Self { status, error, description: description.into() }
+        Self {
+            status,
+            error,
+            description: description.into(),
+        }
     }
     pub fn invalid_request(d: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", d)
@@ -55,10 +62,18 @@ impl OAuthError {
     }
     pub fn server_error(err: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %err, "token endpoint failed");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "an internal error occurred; it has been logged")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "an internal error occurred; it has been logged",
+        )
     }
     pub fn unavailable() -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "signing keys are not loaded")
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "signing keys are not loaded",
+        )
     }
 }
 
@@ -70,11 +85,18 @@ impl From<StoreError> for OAuthError {
 
 impl IntoResponse for OAuthError {
     fn into_response(self) -> Response {
-        let mut response = (self.status, axum::Json(json!({ "error": self.error, "error_description": self.description }))).into_response();
+        let mut response = (
+            self.status,
+            axum::Json(json!({ "error": self.error, "error_description": self.description })),
+        )
+            .into_response();
         let headers = response.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if self.status == StatusCode::UNAUTHORIZED {
-            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"cloud-identity-access\""));
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"cloud-identity-access\""),
+            );
         }
         response
     }
@@ -87,13 +109,27 @@ pub struct OAuthForm {
 }
 
 impl OAuthForm {
-    pub fn parse(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Self, OAuthError> {
+    pub fn parse(
+        headers: &HeaderMap,
+        body: Result<Bytes, BytesRejection>,
+    ) -> Result<Self, OAuthError> {
         let body = body.map_err(|rejection| {
             let status = rejection.status();
-            let status = if status.is_server_error() { StatusCode::BAD_REQUEST } else { status };
-            OAuthError::new(status, "invalid_request", format!("cannot read the request body: {}", rejection.body_text()))
+            let status = if status.is_server_error() {
+                StatusCode::BAD_REQUEST
+            } else {
+                status
+            };
+            OAuthError::new(
+                status,
+                "invalid_request",
+                format!("cannot read the request body: {}", rejection.body_text()),
+            )
         })?;
-        let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         let mime = content_type.split(';').next().unwrap_or("").trim();
         if !mime.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
             return Err(OAuthError::new(
@@ -108,7 +144,9 @@ impl OAuthForm {
         let mut params: Vec<(String, String)> = Vec::new();
         for (name, value) in url::form_urlencoded::parse(&body) {
             if params.iter().any(|(n, _)| *n == name) {
-                return Err(OAuthError::invalid_request(format!("parameter {name} is repeated")));
+                return Err(OAuthError::invalid_request(format!(
+                    "parameter {name} is repeated"
+                )));
             }
             params.push((name.into_owned(), value.into_owned()));
         }
@@ -116,50 +154,81 @@ impl OAuthForm {
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.params.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty())
+        self.params
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
     }
 
     pub fn require(&self, name: &str) -> Result<&str, OAuthError> {
-        self.get(name).ok_or_else(|| OAuthError::invalid_request(format!("missing parameter {name}")))
+        self.get(name)
+            .ok_or_else(|| OAuthError::invalid_request(format!("missing parameter {name}")))
     }
 }
 
 fn percent_decode(part: &str) -> String {
-    url::form_urlencoded::parse(format!("v={part}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
+    url::form_urlencoded::parse(format!("v={part}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
 }
 
 /// Client authentication: `client_secret_basic`, `client_secret_post`, or a public client's
 /// `client_id` alone. Exactly one method per request.
-pub async fn authenticate_client(state: &AppState, headers: &HeaderMap, form: &OAuthForm) -> Result<Client, OAuthError> {
+pub async fn authenticate_client(
+    state: &AppState,
+    headers: &HeaderMap,
+    form: &OAuthForm,
+) -> Result<Client, OAuthError> {
     let basic = match headers.get(header::AUTHORIZATION) {
         Some(value) => {
-            let text = value.to_str().map_err(|_| OAuthError::invalid_client("malformed Authorization header"))?;
-            let encoded = text.strip_prefix("Basic ").ok_or_else(|| OAuthError::invalid_client("the Authorization header must use the Basic scheme"))?;
+            let text = value
+                .to_str()
+                .map_err(|_| OAuthError::invalid_client("malformed Authorization header"))?;
+            let encoded = text.strip_prefix("Basic ").ok_or_else(|| {
+                OAuthError::invalid_client("the Authorization header must use the Basic scheme")
+            })?;
             let decoded = base64::engine::general_purpose::STANDARD
                 .decode(encoded.trim())
                 .ok()
                 .and_then(|b| String::from_utf8(b).ok())
                 .ok_or_else(|| OAuthError::invalid_client("malformed Basic credentials"))?;
-            let (id, secret) = decoded.split_once(':').ok_or_else(|| OAuthError::invalid_client("malformed Basic credentials"))?;
+            let (id, secret) = decoded
+                .split_once(':')
+                .ok_or_else(|| OAuthError::invalid_client("malformed Basic credentials"))?;
             Some((percent_decode(id), percent_decode(secret)))
         }
         None => None,
     };
     let (client_id, secret) = match (basic, form.get("client_secret")) {
-        (Some(_), Some(_)) => return Err(OAuthError::invalid_request("use one client authentication method, not Basic and client_secret both")),
+        (Some(_), Some(_)) => {
+            return Err(OAuthError::invalid_request(
+                "use one client authentication method, not Basic and client_secret both",
+            ));
+        }
         (Some((id, secret)), None) => {
             if form.get("client_id").is_some_and(|f| f != id) {
-                return Err(OAuthError::invalid_request("client_id does not match the Basic credentials"));
+                return Err(OAuthError::invalid_request(
+                    "client_id does not match the Basic credentials",
+                ));
             }
             (id, Some(secret))
         }
-        (None, secret) => (form.require("client_id")?.to_string(), secret.map(str::to_string)),
+        (None, secret) => (
+            form.require("client_id")?.to_string(),
+            secret.map(str::to_string),
+        ),
     };
     let client = state.store.get_client(&client_id).await?;
     match (client, secret) {
         (Some(client), Some(secret)) if client.kind == ClientKind::Confidential => {
             let stored = client.secret_hash.as_deref().unwrap_or("");
-            if state.secrets.verify(&secret, stored) { Ok(client) } else { Err(OAuthError::invalid_client("client authentication failed")) }
+            if state.secrets.verify(&secret, stored) {
+                Ok(client)
+            } else {
+                Err(OAuthError::invalid_client("client authentication failed"))
+            }
         }
         (Some(client), None) if client.kind == ClientKind::Public => Ok(client),
         (Some(_), None) => Err(OAuthError::invalid_client("client authentication failed")),
@@ -181,7 +250,9 @@ fn granted_scope(client: &Client, requested: Option<&str>) -> Result<String, OAu
             let mut granted = Vec::new();
             for scope in requested.split(' ').filter(|s| !s.is_empty()) {
                 if !client.scopes.iter().any(|s| s == scope) {
-                    return Err(OAuthError::invalid_scope(format!("scope {scope} is not allowed for this client")));
+                    return Err(OAuthError::invalid_scope(format!(
+                        "scope {scope} is not allowed for this client"
+                    )));
                 }
                 if !granted.contains(&scope) {
                     granted.push(scope);
@@ -208,8 +279,12 @@ pub struct TokenResponse {
 
 fn no_store(body: impl Serialize) -> Response {
     let mut response = axum::Json(body).into_response();
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+        .headers_mut()
+        .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     response
 }
 
@@ -221,9 +296,18 @@ struct Subject<'a> {
     act: Option<Actor>,
 }
 
-async fn issue_access_token(state: &AppState, client: &Client, subject: Subject<'_>, scope: &str, aud: &str) -> Result<(String, AccessClaims), OAuthError> {
+async fn issue_access_token(
+    state: &AppState,
+    client: &Client,
+    subject: Subject<'_>,
+    scope: &str,
+    aud: &str,
+) -> Result<(String, AccessClaims), OAuthError> {
     let keys = state.key_set().ok_or_else(OAuthError::unavailable)?;
-    let grants = state.store.grants(subject.tid, subject.kind, subject.sub).await?;
+    let grants = state
+        .store
+        .grants(subject.tid, subject.kind, subject.sub)
+        .await?;
     let now = state.now();
     let claims = AccessClaims {
         iss: state.issuer().to_string(),
@@ -244,15 +328,25 @@ async fn issue_access_token(state: &AppState, client: &Client, subject: Subject<
 }
 
 /// `POST /oauth2/token`
-pub async fn token(State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Response, OAuthError> {
+pub async fn token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, OAuthError> {
     let form = OAuthForm::parse(&headers, body)?;
     let grant_type = form.require("grant_type")?.to_string();
     let client = authenticate_client(&state, &headers, &form).await?;
     if !crate::model::ALL_GRANTS.contains(&grant_type.as_str()) {
-        return Err(OAuthError::new(StatusCode::BAD_REQUEST, "unsupported_grant_type", format!("grant_type {grant_type} is not supported")));
+        return Err(OAuthError::new(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            format!("grant_type {grant_type} is not supported"),
+        ));
     }
     if !client.grant_types.iter().any(|g| *g == grant_type) {
-        return Err(OAuthError::unauthorized_client(format!("this client may not use grant_type {grant_type}")));
+        return Err(OAuthError::unauthorized_client(format!(
+            "this client may not use grant_type {grant_type}"
+        )));
     }
     match grant_type.as_str() {
         GRANT_CLIENT_CREDENTIALS => client_credentials(&state, &client, &form).await,
@@ -262,13 +356,32 @@ pub async fn token(State(state): State<AppState>, headers: HeaderMap, body: Resu
     }
 }
 
-async fn client_credentials(state: &AppState, client: &Client, form: &OAuthForm) -> Result<Response, OAuthError> {
+async fn client_credentials(
+    state: &AppState,
+    client: &Client,
+    form: &OAuthForm,
+) -> Result<Response, OAuthError> {
     if client.kind != ClientKind::Confidential {
-        return Err(OAuthError::unauthorized_client("client_credentials needs a confidential client"));
+        return Err(OAuthError::unauthorized_client(
+            "client_credentials needs a confidential client",
+        ));
     }
     let scope = granted_scope(client, form.get("scope"))?;
-    let subject = Subject { sub: &client.id, kind: SubjectKind::Client, tid: &client.tenant_id, auth_time: None, act: None };
-    let (access_token, _) = issue_access_token(state, client, subject, &scope, form.get("audience").unwrap_or(DEFAULT_AUDIENCE)).await?;
+    let subject = Subject {
+        sub: &client.id,
+        kind: SubjectKind::Client,
+        tid: &client.tenant_id,
+        auth_time: None,
+        act: None,
+    };
+    let (access_token, _) = issue_access_token(
+        state,
+        client,
+        subject,
+        &scope,
+        form.get("audience").unwrap_or(DEFAULT_AUDIENCE),
+    )
+    .await?;
     Ok(no_store(TokenResponse {
         access_token,
         token_type: "Bearer",
@@ -280,7 +393,13 @@ async fn client_credentials(state: &AppState, client: &Client, form: &OAuthForm)
     }))
 }
 
-async fn new_refresh_token(state: &AppState, client: &Client, user_id: &str, scope: &str, family: Option<&str>) -> Result<(String, RefreshToken), OAuthError> {
+async fn new_refresh_token(
+    state: &AppState,
+    client: &Client,
+    user_id: &str,
+    scope: &str,
+    family: Option<&str>,
+) -> Result<(String, RefreshToken), OAuthError> {
     let raw = random_token(32);
     let now = state.now();
     let record = RefreshToken {
@@ -296,13 +415,32 @@ async fn new_refresh_token(state: &AppState, client: &Client, user_id: &str, sco
     Ok((raw, record))
 }
 
-async fn user_tokens(state: &AppState, client: &Client, user_id: &str, scope: &str, auth_time: i64, nonce: Option<String>, refresh: Option<String>) -> Result<Response, OAuthError> {
-    let user = state.store.get_user(&client.tenant_id, user_id).await?.ok_or_else(|| OAuthError::invalid_grant("the user no longer exists"))?;
+async fn user_tokens(
+    state: &AppState,
+    client: &Client,
+    user_id: &str,
+    scope: &str,
+    auth_time: i64,
+    nonce: Option<String>,
+    refresh: Option<String>,
+) -> Result<Response, OAuthError> {
+    let user = state
+        .store
+        .get_user(&client.tenant_id, user_id)
+        .await?
+        .ok_or_else(|| OAuthError::invalid_grant("the user no longer exists"))?;
     if user.status != crate::model::UserStatus::Active {
         return Err(OAuthError::invalid_grant("the user is not active"));
     }
-    let subject = Subject { sub: &user.id, kind: SubjectKind::User, tid: &user.tenant_id, auth_time: Some(auth_time), act: None };
-    let (access_token, claims) = issue_access_token(state, client, subject, scope, DEFAULT_AUDIENCE).await?;
+    let subject = Subject {
+        sub: &user.id,
+        kind: SubjectKind::User,
+        tid: &user.tenant_id,
+        auth_time: Some(auth_time),
+        act: None,
+    };
+    let (access_token, claims) =
+        issue_access_token(state, client, subject, scope, DEFAULT_AUDIENCE).await?;
     let id_token = if scope.split(' ').any(|s| s == "openid") {
         let keys = state.key_set().ok_or_else(OAuthError::unavailable)?;
         let id = IdClaims {
@@ -315,7 +453,10 @@ async fn user_tokens(state: &AppState, client: &Client, user_id: &str, scope: &s
             nonce,
             azp: client.id.clone(),
             tid: user.tenant_id.clone(),
-            email: scope.split(' ').any(|s| s == "email").then(|| user.email.clone()),
+            email: scope
+                .split(' ')
+                .any(|s| s == "email")
+                .then(|| user.email.clone()),
         };
         Some(keys.sign(ID_TOKEN_TYP, &id))
     } else {
@@ -332,41 +473,77 @@ async fn user_tokens(state: &AppState, client: &Client, user_id: &str, scope: &s
     }))
 }
 
-async fn authorization_code(state: &AppState, client: &Client, form: &OAuthForm) -> Result<Response, OAuthError> {
+async fn authorization_code(
+    state: &AppState,
+    client: &Client,
+    form: &OAuthForm,
+) -> Result<Response, OAuthError> {
     let code = form.require("code")?;
     let redirect_uri = form.require("redirect_uri")?;
     let verifier = form.require("code_verifier")?;
     if !valid_pkce_verifier(verifier) {
-        return Err(OAuthError::invalid_request("code_verifier must be 43-128 characters of [A-Za-z0-9-._~]"));
+        return Err(OAuthError::invalid_request(
+            "code_verifier must be 43-128 characters of [A-Za-z0-9-._~]",
+        ));
     }
-    let record = match state.store.redeem_code(&sha256_hex(code.as_bytes()), state.now()).await? {
+    let record = match state
+        .store
+        .redeem_code(&sha256_hex(code.as_bytes()), state.now())
+        .await?
+    {
         CodeRedemption::Redeemed(record) => record,
         CodeRedemption::AlreadyUsed => {
             tracing::warn!(client_id = %client.id, "an authorization code was presented twice");
-            return Err(OAuthError::invalid_grant("the authorization code was already used"));
+            return Err(OAuthError::invalid_grant(
+                "the authorization code was already used",
+            ));
         }
-        CodeRedemption::Unknown => return Err(OAuthError::invalid_grant("the authorization code is invalid or expired")),
+        CodeRedemption::Unknown => {
+            return Err(OAuthError::invalid_grant(
+                "the authorization code is invalid or expired",
+            ));
+        }
     };
     if record.client_id != client.id {
-        return Err(OAuthError::invalid_grant("the authorization code was issued to another client"));
+        return Err(OAuthError::invalid_grant(
+            "the authorization code was issued to another client",
+        ));
     }
     if record.redirect_uri != redirect_uri {
-        return Err(OAuthError::invalid_grant("redirect_uri does not match the authorization request"));
+        return Err(OAuthError::invalid_grant(
+            "redirect_uri does not match the authorization request",
+        ));
     }
     if !pkce_s256_matches(verifier, &record.code_challenge) {
-        return Err(OAuthError::invalid_grant("code_verifier does not match the code_challenge"));
+        return Err(OAuthError::invalid_grant(
+            "code_verifier does not match the code_challenge",
+        ));
     }
     let refresh = if client.grant_types.iter().any(|g| g == GRANT_REFRESH_TOKEN) {
-        let (raw, token) = new_refresh_token(state, client, &record.user_id, &record.scope, None).await?;
+        let (raw, token) =
+            new_refresh_token(state, client, &record.user_id, &record.scope, None).await?;
         state.store.insert_refresh_token(&token).await?;
         Some(raw)
     } else {
         None
     };
-    user_tokens(state, client, &record.user_id, &record.scope, record.auth_time, record.nonce, refresh).await
+    user_tokens(
+        state,
+        client,
+        &record.user_id,
+        &record.scope,
+        record.auth_time,
+        record.nonce,
+        refresh,
+    )
+    .await
 }
 
-async fn refresh_token(state: &AppState, client: &Client, form: &OAuthForm) -> Result<Response, OAuthError> {
+async fn refresh_token(
+    state: &AppState,
+    client: &Client,
+    form: &OAuthForm,
+) -> Result<Response, OAuthError> {
     let presented = form.require("refresh_token")?;
     let presented_hash = sha256_hex(presented.as_bytes());
     let now = state.now();
@@ -375,61 +552,105 @@ async fn refresh_token(state: &AppState, client: &Client, form: &OAuthForm) -> R
     if let Some(current) = &current
         && current.client_id != client.id
     {
-        return Err(OAuthError::invalid_grant("the refresh token was issued to another client"));
+        return Err(OAuthError::invalid_grant(
+            "the refresh token was issued to another client",
+        ));
     }
-    let scope_source = current.as_ref().map(|c| c.scope.clone()).unwrap_or_default();
+    let scope_source = current
+        .as_ref()
+        .map(|c| c.scope.clone())
+        .unwrap_or_default();
     let scope = match form.get("scope") {
         None => scope_source.clone(),
         Some(requested) => {
             let original: BTreeSet<&str> = scope_source.split(' ').collect();
             for s in requested.split(' ').filter(|s| !s.is_empty()) {
                 if !original.contains(s) {
-                    return Err(OAuthError::invalid_scope(format!("scope {s} was not granted originally")));
+                    return Err(OAuthError::invalid_scope(format!(
+                        "scope {s} was not granted originally"
+                    )));
                 }
             }
             requested.to_string()
         }
     };
-    let user_id = current.as_ref().map(|c| c.user_id.clone()).unwrap_or_default();
+    let user_id = current
+        .as_ref()
+        .map(|c| c.user_id.clone())
+        .unwrap_or_default();
     let (raw, next) = new_refresh_token(state, client, &user_id, &scope, None).await?;
-    match state.store.rotate_refresh_token(&presented_hash, &next, now).await? {
+    match state
+        .store
+        .rotate_refresh_token(&presented_hash, &next, now)
+        .await?
+    {
         RefreshRotation::Rotated(old) => {
             if old.client_id != client.id {
-                return Err(OAuthError::invalid_grant("the refresh token was issued to another client"));
+                return Err(OAuthError::invalid_grant(
+                    "the refresh token was issued to another client",
+                ));
             }
-            user_tokens(state, client, &old.user_id, &scope, old.created_at, None, Some(raw)).await
+            user_tokens(
+                state,
+                client,
+                &old.user_id,
+                &scope,
+                old.created_at,
+                None,
+                Some(raw),
+            )
+            .await
         }
         RefreshRotation::ReuseDetected => {
             tracing::warn!(client_id = %client.id, "a refresh token was reused; its whole family is revoked");
-            Err(OAuthError::invalid_grant("the refresh token was already used; its token family is now revoked"))
+            Err(OAuthError::invalid_grant(
+                "the refresh token was already used; its token family is now revoked",
+            ))
         }
-        RefreshRotation::Invalid => Err(OAuthError::invalid_grant("the refresh token is invalid, expired or revoked")),
+        RefreshRotation::Invalid => Err(OAuthError::invalid_grant(
+            "the refresh token is invalid, expired or revoked",
+        )),
     }
 }
 
 /// RFC 8693 token exchange: a confidential client trades a user's (or another service's)
 /// access token for a narrower token naming itself as the actor (`act`), for delegation.
-async fn token_exchange(state: &AppState, client: &Client, form: &OAuthForm) -> Result<Response, OAuthError> {
+async fn token_exchange(
+    state: &AppState,
+    client: &Client,
+    form: &OAuthForm,
+) -> Result<Response, OAuthError> {
     if client.kind != ClientKind::Confidential {
-        return Err(OAuthError::unauthorized_client("token exchange needs a confidential client"));
+        return Err(OAuthError::unauthorized_client(
+            "token exchange needs a confidential client",
+        ));
     }
     let subject_token = form.require("subject_token")?;
     let subject_type = form.require("subject_token_type")?;
     if subject_type != TOKEN_TYPE_ACCESS {
-        return Err(OAuthError::invalid_request(format!("subject_token_type must be {TOKEN_TYPE_ACCESS}")));
+        return Err(OAuthError::invalid_request(format!(
+            "subject_token_type must be {TOKEN_TYPE_ACCESS}"
+        )));
     }
     if let Some(requested) = form.get("requested_token_type")
         && requested != TOKEN_TYPE_ACCESS
     {
-        return Err(OAuthError::invalid_request(format!("requested_token_type must be {TOKEN_TYPE_ACCESS}")));
+        return Err(OAuthError::invalid_request(format!(
+            "requested_token_type must be {TOKEN_TYPE_ACCESS}"
+        )));
     }
     let keys = state.key_set().ok_or_else(OAuthError::unavailable)?;
-    let subject = verify_access_token(&keys, subject_token, state.issuer(), state.now()).map_err(|e| OAuthError::invalid_grant(format!("subject_token: {e}")))?;
+    let subject = verify_access_token(&keys, subject_token, state.issuer(), state.now())
+        .map_err(|e| OAuthError::invalid_grant(format!("subject_token: {e}")))?;
     if state.store.is_jti_revoked(&subject.jti).await? {
-        return Err(OAuthError::invalid_grant("subject_token: the token has been revoked"));
+        return Err(OAuthError::invalid_grant(
+            "subject_token: the token has been revoked",
+        ));
     }
     if subject.tid != client.tenant_id {
-        return Err(OAuthError::invalid_grant("subject_token belongs to another tenant"));
+        return Err(OAuthError::invalid_grant(
+            "subject_token belongs to another tenant",
+        ));
     }
     let original: BTreeSet<&str> = subject.scopes().collect();
     let scope = match form.get("scope") {
@@ -437,16 +658,31 @@ async fn token_exchange(state: &AppState, client: &Client, form: &OAuthForm) -> 
         Some(requested) => {
             for s in requested.split(' ').filter(|s| !s.is_empty()) {
                 if !original.contains(s) {
-                    return Err(OAuthError::invalid_scope(format!("scope {s} is not in the subject token")));
+                    return Err(OAuthError::invalid_scope(format!(
+                        "scope {s} is not in the subject token"
+                    )));
                 }
             }
             requested.to_string()
         }
     };
     let audience = form.get("audience").unwrap_or(DEFAULT_AUDIENCE);
-    let kind = if subject.sub == subject.client_id && subject.auth_time.is_none() { SubjectKind::Client } else { SubjectKind::User };
-    let act = Actor { sub: client.id.clone(), act: subject.act.clone().map(Box::new) };
-    let sub = Subject { sub: &subject.sub, kind, tid: &subject.tid, auth_time: subject.auth_time, act: Some(act) };
+    let kind = if subject.sub == subject.client_id && subject.auth_time.is_none() {
+        SubjectKind::Client
+    } else {
+        SubjectKind::User
+    };
+    let act = Actor {
+        sub: client.id.clone(),
+        act: subject.act.clone().map(Box::new),
+    };
+    let sub = Subject {
+        sub: &subject.sub,
+        kind,
+        tid: &subject.tid,
+        auth_time: subject.auth_time,
+        act: Some(act),
+    };
     let (access_token, _) = issue_access_token(state, client, sub, &scope, audience).await?;
     Ok(no_store(TokenResponse {
         access_token,
@@ -461,11 +697,17 @@ async fn token_exchange(state: &AppState, client: &Client, form: &OAuthForm) -> 
 
 /// `POST /oauth2/introspect` (RFC 7662): confidential clients only; a token of another tenant
 /// is reported inactive.
-pub async fn introspect(State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Response, OAuthError> {
+pub async fn introspect(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, OAuthError> {
     let form = OAuthForm::parse(&headers, body)?;
     let client = authenticate_client(&state, &headers, &form).await?;
     if client.kind != ClientKind::Confidential {
-        return Err(OAuthError::unauthorized_client("introspection needs a confidential client"));
+        return Err(OAuthError::unauthorized_client(
+            "introspection needs a confidential client",
+        ));
     }
     let token = form.require("token")?;
     let keys = state.key_set().ok_or_else(OAuthError::unavailable)?;
@@ -481,7 +723,10 @@ pub async fn introspect(State(state): State<AppState>, headers: HeaderMap, body:
         }
         return Ok(no_store(body));
     }
-    if let Some(refresh) = state.store.get_refresh_token(&sha256_hex(token.as_bytes()), now).await?
+    if let Some(refresh) = state
+        .store
+        .get_refresh_token(&sha256_hex(token.as_bytes()), now)
+        .await?
         && refresh.tenant_id == client.tenant_id
     {
         return Ok(no_store(json!({
@@ -500,7 +745,11 @@ pub async fn introspect(State(state): State<AppState>, headers: HeaderMap, body:
 
 /// `POST /oauth2/revoke` (RFC 7009): revokes a refresh token's family or an access token's
 /// `jti`. Answers 200 for unknown tokens too, as the RFC asks.
-pub async fn revoke(State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Response, OAuthError> {
+pub async fn revoke(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, OAuthError> {
     let form = OAuthForm::parse(&headers, body)?;
     let client = authenticate_client(&state, &headers, &form).await?;
     let token = form.require("token")?;
@@ -520,16 +769,26 @@ pub async fn revoke(State(state): State<AppState>, headers: HeaderMap, body: Res
 }
 
 /// Extracts and verifies a bearer access token (not revoked).
-pub async fn bearer_claims(state: &AppState, headers: &HeaderMap) -> Result<AccessClaims, BearerError> {
-    let value = headers.get(header::AUTHORIZATION).ok_or(BearerError::Missing)?;
-    let text = value.to_str().map_err(|_| BearerError::Invalid("malformed Authorization header".into()))?;
+pub async fn bearer_claims(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<AccessClaims, BearerError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or(BearerError::Missing)?;
+    let text = value
+        .to_str()
+        .map_err(|_| BearerError::Invalid("malformed Authorization header".into()))?;
     let token = text
         .strip_prefix("Bearer ")
         .or_else(|| text.strip_prefix("bearer "))
-        .ok_or_else(|| BearerError::Invalid("the Authorization header must use the Bearer scheme".into()))?
+        .ok_or_else(|| {
+            BearerError::Invalid("the Authorization header must use the Bearer scheme".into())
+        })?
         .trim();
     let keys = state.key_set().ok_or(BearerError::Unavailable)?;
-    let claims = verify_access_token(&keys, token, state.issuer(), state.now()).map_err(|e| BearerError::Invalid(e.to_string()))?;
+    let claims = verify_access_token(&keys, token, state.issuer(), state.now())
+        .map_err(|e| BearerError::Invalid(e.to_string()))?;
     match state.store.is_jti_revoked(&claims.jti).await {
         Ok(false) => Ok(claims),
         Ok(true) => Err(BearerError::Invalid(TokenError::Revoked.to_string())),
@@ -551,10 +810,20 @@ impl BearerError {
     pub fn problem(self) -> cloud_kit::Problem {
         match self {
             Self::Missing => cloud_kit::Problem::unauthorized("a bearer access token is required")
-                .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"cloud-identity-access\"")),
-            Self::Invalid(reason) => cloud_kit::Problem::unauthorized(format!("invalid access token: {reason}"))
-                .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\"")),
-            Self::Unavailable => cloud_kit::Problem::service_unavailable("token verification is temporarily unavailable"),
+                .with_header(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"cloud-identity-access\""),
+                ),
+            Self::Invalid(reason) => {
+                cloud_kit::Problem::unauthorized(format!("invalid access token: {reason}"))
+                    .with_header(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                    )
+            }
+            Self::Unavailable => cloud_kit::Problem::service_unavailable(
+                "token verification is temporarily unavailable",
+            ),
         }
     }
 }
@@ -567,7 +836,10 @@ pub async fn userinfo(State(state): State<AppState>, headers: HeaderMap) -> Resp
     };
     if !claims.scopes().any(|s| s == "openid") {
         return cloud_kit::Problem::forbidden("the access token lacks the openid scope")
-            .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"insufficient_scope\", scope=\"openid\""))
+            .with_header(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"insufficient_scope\", scope=\"openid\""),
+            )
             .into_response();
     }
     match state.store.get_user(&claims.tid, &claims.sub).await {
@@ -581,7 +853,9 @@ pub async fn userinfo(State(state): State<AppState>, headers: HeaderMap) -> Resp
             }
             no_store(body)
         }
-        Ok(None) => cloud_kit::Problem::unauthorized("the token's subject is not a user").into_response(),
+        Ok(None) => {
+            cloud_kit::Problem::unauthorized("the token's subject is not a user").into_response()
+        }
         Err(err) => {
             tracing::error!(error = %err, "userinfo lookup failed");
             cloud_kit::Problem::internal().into_response()
@@ -621,9 +895,14 @@ pub async fn jwks(State(state): State<AppState>) -> Response {
     match state.key_set() {
         Some(keys) => {
             let mut response = axum::Json(keys.jwks.clone()).into_response();
-            response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+            response.headers_mut().insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=300"),
+            );
             response
         }
-        None => cloud_kit::Problem::service_unavailable("signing keys are not loaded").into_response(),
+        None => {
+            cloud_kit::Problem::service_unavailable("signing keys are not loaded").into_response()
+        }
     }
 }

@@ -5,7 +5,9 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::admin;
-use crate::model::{AuditEvent, Client, ClientKind, Role, RoleAssignment, SubjectKind, Tenant, User, UserStatus};
+use crate::model::{
+    AuditEvent, Client, ClientKind, Role, RoleAssignment, SubjectKind, Tenant, User, UserStatus,
+};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -33,8 +35,19 @@ struct BearerAuth;
 impl Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         if let Some(components) = openapi.components.as_mut() {
-            components.add_security_scheme("bearer", SecurityScheme::Http(Http::builder().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()));
-            components.add_security_scheme("client", SecurityScheme::Http(Http::new(HttpAuthScheme::Basic)));
+            components.add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(
+                    Http::builder()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .bearer_format("JWT")
+                        .build(),
+                ),
+            );
+            components.add_security_scheme(
+                "client",
+                SecurityScheme::Http(Http::new(HttpAuthScheme::Basic)),
+            );
         }
     }
 }

@@ -18,8 +18,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 use crate::audit::event_hash;
 use crate::model::{
-    Actor, AuditEvent, AuthorizationCode, Client, ClientKind, KeyState, RefreshToken, Role, RoleAssignment, SigningKeyRecord, SubjectKind,
-    Tenant, User, UserStatus,
+    Actor, AuditEvent, AuthorizationCode, Client, ClientKind, KeyState, RefreshToken, Role,
+    RoleAssignment, SigningKeyRecord, SubjectKind, Tenant, User, UserStatus,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -99,24 +99,64 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn get_user(&self, tenant_id: &str, id: &str) -> StoreResult<Option<User>>;
     async fn find_user_by_email(&self, tenant_id: &str, email: &str) -> StoreResult<Option<User>>;
     async fn list_users(&self, tenant_id: &str) -> StoreResult<Vec<User>>;
-    async fn set_user_status(&self, actor: &Actor, tenant_id: &str, id: &str, status: UserStatus, at: i64) -> StoreResult<User>;
-    async fn delete_user(&self, actor: &Actor, tenant_id: &str, id: &str, at: i64) -> StoreResult<()>;
+    async fn set_user_status(
+        &self,
+        actor: &Actor,
+        tenant_id: &str,
+        id: &str,
+        status: UserStatus,
+        at: i64,
+    ) -> StoreResult<User>;
+    async fn delete_user(
+        &self,
+        actor: &Actor,
+        tenant_id: &str,
+        id: &str,
+        at: i64,
+    ) -> StoreResult<()>;
 
     async fn create_role(&self, actor: &Actor, role: &Role, at: i64) -> StoreResult<()>;
     async fn get_role(&self, tenant_id: &str, id: &str) -> StoreResult<Option<Role>>;
     async fn list_roles(&self, tenant_id: &str) -> StoreResult<Vec<Role>>;
-    async fn delete_role(&self, actor: &Actor, tenant_id: &str, id: &str, at: i64) -> StoreResult<()>;
+    async fn delete_role(
+        &self,
+        actor: &Actor,
+        tenant_id: &str,
+        id: &str,
+        at: i64,
+    ) -> StoreResult<()>;
 
-    async fn assign_role(&self, actor: &Actor, assignment: &RoleAssignment, at: i64) -> StoreResult<()>;
-    async fn unassign_role(&self, actor: &Actor, assignment: &RoleAssignment, at: i64) -> StoreResult<()>;
+    async fn assign_role(
+        &self,
+        actor: &Actor,
+        assignment: &RoleAssignment,
+        at: i64,
+    ) -> StoreResult<()>;
+    async fn unassign_role(
+        &self,
+        actor: &Actor,
+        assignment: &RoleAssignment,
+        at: i64,
+    ) -> StoreResult<()>;
     async fn list_assignments(&self, tenant_id: &str) -> StoreResult<Vec<RoleAssignment>>;
     /// Role names and the union of their permissions, for a subject in its tenant.
-    async fn grants(&self, tenant_id: &str, kind: SubjectKind, subject_id: &str) -> StoreResult<Grants>;
+    async fn grants(
+        &self,
+        tenant_id: &str,
+        kind: SubjectKind,
+        subject_id: &str,
+    ) -> StoreResult<Grants>;
 
     async fn create_client(&self, actor: &Actor, client: &Client, at: i64) -> StoreResult<()>;
     async fn get_client(&self, id: &str) -> StoreResult<Option<Client>>;
     async fn list_clients(&self, tenant_id: &str) -> StoreResult<Vec<Client>>;
-    async fn delete_client(&self, actor: &Actor, tenant_id: &str, id: &str, at: i64) -> StoreResult<()>;
+    async fn delete_client(
+        &self,
+        actor: &Actor,
+        tenant_id: &str,
+        id: &str,
+        at: i64,
+    ) -> StoreResult<()>;
 
     async fn insert_code(&self, code: &AuthorizationCode) -> StoreResult<()>;
     /// Marks the code used, atomically: only one caller ever gets `Redeemed`.
@@ -125,10 +165,19 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn insert_refresh_token(&self, token: &RefreshToken) -> StoreResult<()>;
     /// Marks `presented_hash` used and stores `next` in the same family, atomically. A token
     /// presented twice revokes its family.
-    async fn rotate_refresh_token(&self, presented_hash: &str, next: &RefreshToken, now: i64) -> StoreResult<RefreshRotation>;
+    async fn rotate_refresh_token(
+        &self,
+        presented_hash: &str,
+        next: &RefreshToken,
+        now: i64,
+    ) -> StoreResult<RefreshRotation>;
     /// Revokes the family of this token (RFC 7009); returns whether the token was known.
     async fn revoke_refresh_family(&self, token_hash: &str) -> StoreResult<Option<RefreshToken>>;
-    async fn get_refresh_token(&self, token_hash: &str, now: i64) -> StoreResult<Option<RefreshToken>>;
+    async fn get_refresh_token(
+        &self,
+        token_hash: &str,
+        now: i64,
+    ) -> StoreResult<Option<RefreshToken>>;
 
     async fn revoke_jti(&self, jti: &str, expires_at: i64) -> StoreResult<()>;
     async fn is_jti_revoked(&self, jti: &str) -> StoreResult<bool>;
@@ -153,21 +202,36 @@ pub struct RotationPlan {
 }
 
 /// Opens the store named by `url` and applies migrations.
-pub async fn connect(url: &SecretString, max_connections: u32) -> StoreResult<std::sync::Arc<dyn Store>> {
+pub async fn connect(
+    url: &SecretString,
+    max_connections: u32,
+) -> StoreResult<std::sync::Arc<dyn Store>> {
     let raw = url.expose_secret();
     if raw.starts_with("sqlite:") {
         let in_memory = raw.contains(":memory:") || raw.contains("mode=memory");
         let options = SqliteConnectOptions::from_str(raw)
             .map_err(StoreError::Database)?
-            .journal_mode(if in_memory { SqliteJournalMode::Memory } else { SqliteJournalMode::Wal })
+            .journal_mode(if in_memory {
+                SqliteJournalMode::Memory
+            } else {
+                SqliteJournalMode::Wal
+            })
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
         // An in-memory database lives as long as its one connection.
         let pool = SqlitePoolOptions::new()
             .max_connections(if in_memory { 1 } else { max_connections.max(1) })
             .min_connections(if in_memory { 1 } else { 0 })
-            .idle_timeout(if in_memory { None } else { Some(Duration::from_secs(600)) })
-            .max_lifetime(if in_memory { None } else { Some(Duration::from_secs(1800)) })
+            .idle_timeout(if in_memory {
+                None
+            } else {
+                Some(Duration::from_secs(600))
+            })
+            .max_lifetime(if in_memory {
+                None
+            } else {
+                Some(Duration::from_secs(1800))
+            })
             .connect_with(options)
             .await?;
         let store = SqliteStore { pool };
@@ -189,8 +253,16 @@ pub async fn connect(url: &SecretString, max_connections: u32) -> StoreResult<st
 
 /// Migrations, in order. Each is expand-only (adds tables, columns, indexes) unless its name
 /// ends in `_contract`, which may only drop what a release before the previous one stopped using.
-pub const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(1, "initial", include_str!("../migrations/sqlite/0001_initial.sql"))];
-pub const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(1, "initial", include_str!("../migrations/postgres/0001_initial.sql"))];
+pub const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "initial",
+    include_str!("../migrations/sqlite/0001_initial.sql"),
+)];
+pub const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "initial",
+    include_str!("../migrations/postgres/0001_initial.sql"),
+)];
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -205,7 +277,13 @@ pub struct PostgresStore {
 /// The statements of a migration file: split on `;` at line ends, `--` comment lines dropped.
 /// (Migrations keep semicolons out of string literals.)
 fn statements(sql: &str) -> impl Iterator<Item = &str> {
-    sql.split(";\n").map(str::trim).filter(|s| s.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with("--"))).map(|s| s.trim_end_matches(';'))
+    sql.split(";\n")
+        .map(str::trim)
+        .filter(|s| {
+            s.lines()
+                .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with("--"))
+        })
+        .map(|s| s.trim_end_matches(';'))
 }
 
 fn to_json<T: Serialize>(value: &T) -> String {
@@ -240,11 +318,16 @@ macro_rules! from_row {
 from_row!(TenantRow {
     id: String,
     name: String,
-    created_at: i64,});
+    created_at: i64,
+});
 
 impl From<TenantRow> for Tenant {
     fn from(r: TenantRow) -> Self {
-        Tenant { id: r.id, name: r.name, created_at: r.created_at }
+        Tenant {
+            id: r.id,
+            name: r.name,
+            created_at: r.created_at,
+        }
     }
 }
 
@@ -254,13 +337,22 @@ from_row!(UserRow {
     email: String,
     password_hash: String,
     status: String,
-    created_at: i64,});
+    created_at: i64,
+});
 
 impl TryFrom<UserRow> for User {
     type Error = StoreError;
     fn try_from(r: UserRow) -> StoreResult<Self> {
-        let status = UserStatus::parse(&r.status).ok_or_else(|| StoreError::Corrupt(format!("user status {:?}", r.status)))?;
-        Ok(User { id: r.id, tenant_id: r.tenant_id, email: r.email, password_hash: r.password_hash, status, created_at: r.created_at })
+        let status = UserStatus::parse(&r.status)
+            .ok_or_else(|| StoreError::Corrupt(format!("user status {:?}", r.status)))?;
+        Ok(User {
+            id: r.id,
+            tenant_id: r.tenant_id,
+            email: r.email,
+            password_hash: r.password_hash,
+            status,
+            created_at: r.created_at,
+        })
     }
 }
 
@@ -269,12 +361,19 @@ from_row!(RoleRow {
     tenant_id: String,
     name: String,
     permissions: String,
-    created_at: i64,});
+    created_at: i64,
+});
 
 impl TryFrom<RoleRow> for Role {
     type Error = StoreError;
     fn try_from(r: RoleRow) -> StoreResult<Self> {
-        Ok(Role { permissions: parse_list("role permissions", &r.permissions)?, id: r.id, tenant_id: r.tenant_id, name: r.name, created_at: r.created_at })
+        Ok(Role {
+            permissions: parse_list("role permissions", &r.permissions)?,
+            id: r.id,
+            tenant_id: r.tenant_id,
+            name: r.name,
+            created_at: r.created_at,
+        })
     }
 }
 
@@ -283,13 +382,21 @@ from_row!(AssignmentRow {
     role_id: String,
     subject_kind: String,
     subject_id: String,
-    created_at: i64,});
+    created_at: i64,
+});
 
 impl TryFrom<AssignmentRow> for RoleAssignment {
     type Error = StoreError;
     fn try_from(r: AssignmentRow) -> StoreResult<Self> {
-        let subject_kind = SubjectKind::parse(&r.subject_kind).ok_or_else(|| StoreError::Corrupt(format!("subject kind {:?}", r.subject_kind)))?;
-        Ok(RoleAssignment { tenant_id: r.tenant_id, role_id: r.role_id, subject_kind, subject_id: r.subject_id, created_at: r.created_at })
+        let subject_kind = SubjectKind::parse(&r.subject_kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("subject kind {:?}", r.subject_kind)))?;
+        Ok(RoleAssignment {
+            tenant_id: r.tenant_id,
+            role_id: r.role_id,
+            subject_kind,
+            subject_id: r.subject_id,
+            created_at: r.created_at,
+        })
     }
 }
 
@@ -307,7 +414,8 @@ from_row!(ClientRow {
 impl TryFrom<ClientRow> for Client {
     type Error = StoreError;
     fn try_from(r: ClientRow) -> StoreResult<Self> {
-        let kind = ClientKind::parse(&r.kind).ok_or_else(|| StoreError::Corrupt(format!("client kind {:?}", r.kind)))?;
+        let kind = ClientKind::parse(&r.kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("client kind {:?}", r.kind)))?;
         Ok(Client {
             id: r.id,
             tenant_id: r.tenant_id,
@@ -360,7 +468,8 @@ from_row!(RefreshRow {
     scope: String,
     expires_at: i64,
     created_at: i64,
-    used: i64,});
+    used: i64,
+});
 
 impl From<RefreshRow> for RefreshToken {
     fn from(r: RefreshRow) -> Self {
@@ -384,12 +493,14 @@ from_row!(KeyRow {
     public_key: String,
     private_key_enc: String,
     created_at: i64,
-    state_changed_at: i64,});
+    state_changed_at: i64,
+});
 
 impl TryFrom<KeyRow> for SigningKeyRecord {
     type Error = StoreError;
     fn try_from(r: KeyRow) -> StoreResult<Self> {
-        let state = KeyState::parse(&r.state).ok_or_else(|| StoreError::Corrupt(format!("key state {:?}", r.state)))?;
+        let state = KeyState::parse(&r.state)
+            .ok_or_else(|| StoreError::Corrupt(format!("key state {:?}", r.state)))?;
         Ok(SigningKeyRecord {
             kid: r.kid,
             alg: r.alg,
@@ -445,9 +556,12 @@ struct Change<'a> {
 }
 
 const USER_COLUMNS: &str = "id, tenant_id, email, password_hash, status, created_at";
-const CLIENT_COLUMNS: &str = "id, tenant_id, name, kind, secret_hash, redirect_uris, grant_types, scopes, created_at";
-const AUDIT_COLUMNS: &str = "seq, id, at, actor, tenant_id, action, target, before_state, after_state, prev_hash, hash";
-const REFRESH_COLUMNS: &str = "token_hash, family_id, tenant_id, client_id, user_id, scope, expires_at, created_at, used";
+const CLIENT_COLUMNS: &str =
+    "id, tenant_id, name, kind, secret_hash, redirect_uris, grant_types, scopes, created_at";
+const AUDIT_COLUMNS: &str =
+    "seq, id, at, actor, tenant_id, action, target, before_state, after_state, prev_hash, hash";
+const REFRESH_COLUMNS: &str =
+    "token_hash, family_id, tenant_id, client_id, user_id, scope, expires_at, created_at, used";
 
 /// The Store implementation, once per backend: the SQL is the same for both.
 macro_rules! sql_store {
@@ -1016,13 +1130,26 @@ macro_rules! sql_store {
 }
 
 sql_store!(SqliteStore, sqlx::Sqlite, SQLITE_MIGRATIONS, "sqlite");
-sql_store!(PostgresStore, sqlx::Postgres, POSTGRES_MIGRATIONS, "postgres");
+sql_store!(
+    PostgresStore,
+    sqlx::Postgres,
+    POSTGRES_MIGRATIONS,
+    "postgres"
+);
 
 impl SqliteStore {
     /// Opens a SQLite store without the `Arc<dyn Store>` wrapper (tests that tamper with rows).
     pub async fn open(url: &str) -> StoreResult<Self> {
-        let options = SqliteConnectOptions::from_str(url).map_err(StoreError::Database)?.foreign_keys(true);
-        let pool = SqlitePoolOptions::new().max_connections(1).min_connections(1).idle_timeout(None).max_lifetime(None).connect_with(options).await?;
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(StoreError::Database)?
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await?;
         let store = Self { pool };
         store.migrate().await?;
         Ok(store)

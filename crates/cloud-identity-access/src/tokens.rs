@@ -84,12 +84,18 @@ pub enum TokenError {
 }
 
 /// Verifies an access token: signature, `typ`, issuer and expiry. Revocation is the caller's.
-pub fn verify_access_token(keys: &KeySet, token: &str, issuer: &str, now: i64) -> Result<AccessClaims, TokenError> {
+pub fn verify_access_token(
+    keys: &KeySet,
+    token: &str,
+    issuer: &str,
+    now: i64,
+) -> Result<AccessClaims, TokenError> {
     let (typ, claims) = keys.verify(token)?;
     if typ.as_deref() != Some(ACCESS_TOKEN_TYP) {
         return Err(TokenError::WrongType);
     }
-    let claims: AccessClaims = serde_json::from_value::<AccessClaims>(claims).map_err(|_| TokenError::Claims)?;
+    let claims: AccessClaims =
+        serde_json::from_value::<AccessClaims>(claims).map_err(|_| TokenError::Claims)?;
     if claims.iss != issuer {
         return Err(TokenError::Issuer);
     }

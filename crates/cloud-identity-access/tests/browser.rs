@@ -32,7 +32,11 @@ impl Drop for Driver {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Driver {
@@ -58,9 +62,26 @@ impl Driver {
             "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                      "--no-first-run", "--disable-dev-shm-usage", format!("--user-data-dir={}", profile.path().display())],
         }}}});
-        let resp: Value = http.post(format!("{base}/session")).json(&caps).send().await.unwrap().json().await.unwrap();
-        let session = resp["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {resp}")).to_string();
-        Self { child, base: format!("{base}/session/{session}"), session, http, _profile: profile }
+        let resp: Value = http
+            .post(format!("{base}/session"))
+            .json(&caps)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let session = resp["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {resp}"))
+            .to_string();
+        Self {
+            child,
+            base: format!("{base}/session/{session}"),
+            session,
+            http,
+            _profile: profile,
+        }
     }
 
     async fn cmd(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
@@ -69,56 +90,105 @@ impl Driver {
             req = req.json(&body);
         }
         let resp: Value = req.send().await.unwrap().json().await.unwrap();
-        assert!(resp["value"].get("error").is_none(), "webdriver {path}: {resp}");
+        assert!(
+            resp["value"].get("error").is_none(),
+            "webdriver {path}: {resp}"
+        );
         resp["value"].clone()
     }
 
     async fn goto(&self, url: &str) {
-        self.cmd(reqwest::Method::POST, "/url", Some(json!({ "url": url }))).await;
+        self.cmd(reqwest::Method::POST, "/url", Some(json!({ "url": url })))
+            .await;
     }
 
     async fn find(&self, css: &str) -> String {
-        let v = self.cmd(reqwest::Method::POST, "/element", Some(json!({ "using": "css selector", "value": css }))).await;
+        let v = self
+            .cmd(
+                reqwest::Method::POST,
+                "/element",
+                Some(json!({ "using": "css selector", "value": css })),
+            )
+            .await;
         v[ELEMENT].as_str().unwrap().to_string()
     }
 
     async fn type_into(&self, css: &str, text: &str) {
         let id = self.find(css).await;
-        self.cmd(reqwest::Method::POST, &format!("/element/{id}/clear"), Some(json!({}))).await;
-        self.cmd(reqwest::Method::POST, &format!("/element/{id}/value"), Some(json!({ "text": text }))).await;
+        self.cmd(
+            reqwest::Method::POST,
+            &format!("/element/{id}/clear"),
+            Some(json!({})),
+        )
+        .await;
+        self.cmd(
+            reqwest::Method::POST,
+            &format!("/element/{id}/value"),
+            Some(json!({ "text": text })),
+        )
+        .await;
     }
 
     async fn click(&self, css: &str) {
         let id = self.find(css).await;
-        self.cmd(reqwest::Method::POST, &format!("/element/{id}/click"), Some(json!({}))).await;
+        self.cmd(
+            reqwest::Method::POST,
+            &format!("/element/{id}/click"),
+            Some(json!({})),
+        )
+        .await;
     }
 
     async fn text(&self, css: &str) -> String {
         let id = self.find(css).await;
-        self.cmd(reqwest::Method::GET, &format!("/element/{id}/text"), None).await.as_str().unwrap().to_string()
+        self.cmd(reqwest::Method::GET, &format!("/element/{id}/text"), None)
+            .await
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     async fn url(&self) -> String {
-        self.cmd(reqwest::Method::GET, "/url", None).await.as_str().unwrap().to_string()
+        self.cmd(reqwest::Method::GET, "/url", None)
+            .await
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     async fn title(&self) -> String {
-        self.cmd(reqwest::Method::GET, "/title", None).await.as_str().unwrap().to_string()
+        self.cmd(reqwest::Method::GET, "/title", None)
+            .await
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosted_login_in_chromium_yields_tokens_that_verify_against_the_jwks() {
-    let Some(chromium) = cloud_test_support::require_tool("CHROMIUM") else { return };
-    let Some(chromedriver) = cloud_test_support::require_tool("CHROMEDRIVER") else { return };
+    let Some(chromium) = cloud_test_support::require_tool("CHROMIUM") else {
+        return;
+    };
+    let Some(chromedriver) = cloud_test_support::require_tool("CHROMEDRIVER") else {
+        return;
+    };
     let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
     let admin = app.admin_token().await;
     let f = app.tenant_fixture(&admin, "browser").await;
     // The client's redirect target: a tiny page on another port.
     let callback = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let redirect_uri = format!("http://127.0.0.1:{}/cb", callback.local_addr().unwrap().port());
+    let redirect_uri = format!(
+        "http://127.0.0.1:{}/cb",
+        callback.local_addr().unwrap().port()
+    );
     tokio::spawn(async move {
-        let router = axum::Router::new().route("/cb", axum::routing::get(|| async { axum::response::Html("<title>Signed in</title><p>signed in</p>") }));
+        let router = axum::Router::new().route(
+            "/cb",
+            axum::routing::get(|| async {
+                axum::response::Html("<title>Signed in</title><p>signed in</p>")
+            }),
+        );
         axum::serve(callback, router).await.unwrap();
     });
     let (s, web) = app
@@ -152,7 +222,10 @@ async fn hosted_login_in_chromium_yields_tokens_that_verify_against_the_jwks() {
     driver.type_into("#email", &f.user_email).await;
     driver.type_into("#password", "not the password").await;
     driver.click("#sign-in").await;
-    assert_eq!(driver.text("[role=alert]").await, "The email address or password is incorrect.");
+    assert_eq!(
+        driver.text("[role=alert]").await,
+        "The email address or password is incorrect."
+    );
     driver.type_into("#password", &f.user_password).await;
     driver.click("#sign-in").await;
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -161,26 +234,55 @@ async fn hosted_login_in_chromium_yields_tokens_that_verify_against_the_jwks() {
         if current.starts_with(&redirect_uri) {
             break url::Url::parse(&current).unwrap();
         }
-        assert!(Instant::now() < deadline, "the browser did not reach the redirect_uri; it is at {current}");
+        assert!(
+            Instant::now() < deadline,
+            "the browser did not reach the redirect_uri; it is at {current}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let param = |k: &str| landed.query_pairs().find(|(n, _)| n == k).map(|(_, v)| v.into_owned()).unwrap();
+    let param = |k: &str| {
+        landed
+            .query_pairs()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.into_owned())
+            .unwrap()
+    };
     assert_eq!(param("state"), "browser-state");
     let resp = app
         .http
         .post(app.url("/oauth2/token"))
-        .form(&[("grant_type", "authorization_code"), ("client_id", client_id.as_str()), ("code", &param("code")), ("redirect_uri", &redirect_uri), ("code_verifier", VERIFIER)])
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("client_id", client_id.as_str()),
+            ("code", &param("code")),
+            ("redirect_uri", &redirect_uri),
+            ("code_verifier", VERIFIER),
+        ])
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let tokens: Value = resp.json().await.unwrap();
-    let jwks = JwkSet::from_bytes(&app.http.get(app.url("/.well-known/jwks.json")).send().await.unwrap().bytes().await.unwrap()).unwrap();
-    for (name, token) in [("access_token", tokens["access_token"].as_str().unwrap()), ("id_token", tokens["id_token"].as_str().unwrap())] {
+    let jwks = JwkSet::from_bytes(
+        &app.http
+            .get(app.url("/.well-known/jwks.json"))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    for (name, token) in [
+        ("access_token", tokens["access_token"].as_str().unwrap()),
+        ("id_token", tokens["id_token"].as_str().unwrap()),
+    ] {
         let header = josekit::jwt::decode_header(token).unwrap();
         let kid = header.claim("kid").and_then(Value::as_str).unwrap();
         let verifier = EdDSA.verifier_from_jwk(jwks.get(kid)[0]).unwrap();
-        let (payload, _) = josekit::jwt::decode_with_verifier(token, &verifier).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let (payload, _) = josekit::jwt::decode_with_verifier(token, &verifier)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(payload.subject(), Some(f.user_id.as_str()), "{name}");
         if name == "id_token" {
             assert_eq!(payload.claim("nonce"), Some(&json!("browser-nonce")));

@@ -8,7 +8,13 @@ const BINARY: &str = env!("CARGO_BIN_EXE_cloud-identity-access");
 
 #[tokio::test]
 async fn serves_health_version_and_red_metrics() {
-    service_checks::serves_health_version_and_red_metrics(Path::new(BINARY), "IDENTITY", cloud_identity_access::SERVICE_NAME, &[]).await;
+    service_checks::serves_health_version_and_red_metrics(
+        Path::new(BINARY),
+        "IDENTITY",
+        cloud_identity_access::SERVICE_NAME,
+        &[],
+    )
+    .await;
 }
 
 #[test]

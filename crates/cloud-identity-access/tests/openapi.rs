@@ -6,7 +6,8 @@ use std::path::PathBuf;
 #[test]
 fn committed_openapi_matches_the_code() {
     let generated = cloud_identity_access::openapi::yaml().unwrap();
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../openapi/cloud-identity-access.yaml");
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../openapi/cloud-identity-access.yaml");
     if std::env::var("UPDATE_OPENAPI").is_ok_and(|v| v == "1") {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, &generated).unwrap();

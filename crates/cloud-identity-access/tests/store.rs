@@ -5,11 +5,17 @@ use std::sync::Arc;
 
 use cloud_identity_access::audit::verify_chain;
 use cloud_identity_access::model::*;
-use cloud_identity_access::store::{self, CodeRedemption, PostgresStore, RefreshRotation, SqliteStore, Store, StoreError};
+use cloud_identity_access::store::{
+    self, CodeRedemption, PostgresStore, RefreshRotation, SqliteStore, Store, StoreError,
+};
 use secrecy::SecretString;
 
 async fn sqlite() -> Option<Arc<dyn Store>> {
-    Some(store::connect(&SecretString::from("sqlite::memory:"), 1).await.unwrap())
+    Some(
+        store::connect(&SecretString::from("sqlite::memory:"), 1)
+            .await
+            .unwrap(),
+    )
 }
 
 async fn postgres() -> Option<Arc<dyn Store>> {
@@ -55,13 +61,24 @@ fn actor() -> Actor {
 }
 
 async fn tenant(store: &dyn Store, name: &str) -> Tenant {
-    let t = Tenant { id: uuid::Uuid::now_v7().to_string(), name: name.into(), created_at: 10 };
+    let t = Tenant {
+        id: uuid::Uuid::now_v7().to_string(),
+        name: name.into(),
+        created_at: 10,
+    };
     store.create_tenant(&actor(), &t, 10).await.unwrap();
     t
 }
 
 fn user(tenant: &Tenant, email: &str) -> User {
-    User { id: uuid::Uuid::now_v7().to_string(), tenant_id: tenant.id.clone(), email: email.into(), password_hash: "$argon2id$x".into(), status: UserStatus::Active, created_at: 11 }
+    User {
+        id: uuid::Uuid::now_v7().to_string(),
+        tenant_id: tenant.id.clone(),
+        email: email.into(),
+        password_hash: "$argon2id$x".into(),
+        status: UserStatus::Active,
+        created_at: 11,
+    }
 }
 
 fn client(tenant: &Tenant, id: &str) -> Client {
@@ -79,21 +96,54 @@ fn client(tenant: &Tenant, id: &str) -> Client {
 }
 
 fn role(tenant: &Tenant, name: &str, perms: &[&str]) -> Role {
-    Role { id: uuid::Uuid::now_v7().to_string(), tenant_id: tenant.id.clone(), name: name.into(), permissions: perms.iter().map(|p| p.to_string()).collect(), created_at: 13 }
+    Role {
+        id: uuid::Uuid::now_v7().to_string(),
+        tenant_id: tenant.id.clone(),
+        name: name.into(),
+        permissions: perms.iter().map(|p| p.to_string()).collect(),
+        created_at: 13,
+    }
 }
 
 async fn crud_round_trip(store: Arc<dyn Store>) {
     let t = tenant(store.as_ref(), "acme").await;
     assert_eq!(store.get_tenant(&t.id).await.unwrap(), Some(t.clone()));
-    assert!(matches!(store.create_tenant(&actor(), &Tenant { id: "other".into(), ..t.clone() }, 1).await, Err(StoreError::Conflict(_))), "tenant names are unique");
+    assert!(
+        matches!(
+            store
+                .create_tenant(
+                    &actor(),
+                    &Tenant {
+                        id: "other".into(),
+                        ..t.clone()
+                    },
+                    1
+                )
+                .await,
+            Err(StoreError::Conflict(_))
+        ),
+        "tenant names are unique"
+    );
     let u = user(&t, "a@acme.test");
     store.create_user(&actor(), &u, 1).await.unwrap();
     assert_eq!(store.get_user(&t.id, &u.id).await.unwrap(), Some(u.clone()));
-    assert_eq!(store.find_user_by_email(&t.id, "a@acme.test").await.unwrap(), Some(u.clone()));
+    assert_eq!(
+        store
+            .find_user_by_email(&t.id, "a@acme.test")
+            .await
+            .unwrap(),
+        Some(u.clone())
+    );
     assert_eq!(store.list_users(&t.id).await.unwrap(), vec![u.clone()]);
-    let locked = store.set_user_status(&actor(), &t.id, &u.id, UserStatus::Locked, 2).await.unwrap();
+    let locked = store
+        .set_user_status(&actor(), &t.id, &u.id, UserStatus::Locked, 2)
+        .await
+        .unwrap();
     assert_eq!(locked.status, UserStatus::Locked);
-    assert_eq!(store.get_user(&t.id, &u.id).await.unwrap().unwrap().status, UserStatus::Locked);
+    assert_eq!(
+        store.get_user(&t.id, &u.id).await.unwrap().unwrap().status,
+        UserStatus::Locked
+    );
     let c = client(&t, "c-1");
     store.create_client(&actor(), &c, 3).await.unwrap();
     assert_eq!(store.get_client("c-1").await.unwrap(), Some(c.clone()));
@@ -103,17 +153,29 @@ async fn crud_round_trip(store: Arc<dyn Store>) {
     assert_eq!(store.get_role(&t.id, &r.id).await.unwrap(), Some(r.clone()));
     store.delete_role(&actor(), &t.id, &r.id, 5).await.unwrap();
     assert_eq!(store.get_role(&t.id, &r.id).await.unwrap(), None);
-    store.delete_client(&actor(), &t.id, "c-1", 6).await.unwrap();
+    store
+        .delete_client(&actor(), &t.id, "c-1", 6)
+        .await
+        .unwrap();
     assert_eq!(store.get_client("c-1").await.unwrap(), None);
     store.delete_user(&actor(), &t.id, &u.id, 7).await.unwrap();
-    assert!(matches!(store.delete_user(&actor(), &t.id, &u.id, 7).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        store.delete_user(&actor(), &t.id, &u.id, 7).await,
+        Err(StoreError::NotFound(_))
+    ));
 }
 
 async fn email_unique_per_tenant_only(store: Arc<dyn Store>) {
     let a = tenant(store.as_ref(), "a").await;
     let b = tenant(store.as_ref(), "b").await;
-    store.create_user(&actor(), &user(&a, "x@y.test"), 1).await.unwrap();
-    store.create_user(&actor(), &user(&b, "x@y.test"), 1).await.unwrap();
+    store
+        .create_user(&actor(), &user(&a, "x@y.test"), 1)
+        .await
+        .unwrap();
+    store
+        .create_user(&actor(), &user(&b, "x@y.test"), 1)
+        .await
+        .unwrap();
     let dup = store.create_user(&actor(), &user(&a, "x@y.test"), 1).await;
     assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
     // A failed change leaves no audit event behind and the chain intact.
@@ -134,17 +196,43 @@ async fn grants_are_the_union_of_assigned_roles(store: Arc<dyn Store>) {
         store.create_role(&actor(), r, 1).await.unwrap();
     }
     for r in [&r1, &r2] {
-        let a = RoleAssignment { tenant_id: t.id.clone(), role_id: r.id.clone(), subject_kind: SubjectKind::User, subject_id: u.id.clone(), created_at: 1 };
+        let a = RoleAssignment {
+            tenant_id: t.id.clone(),
+            role_id: r.id.clone(),
+            subject_kind: SubjectKind::User,
+            subject_id: u.id.clone(),
+            created_at: 1,
+        };
         store.assign_role(&actor(), &a, 1).await.unwrap();
     }
     let grants = store.grants(&t.id, SubjectKind::User, &u.id).await.unwrap();
     assert_eq!(grants.roles, vec!["reader", "writer"]);
     assert_eq!(grants.permissions, vec!["orders:read", "orders:write"]);
-    assert_eq!(store.grants(&other.id, SubjectKind::User, &u.id).await.unwrap().roles, Vec::<String>::new());
+    assert_eq!(
+        store
+            .grants(&other.id, SubjectKind::User, &u.id)
+            .await
+            .unwrap()
+            .roles,
+        Vec::<String>::new()
+    );
     assert_eq!(store.list_assignments(&t.id).await.unwrap().len(), 2);
-    let a = RoleAssignment { tenant_id: t.id.clone(), role_id: r1.id.clone(), subject_kind: SubjectKind::User, subject_id: u.id.clone(), created_at: 0 };
+    let a = RoleAssignment {
+        tenant_id: t.id.clone(),
+        role_id: r1.id.clone(),
+        subject_kind: SubjectKind::User,
+        subject_id: u.id.clone(),
+        created_at: 0,
+    };
     store.unassign_role(&actor(), &a, 2).await.unwrap();
-    assert_eq!(store.grants(&t.id, SubjectKind::User, &u.id).await.unwrap().roles, vec!["writer"]);
+    assert_eq!(
+        store
+            .grants(&t.id, SubjectKind::User, &u.id)
+            .await
+            .unwrap()
+            .roles,
+        vec!["writer"]
+    );
 }
 
 fn code(hash: &str, expires_at: i64) -> AuthorizationCode {
@@ -164,11 +252,24 @@ fn code(hash: &str, expires_at: i64) -> AuthorizationCode {
 
 async fn codes_are_single_use_and_expire(store: Arc<dyn Store>) {
     store.insert_code(&code("h1", 160)).await.unwrap();
-    assert_eq!(store.redeem_code("h1", 120).await.unwrap(), CodeRedemption::Redeemed(code("h1", 160)));
-    assert_eq!(store.redeem_code("h1", 121).await.unwrap(), CodeRedemption::AlreadyUsed);
+    assert_eq!(
+        store.redeem_code("h1", 120).await.unwrap(),
+        CodeRedemption::Redeemed(code("h1", 160))
+    );
+    assert_eq!(
+        store.redeem_code("h1", 121).await.unwrap(),
+        CodeRedemption::AlreadyUsed
+    );
     store.insert_code(&code("h2", 160)).await.unwrap();
-    assert_eq!(store.redeem_code("h2", 160).await.unwrap(), CodeRedemption::Unknown, "expired at exactly 60 s");
-    assert_eq!(store.redeem_code("nope", 1).await.unwrap(), CodeRedemption::Unknown);
+    assert_eq!(
+        store.redeem_code("h2", 160).await.unwrap(),
+        CodeRedemption::Unknown,
+        "expired at exactly 60 s"
+    );
+    assert_eq!(
+        store.redeem_code("nope", 1).await.unwrap(),
+        CodeRedemption::Unknown
+    );
 }
 
 fn refresh(hash: &str, family: &str) -> RefreshToken {
@@ -185,21 +286,60 @@ fn refresh(hash: &str, family: &str) -> RefreshToken {
 }
 
 async fn refresh_rotation_and_reuse_detection(store: Arc<dyn Store>) {
-    store.insert_refresh_token(&refresh("r1", "fam")).await.unwrap();
-    let rotated = store.rotate_refresh_token("r1", &refresh("r2", "ignored"), 10).await.unwrap();
+    store
+        .insert_refresh_token(&refresh("r1", "fam"))
+        .await
+        .unwrap();
+    let rotated = store
+        .rotate_refresh_token("r1", &refresh("r2", "ignored"), 10)
+        .await
+        .unwrap();
     assert_eq!(rotated, RefreshRotation::Rotated(refresh("r1", "fam")));
     let r2 = store.get_refresh_token("r2", 10).await.unwrap().unwrap();
-    assert_eq!(r2.family_id, "fam", "the new token joins the presented token's family");
+    assert_eq!(
+        r2.family_id, "fam",
+        "the new token joins the presented token's family"
+    );
     // Presenting r1 again is reuse: the whole family, r2 included, is revoked.
-    assert_eq!(store.rotate_refresh_token("r1", &refresh("r3", "x"), 11).await.unwrap(), RefreshRotation::ReuseDetected);
+    assert_eq!(
+        store
+            .rotate_refresh_token("r1", &refresh("r3", "x"), 11)
+            .await
+            .unwrap(),
+        RefreshRotation::ReuseDetected
+    );
     assert_eq!(store.get_refresh_token("r2", 11).await.unwrap(), None);
-    assert_eq!(store.rotate_refresh_token("r2", &refresh("r4", "x"), 12).await.unwrap(), RefreshRotation::Invalid);
-    assert_eq!(store.rotate_refresh_token("unknown", &refresh("r5", "x"), 12).await.unwrap(), RefreshRotation::Invalid);
+    assert_eq!(
+        store
+            .rotate_refresh_token("r2", &refresh("r4", "x"), 12)
+            .await
+            .unwrap(),
+        RefreshRotation::Invalid
+    );
+    assert_eq!(
+        store
+            .rotate_refresh_token("unknown", &refresh("r5", "x"), 12)
+            .await
+            .unwrap(),
+        RefreshRotation::Invalid
+    );
     // Expiry.
-    store.insert_refresh_token(&refresh("e1", "fam2")).await.unwrap();
-    assert_eq!(store.rotate_refresh_token("e1", &refresh("e2", "x"), 1000).await.unwrap(), RefreshRotation::Invalid);
+    store
+        .insert_refresh_token(&refresh("e1", "fam2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .rotate_refresh_token("e1", &refresh("e2", "x"), 1000)
+            .await
+            .unwrap(),
+        RefreshRotation::Invalid
+    );
     // Revocation (RFC 7009) revokes the family.
-    store.insert_refresh_token(&refresh("v1", "fam3")).await.unwrap();
+    store
+        .insert_refresh_token(&refresh("v1", "fam3"))
+        .await
+        .unwrap();
     assert!(store.revoke_refresh_family("v1").await.unwrap().is_some());
     assert_eq!(store.get_refresh_token("v1", 5).await.unwrap(), None);
 }
@@ -208,19 +348,35 @@ async fn every_change_is_audited_in_a_valid_chain(store: Arc<dyn Store>) {
     let t = tenant(store.as_ref(), "audited").await;
     let u = user(&t, "a@b.test");
     store.create_user(&actor(), &u, 20).await.unwrap();
-    store.set_user_status(&actor(), &t.id, &u.id, UserStatus::Disabled, 21).await.unwrap();
+    store
+        .set_user_status(&actor(), &t.id, &u.id, UserStatus::Disabled, 21)
+        .await
+        .unwrap();
     let (events, seq, hash) = store.audit_chain().await.unwrap();
-    assert_eq!(events.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(), vec!["tenant.create", "user.create", "user.update"]);
+    assert_eq!(
+        events.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(),
+        vec!["tenant.create", "user.create", "user.update"]
+    );
     assert_eq!(seq, 3);
     let update = &events[2];
     assert_eq!(update.actor, "test");
     assert_eq!(update.tenant_id.as_deref(), Some(t.id.as_str()));
     assert!(update.before.as_deref().unwrap().contains("\"active\""));
     assert!(update.after.as_deref().unwrap().contains("\"disabled\""));
-    assert!(!update.after.as_deref().unwrap().contains("argon2"), "password hashes never enter the audit trail");
+    assert!(
+        !update.after.as_deref().unwrap().contains("argon2"),
+        "password hashes never enter the audit trail"
+    );
     let report = verify_chain(&events, seq, &hash);
     assert!(report.ok(), "{report:?}");
-    let q = store.query_audit(&store::AuditQuery { tenant_id: Some(t.id.clone()), after_seq: Some(1), limit: 10 }).await.unwrap();
+    let q = store
+        .query_audit(&store::AuditQuery {
+            tenant_id: Some(t.id.clone()),
+            after_seq: Some(1),
+            limit: 10,
+        })
+        .await
+        .unwrap();
     assert_eq!(q.len(), 2);
 }
 
@@ -228,7 +384,9 @@ async fn concurrent_changes_keep_the_chain_valid(store: Arc<dyn Store>) {
     let mut tasks = Vec::new();
     for i in 0..16 {
         let store = store.clone();
-        tasks.push(tokio::spawn(async move { tenant(store.as_ref(), &format!("t{i}")).await }));
+        tasks.push(tokio::spawn(async move {
+            tenant(store.as_ref(), &format!("t{i}")).await
+        }));
     }
     for t in tasks {
         t.await.unwrap();
@@ -245,16 +403,45 @@ async fn migrations_are_idempotent(store: Arc<dyn Store>) {
 }
 
 fn key(kid: &str, state: KeyState) -> SigningKeyRecord {
-    SigningKeyRecord { kid: kid.into(), alg: "EdDSA".into(), state, public_key: "pk".into(), private_key_enc: "enc".into(), created_at: 1, state_changed_at: 1 }
+    SigningKeyRecord {
+        kid: kid.into(),
+        alg: "EdDSA".into(),
+        state,
+        public_key: "pk".into(),
+        private_key_enc: "enc".into(),
+        created_at: 1,
+        state_changed_at: 1,
+    }
 }
 
 async fn key_rotation_plan_is_applied_atomically(store: Arc<dyn Store>) {
-    let plan = store::RotationPlan { new_keys: vec![key("a", KeyState::Active), key("n", KeyState::Next)], ..Default::default() };
+    let plan = store::RotationPlan {
+        new_keys: vec![key("a", KeyState::Active), key("n", KeyState::Next)],
+        ..Default::default()
+    };
     store.apply_rotation(&actor(), &plan, 1).await.unwrap();
-    let plan = store::RotationPlan { retiring: vec!["a".into()], activate: Some("n".into()), new_keys: vec![key("n2", KeyState::Next)], ..Default::default() };
+    let plan = store::RotationPlan {
+        retiring: vec!["a".into()],
+        activate: Some("n".into()),
+        new_keys: vec![key("n2", KeyState::Next)],
+        ..Default::default()
+    };
     store.apply_rotation(&actor(), &plan, 2).await.unwrap();
-    let states: Vec<(String, KeyState)> = store.list_keys().await.unwrap().into_iter().map(|k| (k.kid, k.state)).collect();
-    assert_eq!(states, vec![("a".into(), KeyState::Retiring), ("n".into(), KeyState::Active), ("n2".into(), KeyState::Next)]);
+    let states: Vec<(String, KeyState)> = store
+        .list_keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| (k.kid, k.state))
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            ("a".into(), KeyState::Retiring),
+            ("n".into(), KeyState::Active),
+            ("n2".into(), KeyState::Next)
+        ]
+    );
     let (events, ..) = store.audit_chain().await.unwrap();
     assert_eq!(events.last().unwrap().action, "keys.rotate");
 }
@@ -270,7 +457,10 @@ async fn jti_revocation(store: Arc<dyn Store>) {
 async fn tamper_suite(exec: impl AsyncFn(&str), store: &dyn Store) {
     let t = tenant(store, "tamper").await;
     for i in 0..4 {
-        store.create_user(&actor(), &user(&t, &format!("u{i}@t.test")), 1).await.unwrap();
+        store
+            .create_user(&actor(), &user(&t, &format!("u{i}@t.test")), 1)
+            .await
+            .unwrap();
     }
     let check = async || {
         let (events, seq, hash) = store.audit_chain().await.unwrap();
@@ -279,21 +469,39 @@ async fn tamper_suite(exec: impl AsyncFn(&str), store: &dyn Store) {
     assert!(check().await.ok());
     exec("UPDATE audit_events SET actor = 'someone-else' WHERE seq = 2").await;
     let report = check().await;
-    assert!(report.problems.iter().any(|p| p.contains("seq 2") && p.contains("modified")), "{report:?}");
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains("seq 2") && p.contains("modified")),
+        "{report:?}"
+    );
     exec("UPDATE audit_events SET actor = 'test' WHERE seq = 2").await;
     assert!(check().await.ok(), "restoring the row restores the chain");
     exec("DELETE FROM audit_events WHERE seq = 3").await;
     let report = check().await;
-    assert!(report.problems.iter().any(|p| p.contains("deleted")), "{report:?}");
+    assert!(
+        report.problems.iter().any(|p| p.contains("deleted")),
+        "{report:?}"
+    );
 }
 
 async fn tamper_tail(exec: impl AsyncFn(&str), store: &dyn Store) {
     let t = tenant(store, "tail").await;
-    store.create_user(&actor(), &user(&t, "x@t.test"), 1).await.unwrap();
+    store
+        .create_user(&actor(), &user(&t, "x@t.test"), 1)
+        .await
+        .unwrap();
     exec("DELETE FROM audit_events WHERE seq = 2").await;
     let (events, seq, hash) = store.audit_chain().await.unwrap();
     let report = verify_chain(&events, seq, &hash);
-    assert!(report.problems.iter().any(|p| p.contains("events were deleted")), "{report:?}");
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains("events were deleted")),
+        "{report:?}"
+    );
 }
 
 #[tokio::test]
@@ -306,10 +514,14 @@ async fn audit_tampering_is_detected_sqlite() {
 
 #[tokio::test]
 async fn audit_tampering_is_detected_postgres() {
-    let Some(url) = cloud_test_support::fresh_postgres_database().await else { return };
+    let Some(url) = cloud_test_support::fresh_postgres_database().await else {
+        return;
+    };
     let s = PostgresStore::open(&url).await.unwrap();
     tamper_suite(async |sql: &str| s.execute_raw(sql).await.unwrap(), &s).await;
-    let Some(url) = cloud_test_support::fresh_postgres_database().await else { return };
+    let Some(url) = cloud_test_support::fresh_postgres_database().await else {
+        return;
+    };
     let s = PostgresStore::open(&url).await.unwrap();
     tamper_tail(async |sql: &str| s.execute_raw(sql).await.unwrap(), &s).await;
 }
@@ -318,12 +530,29 @@ async fn audit_tampering_is_detected_postgres() {
 /// migration named `*_contract`, released after no running version needs what it removes.
 #[test]
 fn migrations_are_expand_only_unless_named_contract_and_match_across_backends() {
-    let sqlite: Vec<(i64, &str)> = store::SQLITE_MIGRATIONS.iter().map(|(v, n, _)| (*v, *n)).collect();
-    let postgres: Vec<(i64, &str)> = store::POSTGRES_MIGRATIONS.iter().map(|(v, n, _)| (*v, *n)).collect();
-    assert_eq!(sqlite, postgres, "both backends have the same migration versions");
-    for (version, name, sql) in store::SQLITE_MIGRATIONS.iter().chain(store::POSTGRES_MIGRATIONS) {
+    let sqlite: Vec<(i64, &str)> = store::SQLITE_MIGRATIONS
+        .iter()
+        .map(|(v, n, _)| (*v, *n))
+        .collect();
+    let postgres: Vec<(i64, &str)> = store::POSTGRES_MIGRATIONS
+        .iter()
+        .map(|(v, n, _)| (*v, *n))
+        .collect();
+    assert_eq!(
+        sqlite, postgres,
+        "both backends have the same migration versions"
+    );
+    for (version, name, sql) in store::SQLITE_MIGRATIONS
+        .iter()
+        .chain(store::POSTGRES_MIGRATIONS)
+    {
         let upper = sql.to_ascii_uppercase();
-        let destructive = ["DROP ", "RENAME ", "ALTER COLUMN"].iter().any(|w| upper.contains(w));
-        assert!(!destructive || name.ends_with("_contract"), "migration {version} {name} is destructive but not named *_contract");
+        let destructive = ["DROP ", "RENAME ", "ALTER COLUMN"]
+            .iter()
+            .any(|w| upper.contains(w));
+        assert!(
+            !destructive || name.ends_with("_contract"),
+            "migration {version} {name} is destructive but not named *_contract"
+        );
     }
 }

@@ -52,7 +52,11 @@ impl TestApp {
         Self::spawn_full(backend, tweak, std::sync::Arc::new(cloud_kit::SystemClock)).await
     }
 
-    pub async fn spawn_full(backend: Backend, tweak: impl FnOnce(&mut Config), clock: std::sync::Arc<dyn cloud_kit::Clock>) -> Option<Self> {
+    pub async fn spawn_full(
+        backend: Backend,
+        tweak: impl FnOnce(&mut Config),
+        clock: std::sync::Arc<dyn cloud_kit::Clock>,
+    ) -> Option<Self> {
         let mut config = base_config();
         if let Backend::Postgres = backend {
             let url = cloud_test_support::fresh_postgres_database().await?;
@@ -60,7 +64,10 @@ impl TestApp {
             config.keys.encryption_key = Some(SecretString::from("test-encryption-key"));
         }
         tweak(&mut config);
-        let app = cloud_identity_access::build_with_clock(config, clock).await.unwrap().without_signals();
+        let app = cloud_identity_access::build_with_clock(config, clock)
+            .await
+            .unwrap()
+            .without_signals();
         let base = format!("http://127.0.0.1:{}", app.port());
         let admin_base = format!("http://127.0.0.1:{}", app.admin_port());
         let shutdown = app.shutdown_handle();
@@ -68,8 +75,18 @@ impl TestApp {
         let task = tokio::spawn(async move {
             app.run_until_stopped().await.unwrap();
         });
-        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-        Some(Self { base, admin_base, http, shutdown, state, task })
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        Some(Self {
+            base,
+            admin_base,
+            http,
+            shutdown,
+            state,
+            task,
+        })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -82,7 +99,14 @@ impl TestApp {
         if let Some(scope) = scope {
             form.push(("scope", scope));
         }
-        let resp = self.http.post(self.url("/oauth2/token")).basic_auth(client_id, Some(secret)).form(&form).send().await.unwrap();
+        let resp = self
+            .http
+            .post(self.url("/oauth2/token"))
+            .basic_auth(client_id, Some(secret))
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
         let status = resp.status();
         let body: Value = resp.json().await.unwrap();
         assert_eq!(status, StatusCode::OK, "{body}");
@@ -90,17 +114,31 @@ impl TestApp {
     }
 
     pub async fn admin_token(&self) -> String {
-        self.client_token("platform-admin", ADMIN_SECRET, None).await
+        self.client_token("platform-admin", ADMIN_SECRET, None)
+            .await
     }
 
     pub async fn post_json(&self, token: &str, path: &str, body: Value) -> (StatusCode, Value) {
-        let resp = self.http.post(self.url(path)).bearer_auth(token).json(&body).send().await.unwrap();
+        let resp = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         let status = resp.status();
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
     pub async fn get_json(&self, token: &str, path: &str) -> (StatusCode, Value) {
-        let resp = self.http.get(self.url(path)).bearer_auth(token).send().await.unwrap();
+        let resp = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
         let status = resp.status();
         (status, resp.json().await.unwrap_or(Value::Null))
     }
@@ -108,10 +146,18 @@ impl TestApp {
     /// A tenant with a confidential client that holds `tenant:admin` (and orders permissions),
     /// a public web client, and a user. Returns ids and secrets.
     pub async fn tenant_fixture(&self, admin: &str, name: &str) -> Fixture {
-        let (s, tenant) = self.post_json(admin, "/v1/tenants", json!({ "name": name })).await;
+        let (s, tenant) = self
+            .post_json(admin, "/v1/tenants", json!({ "name": name }))
+            .await;
         assert_eq!(s, StatusCode::CREATED, "{tenant}");
         let tid = tenant["id"].as_str().unwrap().to_string();
-        let (s, role) = self.post_json(admin, &format!("/v1/tenants/{tid}/roles"), json!({ "name": "admins", "permissions": ["tenant:admin", "orders:read"] })).await;
+        let (s, role) = self
+            .post_json(
+                admin,
+                &format!("/v1/tenants/{tid}/roles"),
+                json!({ "name": "admins", "permissions": ["tenant:admin", "orders:read"] }),
+            )
+            .await;
         assert_eq!(s, StatusCode::CREATED, "{role}");
         let (s, created) = self
             .post_json(
@@ -124,7 +170,11 @@ impl TestApp {
         let client_id = created["client"]["id"].as_str().unwrap().to_string();
         let client_secret = created["client_secret"].as_str().unwrap().to_string();
         let (s, _) = self
-            .post_json(admin, &format!("/v1/tenants/{tid}/role-assignments"), json!({ "role_id": role["id"], "subject_kind": "client", "subject_id": client_id }))
+            .post_json(
+                admin,
+                &format!("/v1/tenants/{tid}/role-assignments"),
+                json!({ "role_id": role["id"], "subject_kind": "client", "subject_id": client_id }),
+            )
             .await;
         assert_eq!(s, StatusCode::CREATED);
         let (s, web) = self
@@ -136,9 +186,21 @@ impl TestApp {
             .await;
         assert_eq!(s, StatusCode::CREATED, "{web}");
         let password = "correct horse battery staple".to_string();
-        let (s, user) = self.post_json(admin, &format!("/v1/tenants/{tid}/users"), json!({ "email": format!("alice@{name}.test"), "password": password })).await;
+        let (s, user) = self
+            .post_json(
+                admin,
+                &format!("/v1/tenants/{tid}/users"),
+                json!({ "email": format!("alice@{name}.test"), "password": password }),
+            )
+            .await;
         assert_eq!(s, StatusCode::CREATED, "{user}");
-        let (s, reader) = self.post_json(admin, &format!("/v1/tenants/{tid}/roles"), json!({ "name": "readers", "permissions": ["orders:read"] })).await;
+        let (s, reader) = self
+            .post_json(
+                admin,
+                &format!("/v1/tenants/{tid}/roles"),
+                json!({ "name": "readers", "permissions": ["orders:read"] }),
+            )
+            .await;
         assert_eq!(s, StatusCode::CREATED);
         let (s, _) = self
             .post_json(admin, &format!("/v1/tenants/{tid}/role-assignments"), json!({ "role_id": reader["id"], "subject_kind": "user", "subject_id": user["id"] }))
@@ -175,7 +237,12 @@ pub const REDIRECT: &str = "http://localhost:9999/cb";
 pub fn claims(jwt: &str) -> Value {
     use base64::Engine;
     let payload = jwt.split('.').nth(1).unwrap();
-    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap()
 }
 
 /// Runs each listed async test function against both backends.
