@@ -38,8 +38,14 @@ pub struct Service {
 }
 
 pub const SERVICES: [Service; 2] = [
-    Service { package: "cloud-identity-access", env_prefix: "IDENTITY" },
-    Service { package: "cloud-api-gateway-bff", env_prefix: "GATEWAY" },
+    Service {
+        package: "cloud-identity-access",
+        env_prefix: "IDENTITY",
+    },
+    Service {
+        package: "cloud-api-gateway-bff",
+        env_prefix: "GATEWAY",
+    },
 ];
 
 /// Steps of `cargo xtask test` that ci.yml does not run by name, each with the reason.
@@ -129,7 +135,9 @@ impl Tools {
 /// point at an interpreter path that no longer exists: point them at the venv's python.
 fn fix_moved_venv_shebang(script: &Path, venv: &Path) -> Result<()> {
     let bytes = std::fs::read(script)?;
-    let Some(rest) = bytes.strip_prefix(b"#!") else { return Ok(()) };
+    let Some(rest) = bytes.strip_prefix(b"#!") else {
+        return Ok(());
+    };
     let end = rest.iter().position(|b| *b == b'\n').unwrap_or(rest.len());
     let interpreter = String::from_utf8_lossy(&rest[..end]).trim().to_string();
     if Path::new(&interpreter).exists() {
@@ -137,20 +145,27 @@ fn fix_moved_venv_shebang(script: &Path, venv: &Path) -> Result<()> {
     }
     let mut fixed = format!("#!{}", venv.join("bin/python3").display()).into_bytes();
     fixed.extend_from_slice(&rest[end..]);
-    std::fs::write(script, fixed).with_context(|| format!("cannot fix the interpreter line of {}", script.display()))
+    std::fs::write(script, fixed)
+        .with_context(|| format!("cannot fix the interpreter line of {}", script.display()))
 }
 
 /// Runs a checker with its output captured: on failure the findings are part of the error
 /// (so the step summary and the tests can see them), on success nothing is printed.
 pub fn run_check(cmd: &mut Command, what: &str) -> Result<()> {
     let shown = format!("{cmd:?}");
-    let out = cmd.output().with_context(|| format!("cannot start {shown}"))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start {shown}"))?;
     if out.status.success() {
         return Ok(());
     }
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
-    bail!("{what} found problems ({shown} exited with {}):\n{}", out.status, text.trim_end())
+    bail!(
+        "{what} found problems ({shown} exited with {}):\n{}",
+        out.status,
+        text.trim_end()
+    )
 }
 
 fn existing(path: PathBuf) -> Result<PathBuf> {
@@ -180,19 +195,33 @@ pub fn workflows(ctx: &mut Ctx) -> Result<()> {
     // zizmor also audits the repository's composite actions and the Dependabot config.
     let mut audited = files.clone();
     for dir in list_dirs(&ctx.root.join(".github/actions"))? {
-        audited.extend(files_under(&dir, &["yml", "yaml"])?.into_iter().filter(|p| p.file_stem().is_some_and(|s| s == "action")));
+        audited.extend(
+            files_under(&dir, &["yml", "yaml"])?
+                .into_iter()
+                .filter(|p| p.file_stem().is_some_and(|s| s == "action")),
+        );
     }
     let dependabot = ctx.root.join(".github/dependabot.yml");
     if dependabot.exists() {
         audited.push(dependabot);
     }
-    if let Err(e) = run_zizmor(&zizmor, &ctx.root.join(".github/zizmor.yml"), &ctx.root, &audited) {
+    if let Err(e) = run_zizmor(
+        &zizmor,
+        &ctx.root.join(".github/zizmor.yml"),
+        &ctx.root,
+        &audited,
+    ) {
         errors.push(format!("{e:#}"));
     }
     // The scripts the workflows run.
     let scripts = files_under(&ctx.root.join(".github/scripts"), &["sh"]).unwrap_or_default();
     if !scripts.is_empty()
-        && let Err(e) = run_check(Command::new(&shellcheck).args(&scripts).current_dir(&ctx.root), "shellcheck")
+        && let Err(e) = run_check(
+            Command::new(&shellcheck)
+                .args(&scripts)
+                .current_dir(&ctx.root),
+            "shellcheck",
+        )
     {
         errors.push(format!("{e:#}"));
     }
@@ -206,10 +235,19 @@ pub fn workflows(ctx: &mut Ctx) -> Result<()> {
         )),
         Err(e) => errors.push(format!("{e:#}")),
     }
-    if errors.is_empty() { Ok(()) } else { bail!("{}", errors.join("\n")) }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", errors.join("\n"))
+    }
 }
 
-pub fn run_actionlint(actionlint: &Path, shellcheck: &Path, cwd: &Path, files: &[PathBuf]) -> Result<()> {
+pub fn run_actionlint(
+    actionlint: &Path,
+    shellcheck: &Path,
+    cwd: &Path,
+    files: &[PathBuf],
+) -> Result<()> {
     run_check(
         Command::new(actionlint)
             .args(["-no-color", "-shellcheck"])
@@ -236,13 +274,23 @@ pub fn run_zizmor(zizmor: &Path, config: &Path, cwd: &Path, files: &[PathBuf]) -
 /// `--step NAME` selects one step; an invocation without `--step` selects every step except
 /// those named by `--except NAME`. Naming a step that does not exist is an error.
 pub fn uncovered_steps(workflow: &Value, all: &[&str]) -> Result<Vec<String>> {
-    let jobs = workflow.get("jobs").and_then(Value::as_mapping).context("ci.yml has no jobs")?;
+    let jobs = workflow
+        .get("jobs")
+        .and_then(Value::as_mapping)
+        .context("ci.yml has no jobs")?;
     let mut covered = BTreeSet::new();
     let mut invocations = 0;
     for (job_name, job) in jobs {
         let job_name = job_name.as_str().unwrap_or("?");
-        let steps = job.get("steps").and_then(Value::as_sequence).map(Vec::as_slice).unwrap_or_default();
-        for run in steps.iter().filter_map(|s| s.get("run").and_then(Value::as_str)) {
+        let steps = job
+            .get("steps")
+            .and_then(Value::as_sequence)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for run in steps
+            .iter()
+            .filter_map(|s| s.get("run").and_then(Value::as_str))
+        {
             for line in run.lines().filter(|l| l.contains("cargo xtask ci")) {
                 invocations += 1;
                 let words: Vec<&str> = line.split_whitespace().collect();
@@ -256,11 +304,17 @@ pub fn uncovered_steps(workflow: &Value, all: &[&str]) -> Result<Vec<String>> {
                 }
                 for name in only.iter().chain(&except) {
                     if !all.contains(name) {
-                        bail!("ci.yml job `{job_name}` names xtask step `{name}`, which does not exist");
+                        bail!(
+                            "ci.yml job `{job_name}` names xtask step `{name}`, which does not exist"
+                        );
                     }
                 }
                 if only.is_empty() {
-                    covered.extend(all.iter().filter(|s| !except.contains(s)).map(|s| s.to_string()));
+                    covered.extend(
+                        all.iter()
+                            .filter(|s| !except.contains(s))
+                            .map(|s| s.to_string()),
+                    );
                 } else {
                     covered.extend(only.iter().map(|s| s.to_string()));
                 }
@@ -285,7 +339,11 @@ pub fn uncovered_steps(workflow: &Value, all: &[&str]) -> Result<Vec<String>> {
 pub fn dockerfiles(ctx: &mut Ctx) -> Result<()> {
     let files: Vec<PathBuf> = repo_files(&ctx.root)?
         .into_iter()
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(is_dockerfile_name))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(is_dockerfile_name)
+        })
         .filter(|p| !p.starts_with(ctx.root.join("xtask/fixtures")))
         .collect();
     if files.is_empty() {
@@ -305,7 +363,11 @@ pub fn dockerfiles(ctx: &mut Ctx) -> Result<()> {
             errors.push(format!("{}: {e:#}", file.display()));
         }
     }
-    if errors.is_empty() { Ok(()) } else { bail!("{}", errors.join("\n")) }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", errors.join("\n"))
+    }
 }
 
 fn is_dockerfile_name(name: &str) -> bool {
@@ -361,12 +423,20 @@ pub fn parse_final_stage(text: &str) -> Result<FinalStage> {
         lines.push(std::mem::take(&mut logical));
     }
     for line in lines {
-        let (keyword, rest) = line.split_once(char::is_whitespace).unwrap_or((line.as_str(), ""));
+        let (keyword, rest) = line
+            .split_once(char::is_whitespace)
+            .unwrap_or((line.as_str(), ""));
         let rest = rest.trim();
         let keyword = keyword.to_ascii_uppercase();
         if keyword == "FROM" {
-            let base = rest.split_whitespace().find(|w| !w.starts_with("--")).unwrap_or_default();
-            stage = Some(FinalStage { base: base.to_string(), ..FinalStage::default() });
+            let base = rest
+                .split_whitespace()
+                .find(|w| !w.starts_with("--"))
+                .unwrap_or_default();
+            stage = Some(FinalStage {
+                base: base.to_string(),
+                ..FinalStage::default()
+            });
             continue;
         }
         let Some(stage) = stage.as_mut() else {
@@ -387,16 +457,27 @@ pub fn parse_final_stage(text: &str) -> Result<FinalStage> {
             },
             "RUN" => stage.runs += 1,
             "ENV" => stage.env.extend(key_values(rest)),
-            "LABEL" => stage.labels.extend(key_values(rest).into_iter().map(|(k, _)| k)),
+            "LABEL" => stage
+                .labels
+                .extend(key_values(rest).into_iter().map(|(k, _)| k)),
             "COPY" | "ADD" => {
                 let words: Vec<&str> = rest.split_whitespace().collect();
-                let from = words.iter().find_map(|w| w.strip_prefix("--from=")).map(str::to_string);
-                let paths: Vec<&str> = words.iter().copied().filter(|w| !w.starts_with("--")).collect();
+                let from = words
+                    .iter()
+                    .find_map(|w| w.strip_prefix("--from="))
+                    .map(str::to_string);
+                let paths: Vec<&str> = words
+                    .iter()
+                    .copied()
+                    .filter(|w| !w.starts_with("--"))
+                    .collect();
                 let Some((dest, sources)) = paths.split_last() else {
                     bail!("{keyword} without paths: {rest}");
                 };
                 for src in sources {
-                    stage.copies.push((from.clone(), (*src).to_string(), (*dest).to_string()));
+                    stage
+                        .copies
+                        .push((from.clone(), (*src).to_string(), (*dest).to_string()));
                 }
             }
             _ => {}
@@ -416,7 +497,8 @@ fn key_values(rest: &str) -> Vec<(String, String)> {
     let mut chars = rest.chars().peekable();
     loop {
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        let key: String = std::iter::from_fn(|| chars.next_if(|c| *c != '=' && !c.is_whitespace())).collect();
+        let key: String =
+            std::iter::from_fn(|| chars.next_if(|c| *c != '=' && !c.is_whitespace())).collect();
         if key.is_empty() {
             break;
         }
@@ -441,7 +523,11 @@ fn key_values(rest: &str) -> Vec<(String, String)> {
 }
 
 /// Bases of the runtime stage that have no shell and no package manager.
-const SHELL_LESS_BASES: &[&str] = &["gcr.io/distroless/static", "gcr.io/distroless/cc", "scratch"];
+const SHELL_LESS_BASES: &[&str] = &[
+    "gcr.io/distroless/static",
+    "gcr.io/distroless/cc",
+    "scratch",
+];
 const REQUIRED_LABELS: &[&str] = &[
     "org.opencontainers.image.title",
     "org.opencontainers.image.description",
@@ -456,7 +542,10 @@ const REQUIRED_LABELS: &[&str] = &[
 pub fn check_image_contract(stage: &FinalStage) -> Result<()> {
     let mut errors = stage.problems.clone();
     if !SHELL_LESS_BASES.iter().any(|b| stage.base.starts_with(b)) {
-        errors.push(format!("the runtime base `{}` is not one of {SHELL_LESS_BASES:?} (no shell)", stage.base));
+        errors.push(format!(
+            "the runtime base `{}` is not one of {SHELL_LESS_BASES:?} (no shell)",
+            stage.base
+        ));
     }
     match stage.user.as_deref() {
         None => errors.push("the runtime stage sets no USER: it would run as root".to_string()),
@@ -475,13 +564,24 @@ pub fn check_image_contract(stage: &FinalStage) -> Result<()> {
         errors.push("the runtime stage has no exec-form ENTRYPOINT".to_string());
     }
     if stage.runs > 0 {
-        errors.push(format!("the runtime stage has {} RUN instruction(s), but it has no shell", stage.runs));
+        errors.push(format!(
+            "the runtime stage has {} RUN instruction(s), but it has no shell",
+            stage.runs
+        ));
     }
-    let missing: Vec<&str> = REQUIRED_LABELS.iter().copied().filter(|l| !stage.labels.contains(*l)).collect();
+    let missing: Vec<&str> = REQUIRED_LABELS
+        .iter()
+        .copied()
+        .filter(|l| !stage.labels.contains(*l))
+        .collect();
     if !missing.is_empty() {
         errors.push(format!("OCI labels missing: {}", missing.join(", ")));
     }
-    if errors.is_empty() { Ok(()) } else { bail!("{}", errors.join("; ")) }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", errors.join("; "))
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -502,17 +602,29 @@ pub fn deny(ctx: &mut Ctx) -> Result<()> {
              is fetched from GitHub, which this machine cannot reach"
         );
     }
-    run_deny(&bin, &ctx.root.join("Cargo.toml"), &ctx.root.join("deny.toml"), &checks)
+    run_deny(
+        &bin,
+        &ctx.root.join("Cargo.toml"),
+        &ctx.root.join("deny.toml"),
+        &checks,
+    )
 }
 
 pub fn run_deny(bin: &Path, manifest: &Path, config: &Path, checks: &[&str]) -> Result<()> {
     run_check(
         Command::new(bin)
             .arg("deny")
-            .args(["--color", "never", "--locked", "--all-features", "--manifest-path"])
+            .args([
+                "--color",
+                "never",
+                "--locked",
+                "--all-features",
+                "--manifest-path",
+            ])
             .arg(manifest)
-            .args(["check", "--config"])
+            .arg("--config")
             .arg(config)
+            .arg("check")
             .args(checks),
         "cargo deny",
     )
@@ -534,7 +646,12 @@ pub fn openapi(ctx: &mut Ctx) -> Result<()> {
     }
     let spectral = ctx.tools.spectral()?;
     let mut errors = Vec::new();
-    if let Err(e) = run_spectral(&spectral, &ctx.root.join(".spectral.yaml"), &ctx.root, &specs) {
+    if let Err(e) = run_spectral(
+        &spectral,
+        &ctx.root.join(".spectral.yaml"),
+        &ctx.root,
+        &specs,
+    ) {
         errors.push(format!("{e:#}"));
     }
     for spec in &specs {
@@ -542,23 +659,38 @@ pub fn openapi(ctx: &mut Ctx) -> Result<()> {
             errors.push(format!("{e:#}"));
         }
     }
-    if errors.is_empty() { Ok(()) } else { bail!("{}", errors.join("\n")) }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", errors.join("\n"))
+    }
 }
 
 pub fn openapi_specs(root: &Path) -> Result<Vec<PathBuf>> {
     let mut specs = Vec::new();
     for path in repo_files(root)? {
-        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default();
-        if !["yaml", "yml", "json"].contains(&ext) || path.starts_with(root.join("xtask/fixtures")) {
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or_default();
+        if !["yaml", "yml", "json"].contains(&ext) || path.starts_with(root.join("xtask/fixtures"))
+        {
             continue;
         }
-        let Ok(text) = std::fs::read_to_string(&path) else { continue };
-        let looks_like = text.lines().any(|l| l.starts_with("openapi:") || l.starts_with("\"openapi\"")) || text.contains("\"openapi\":");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let looks_like = text
+            .lines()
+            .any(|l| l.starts_with("openapi:") || l.starts_with("\"openapi\""))
+            || text.contains("\"openapi\":");
         if !looks_like {
             continue;
         }
         let top: Option<Value> = if ext == "json" {
-            serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| serde_yaml::to_value(v).ok())
+            serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| serde_yaml::to_value(v).ok())
         } else {
             serde_yaml::from_str(&text).ok()
         };
@@ -584,8 +716,17 @@ fn drift_test(ctx: &Ctx, spec: &Path) -> Result<()> {
     if spec.parent() != Some(ctx.root.join("openapi").as_path()) {
         return Ok(());
     }
-    let package = spec.file_stem().and_then(|s| s.to_str()).context("spec file name is not UTF-8")?;
-    if !ctx.root.join("crates").join(package).join("Cargo.toml").exists() {
+    let package = spec
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .context("spec file name is not UTF-8")?;
+    if !ctx
+        .root
+        .join("crates")
+        .join(package)
+        .join("Cargo.toml")
+        .exists()
+    {
         bail!(
             "{} names no workspace package: openapi/<package>.yaml must be generated by crates/<package>",
             spec.display()
@@ -621,11 +762,15 @@ fn drift_test(ctx: &Ctx, spec: &Path) -> Result<()> {
 /// must answer 200 and SIGTERM must stop it cleanly.
 pub fn image_runtime(ctx: &mut Ctx) -> Result<()> {
     let dockerfile = ctx.root.join("Dockerfile");
-    let stage = parse_final_stage(&std::fs::read_to_string(&dockerfile).context("cannot read Dockerfile")?)?;
+    let stage = parse_final_stage(
+        &std::fs::read_to_string(&dockerfile).context("cannot read Dockerfile")?,
+    )?;
     check_image_contract(&stage).context("Dockerfile")?;
     if !is_root()? {
         if ctx.ci {
-            bail!("image-runtime needs root (mount namespace, chroot) and CI=true forbids skipping it");
+            bail!(
+                "image-runtime needs root (mount namespace, chroot) and CI=true forbids skipping it"
+            );
         }
         eprintln!("xtask: image-runtime skipped: it needs root for its mount namespace");
         return Ok(());
@@ -634,10 +779,15 @@ pub fn image_runtime(ctx: &mut Ctx) -> Result<()> {
     for (service, binary) in SERVICES.iter().zip(&binaries) {
         check_static_and_audited(binary).with_context(|| binary.display().to_string())?;
         let size = std::fs::metadata(binary)?.len();
-        eprintln!("xtask: {} ({:.1} MiB)", binary.display(), size as f64 / 1_048_576.0);
+        eprintln!(
+            "xtask: {} ({:.1} MiB)",
+            binary.display(),
+            size as f64 / 1_048_576.0
+        );
         let env = secret_env(ctx, service)?;
-        run_like_the_image(&stage, service, binary, &env)
-            .with_context(|| format!("{} does not run the way its image runs it", service.package))?;
+        run_like_the_image(&stage, service, binary, &env).with_context(|| {
+            format!("{} does not run the way its image runs it", service.package)
+        })?;
     }
     Ok(())
 }
@@ -649,17 +799,35 @@ fn secret_env(ctx: &mut Ctx, service: &Service) -> Result<Vec<(String, String)>>
         "cloud-identity-access" => {
             let server = ctx.servers.postgres()?.to_string();
             let database = format!("image_runtime_{}", std::process::id());
-            let port = server.rsplit(':').next().and_then(|p| p.split('/').next()).context("PostgreSQL URL has no port")?;
+            let port = server
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.split('/').next())
+                .context("PostgreSQL URL has no port")?;
             let createdb = crate::servers::postgres_bin_dir()?.join("createdb");
-            run_cmd(Command::new(createdb).args(["-h", "127.0.0.1", "-p", port, "-U", "postgres", &database]))?;
+            run_cmd(Command::new(createdb).args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                port,
+                "-U",
+                "postgres",
+                &database,
+            ]))?;
             let url = format!("postgres://postgres@127.0.0.1:{port}/{database}");
             vec![
                 ("IDENTITY_DATABASE__URL".into(), url),
-                ("IDENTITY_BOOTSTRAP__ADMIN_CLIENT_SECRET".into(), random_hex(24)?),
+                (
+                    "IDENTITY_BOOTSTRAP__ADMIN_CLIENT_SECRET".into(),
+                    random_hex(24)?,
+                ),
                 ("IDENTITY_KEYS__ENCRYPTION_KEY".into(), random_hex(32)?),
             ]
         }
-        "cloud-api-gateway-bff" => vec![("GATEWAY_REDIS__URL".into(), ctx.servers.redis()?.to_string())],
+        "cloud-api-gateway-bff" => vec![(
+            "GATEWAY_REDIS__URL".into(),
+            ctx.servers.redis()?.to_string(),
+        )],
         _ => Vec::new(),
     })
 }
@@ -683,20 +851,40 @@ pub fn build_image_binaries(ctx: &mut Ctx) -> Result<Vec<PathBuf>> {
     }
     ctx.tools.musl_gcc()?;
     let auditable = ctx.tools.cargo_auditable()?;
-    let bin_dir = auditable.parent().context("cargo-auditable path has no parent")?;
+    let bin_dir = auditable
+        .parent()
+        .context("cargo-auditable path has no parent")?;
     let mut cmd = ctx.cargo();
-    cmd.args(["auditable", "build", "--release", "--locked", "--target", IMAGE_TARGET]);
+    cmd.args([
+        "auditable",
+        "build",
+        "--release",
+        "--locked",
+        "--target",
+        IMAGE_TARGET,
+    ]);
     for s in &SERVICES {
         cmd.args(["-p", s.package, "--bin", s.package]);
     }
     cmd.env("PATH", prepend_path(bin_dir)?);
     run_cmd(&mut cmd)?;
     let target_dir = cargo_target_dir(ctx)?;
-    Ok(SERVICES.iter().map(|s| target_dir.join(IMAGE_TARGET).join("release").join(s.package)).collect())
+    Ok(SERVICES
+        .iter()
+        .map(|s| {
+            target_dir
+                .join(IMAGE_TARGET)
+                .join("release")
+                .join(s.package)
+        })
+        .collect())
 }
 
 fn cargo_target_dir(ctx: &Ctx) -> Result<PathBuf> {
-    let out = capture(ctx.cargo().args(["metadata", "--format-version", "1", "--no-deps"]))?;
+    let out = capture(
+        ctx.cargo()
+            .args(["metadata", "--format-version", "1", "--no-deps"]),
+    )?;
     let meta: serde_json::Value = serde_json::from_str(&out)?;
     meta.get("target_directory")
         .and_then(|t| t.as_str())
@@ -709,10 +897,14 @@ pub fn check_static_and_audited(binary: &Path) -> Result<()> {
     let elf = std::fs::read(binary)?;
     let info = elf_info(&elf)?;
     if info.interpreter {
-        bail!("is dynamically linked (it has a PT_INTERP program header): the distroless/static base has no libc");
+        bail!(
+            "is dynamically linked (it has a PT_INTERP program header): the distroless/static base has no libc"
+        );
     }
     if !info.sections.iter().any(|s| s == ".dep-v0") {
-        bail!("has no .dep-v0 section: it was not built with `cargo auditable`, so scanners cannot read its dependencies");
+        bail!(
+            "has no .dep-v0 section: it was not built with `cargo auditable`, so scanners cannot read its dependencies"
+        );
     }
     Ok(())
 }
@@ -726,39 +918,60 @@ pub struct ElfInfo {
 /// Reads the program headers and section names of a little-endian ELF64 file.
 pub fn elf_info(elf: &[u8]) -> Result<ElfInfo> {
     let u16_at = |o: usize| -> Result<u64> {
-        elf.get(o..o + 2).map(|b| u64::from(u16::from_le_bytes([b[0], b[1]]))).context("truncated ELF")
+        elf.get(o..o + 2)
+            .map(|b| u64::from(u16::from_le_bytes([b[0], b[1]])))
+            .context("truncated ELF")
     };
     let u32_at = |o: usize| -> Result<u64> {
-        elf.get(o..o + 4).map(|b| u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))).context("truncated ELF")
+        elf.get(o..o + 4)
+            .map(|b| u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+            .context("truncated ELF")
     };
     let u64_at = |o: usize| -> Result<u64> {
         let b = elf.get(o..o + 8).context("truncated ELF")?;
-        Ok(u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+        Ok(u64::from_le_bytes([
+            b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
+        ]))
     };
     if elf.get(0..6) != Some(&[0x7f, b'E', b'L', b'F', 2, 1][..]) {
         bail!("not a little-endian ELF64 file");
     }
     let idx = |v: u64| usize::try_from(v).context("ELF offset too large");
-    let (phoff, phentsize, phnum) = (idx(u64_at(0x20)?)?, idx(u16_at(0x36)?)?, idx(u16_at(0x38)?)?);
+    let (phoff, phentsize, phnum) = (
+        idx(u64_at(0x20)?)?,
+        idx(u16_at(0x36)?)?,
+        idx(u16_at(0x38)?)?,
+    );
     let mut interpreter = false;
     for i in 0..phnum {
         if u32_at(phoff + i * phentsize)? == 3 {
             interpreter = true;
         }
     }
-    let (shoff, shentsize, shnum, shstrndx) =
-        (idx(u64_at(0x28)?)?, idx(u16_at(0x3a)?)?, idx(u16_at(0x3c)?)?, idx(u16_at(0x3e)?)?);
+    let (shoff, shentsize, shnum, shstrndx) = (
+        idx(u64_at(0x28)?)?,
+        idx(u16_at(0x3a)?)?,
+        idx(u16_at(0x3c)?)?,
+        idx(u16_at(0x3e)?)?,
+    );
     let mut sections = Vec::new();
     if shnum > 0 && shstrndx < shnum {
         let strtab = idx(u64_at(shoff + shstrndx * shentsize + 0x18)?)?;
         for i in 0..shnum {
             let name_off = idx(u32_at(shoff + i * shentsize)?)?;
             let start = strtab + name_off;
-            let end = elf[start.min(elf.len())..].iter().position(|b| *b == 0).map(|p| start + p).context("bad section name")?;
+            let end = elf[start.min(elf.len())..]
+                .iter()
+                .position(|b| *b == 0)
+                .map(|p| start + p)
+                .context("bad section name")?;
             sections.push(String::from_utf8_lossy(&elf[start..end]).into_owned());
         }
     }
-    Ok(ElfInfo { interpreter, sections })
+    Ok(ElfInfo {
+        interpreter,
+        sections,
+    })
 }
 
 /// The parts of the distroless/static `nonroot` base a service may touch: users and groups,
@@ -766,7 +979,10 @@ pub fn elf_info(elf: &[u8]) -> Result<ElfInfo> {
 fn base_image_files(rootfs: &Path) -> Result<()> {
     let etc = rootfs.join("etc");
     std::fs::create_dir_all(etc.join("ssl/certs"))?;
-    std::fs::write(etc.join("passwd"), "root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n")?;
+    std::fs::write(
+        etc.join("passwd"),
+        "root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n",
+    )?;
     std::fs::write(etc.join("group"), "root:x:0:\nnonroot:x:65532:\n")?;
     let bundle = Path::new("/etc/ssl/certs/ca-certificates.crt");
     if bundle.exists() {
@@ -826,46 +1042,88 @@ impl Sandboxed {
 
 /// Starts `binary` with the image's user, entrypoint and environment in a fresh read-only root.
 /// `files` are extra (host path, image path) pairs, as the Dockerfile's COPY lines provide.
-fn start_sandboxed(stage: &FinalStage, files: &[(PathBuf, String)], env: &[(String, String)]) -> Result<Sandboxed> {
+fn start_sandboxed(
+    stage: &FinalStage,
+    files: &[(PathBuf, String)],
+    env: &[(String, String)],
+) -> Result<Sandboxed> {
     let rootfs = tempfile::Builder::new().prefix("image-rootfs-").tempdir()?;
     base_image_files(rootfs.path())?;
     for (host, image) in files {
         let dest = rootfs.path().join(image.trim_start_matches('/'));
         std::fs::create_dir_all(dest.parent().context("COPY destination has no parent")?)?;
-        std::fs::copy(host, &dest).with_context(|| format!("cannot copy {} to {}", host.display(), dest.display()))?;
+        std::fs::copy(host, &dest)
+            .with_context(|| format!("cannot copy {} to {}", host.display(), dest.display()))?;
     }
     // tempdir is 0700; the image's directories are world-readable.
-    run_cmd(Command::new("chmod").args(["-R", "a+rX"]).arg(rootfs.path()))?;
+    run_cmd(
+        Command::new("chmod")
+            .args(["-R", "a+rX"])
+            .arg(rootfs.path()),
+    )?;
     let user = stage.user.clone().context("no USER")?;
-    let user = if user.contains(':') { user } else { format!("{user}:{user}") };
+    let user = if user.contains(':') {
+        user
+    } else {
+        format!("{user}:{user}")
+    };
     let logdir = tempfile::Builder::new().prefix("image-log-").tempdir()?;
     let log = logdir.path().join("service.log");
     let out = std::fs::File::create(&log)?;
     // chroot execs the entrypoint directly; the environment is set on the chroot process.
     let mut cmd = Command::new("unshare");
-    cmd.args(["--mount", "--pid", "--fork", "--kill-child", "--propagation", "private", "--"])
-        .args(["sh", "-c", SANDBOX, "sandbox"])
-        .arg(rootfs.path())
-        .arg(&user)
-        .args(&stage.entrypoint)
-        .args(&stage.cmd)
-        .env_clear()
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-        .envs(stage.env.iter().chain(env).map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out);
+    cmd.args([
+        "--mount",
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "--propagation",
+        "private",
+        "--",
+    ])
+    .args(["sh", "-c", SANDBOX, "sandbox"])
+    .arg(rootfs.path())
+    .arg(&user)
+    .args(&stage.entrypoint)
+    .args(&stage.cmd)
+    .env_clear()
+    .env(
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    )
+    .envs(
+        stage
+            .env
+            .iter()
+            .chain(env)
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    )
+    .stdin(Stdio::null())
+    .stdout(out.try_clone()?)
+    .stderr(out);
     let child = cmd.spawn().context("cannot start unshare")?;
-    Ok(Sandboxed { child, log, _rootfs: rootfs, _logdir: logdir })
+    Ok(Sandboxed {
+        child,
+        log,
+        _rootfs: rootfs,
+        _logdir: logdir,
+    })
 }
 
-fn run_like_the_image(stage: &FinalStage, service: &Service, binary: &Path, extra_env: &[(String, String)]) -> Result<()> {
+fn run_like_the_image(
+    stage: &FinalStage,
+    service: &Service,
+    binary: &Path,
+    extra_env: &[(String, String)],
+) -> Result<()> {
     let mut files = Vec::new();
     for (from, src, dest) in &stage.copies {
         if from.as_deref() == Some("builder") && src == BUILT_BINARY {
             files.push((binary.to_path_buf(), dest.clone()));
         } else {
-            bail!("the runtime stage copies {src} (from {from:?}), which this test does not provide: teach it");
+            bail!(
+                "the runtime stage copies {src} (from {from:?}), which this test does not provide: teach it"
+            );
         }
     }
     if files.is_empty() {
@@ -881,9 +1139,16 @@ fn run_like_the_image(stage: &FinalStage, service: &Service, binary: &Path, extr
         (format!("{p}_SERVER__DRAIN_PERIOD"), "200ms".to_string()),
     ];
     env.extend(extra_env.iter().cloned());
-    let image_env: Vec<(String, String)> =
-        stage.env.iter().filter(|(k, _)| !env.iter().any(|(e, _)| e == k)).cloned().collect();
-    let stage = FinalStage { env: image_env, ..stage.clone() };
+    let image_env: Vec<(String, String)> = stage
+        .env
+        .iter()
+        .filter(|(k, _)| !env.iter().any(|(e, _)| e == k))
+        .cloned()
+        .collect();
+    let stage = FinalStage {
+        env: image_env,
+        ..stage.clone()
+    };
     let mut sandbox = start_sandboxed(&stage, &files, &env)?;
     let result = probe_running_service(&mut sandbox, admin_port, &stage);
     if let Err(e) = result {
@@ -892,7 +1157,11 @@ fn run_like_the_image(stage: &FinalStage, service: &Service, binary: &Path, extr
     Ok(())
 }
 
-fn probe_running_service(sandbox: &mut Sandboxed, admin_port: u16, stage: &FinalStage) -> Result<()> {
+fn probe_running_service(
+    sandbox: &mut Sandboxed,
+    admin_port: u16,
+    stage: &FinalStage,
+) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(status) = sandbox.child.try_wait()? {
@@ -900,18 +1169,25 @@ fn probe_running_service(sandbox: &mut Sandboxed, admin_port: u16, stage: &Final
         }
         match http_get(admin_port, "/healthz") {
             Ok((200, _)) => break,
-            Ok((status, body)) if Instant::now() > deadline => bail!("/healthz answered {status}: {body}"),
+            Ok((status, body)) if Instant::now() > deadline => {
+                bail!("/healthz answered {status}: {body}")
+            }
             Err(e) if Instant::now() > deadline => bail!("/healthz never answered: {e:#}"),
             _ => std::thread::sleep(Duration::from_millis(200)),
         }
     }
-    let pid = sandbox.service_pid().context("cannot find the service process inside the sandbox")?;
+    let pid = sandbox
+        .service_pid()
+        .context("cannot find the service process inside the sandbox")?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let user = stage.user.clone().unwrap_or_default();
     let uid = user.split(':').next().unwrap_or_default().to_string();
     for field in ["Uid:", "Gid:"] {
-        let ids: Vec<&str> =
-            status.lines().find(|l| l.starts_with(field)).map(|l| l.split_whitespace().skip(1).collect()).unwrap_or_default();
+        let ids: Vec<&str> = status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .map(|l| l.split_whitespace().skip(1).collect())
+            .unwrap_or_default();
         if ids.len() != 4 || ids.iter().any(|id| *id != uid) {
             bail!("the service runs with {field} {ids:?}, not {uid}");
         }
@@ -925,7 +1201,10 @@ fn probe_running_service(sandbox: &mut Sandboxed, admin_port: u16, stage: &Final
         bail!("the service's root filesystem is not mounted read-only:\n{mountinfo}");
     }
     let environ = std::fs::read(format!("/proc/{pid}/environ"))?;
-    if environ.split(|b| *b == 0).any(|kv| kv.starts_with(b"HOME=")) {
+    if environ
+        .split(|b| *b == 0)
+        .any(|kv| kv.starts_with(b"HOME="))
+    {
         bail!("the service got a HOME variable; the image gives it none");
     }
     eprintln!("xtask: /healthz answered 200 from uid {uid} on a read-only root");
@@ -949,7 +1228,10 @@ fn probe_running_service(sandbox: &mut Sandboxed, admin_port: u16, stage: &Final
 pub fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let status = response
@@ -957,7 +1239,10 @@ pub fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .with_context(|| format!("not an HTTP response: {response:.80}"))?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -967,15 +1252,34 @@ pub fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
 
 /// Files git would commit: tracked plus untracked-but-not-ignored, as absolute paths.
 pub fn repo_files(root: &Path) -> Result<Vec<PathBuf>> {
-    let out = capture(Command::new("git").args(["ls-files", "-z", "--cached", "--others", "--exclude-standard"]).current_dir(root))?;
-    Ok(out.split('\0').filter(|p| !p.is_empty()).map(|p| root.join(p)).filter(|p| p.is_file()).collect())
+    let out = capture(
+        Command::new("git")
+            .args([
+                "ls-files",
+                "-z",
+                "--cached",
+                "--others",
+                "--exclude-standard",
+            ])
+            .current_dir(root),
+    )?;
+    Ok(out
+        .split('\0')
+        .filter(|p| !p.is_empty())
+        .map(|p| root.join(p))
+        .filter(|p| p.is_file())
+        .collect())
 }
 
 fn files_under(dir: &Path, exts: &[&str]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
         let path = entry?.path();
-        if path.extension().and_then(|e| e.to_str()).is_some_and(|e| exts.contains(&e)) {
+        if path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| exts.contains(&e))
+        {
             files.push(path);
         }
     }
@@ -999,7 +1303,8 @@ fn list_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 fn read_yaml(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     serde_yaml::from_str(&text).with_context(|| format!("{} is not valid YAML", path.display()))
 }
 
@@ -1010,10 +1315,22 @@ fn read_yaml(path: &Path) -> Result<Value> {
 /// What the GitHub workflows check that no step here can: each needs something this machine
 /// does not have.
 pub const GITHUB_ONLY: &[(&str, &str)] = &[
-    ("ci.yml image", "docker build (BuildKit), Trivy image scan, SBOM, cosign signing, provenance: needs a Docker engine and a registry"),
-    ("ci.yml openapi", "oasdiff breaking-change check against main: oasdiff is released on GitHub only"),
-    ("ci.yml deny", "cargo deny advisories: the RustSec database is fetched from GitHub"),
-    ("e2e.yml", "kind cluster, charts, smoke test and rolling upgrade: needs a Docker engine"),
+    (
+        "ci.yml image",
+        "docker build (BuildKit), Trivy image scan, SBOM, cosign signing, provenance: needs a Docker engine and a registry",
+    ),
+    (
+        "ci.yml openapi",
+        "oasdiff breaking-change check against main: oasdiff is released on GitHub only",
+    ),
+    (
+        "ci.yml deny",
+        "cargo deny advisories: the RustSec database is fetched from GitHub",
+    ),
+    (
+        "e2e.yml",
+        "kind cluster, charts, smoke test and rolling upgrade: needs a Docker engine",
+    ),
 ];
 
 /// `cargo xtask ci`: the steps of `cargo xtask test` that ci.yml runs, selected by exact name.
@@ -1062,7 +1379,10 @@ mod tests {
     }
 
     fn err(result: Result<()>) -> String {
-        format!("{:#}", result.expect_err("the check passed on a broken example"))
+        format!(
+            "{:#}",
+            result.expect_err("the check passed on a broken example")
+        )
     }
 
     #[test]
@@ -1071,9 +1391,18 @@ mod tests {
         let (actionlint, shellcheck) = (t.actionlint().unwrap(), t.shellcheck().unwrap());
         let broken = fixture("workflows/actionlint-broken.yml");
         let message = err(run_actionlint(&actionlint, &shellcheck, &root(), &[broken]));
-        assert!(message.contains(r#"property "nothing" is not defined"#) && message.contains("SC2086"), "{message}");
+        assert!(
+            message.contains(r#"property "nothing" is not defined"#) && message.contains("SC2086"),
+            "{message}"
+        );
         // The zizmor fixture is valid to actionlint: the two tools catch different things.
-        run_actionlint(&actionlint, &shellcheck, &root(), &[fixture("workflows/zizmor-broken.yml")]).unwrap();
+        run_actionlint(
+            &actionlint,
+            &shellcheck,
+            &root(),
+            &[fixture("workflows/zizmor-broken.yml")],
+        )
+        .unwrap();
     }
 
     #[test]
@@ -1082,56 +1411,100 @@ mod tests {
         let config = root().join(".github/zizmor.yml");
         let broken = fixture("workflows/zizmor-broken.yml");
         let message = err(run_zizmor(&zizmor, &config, &root(), &[broken]));
-        for audit in ["dangerous-triggers", "unpinned-uses", "artipacked", "excessive-permissions"] {
+        for audit in [
+            "dangerous-triggers",
+            "unpinned-uses",
+            "artipacked",
+            "excessive-permissions",
+        ] {
             assert!(message.contains(audit), "{audit} not in {message}");
         }
-        run_zizmor(&zizmor, &config, &root(), &[root().join(".github/workflows/ci.yml")]).unwrap();
+        run_zizmor(
+            &zizmor,
+            &config,
+            &root(),
+            &[root().join(".github/workflows/ci.yml")],
+        )
+        .unwrap();
     }
 
     #[test]
     fn hadolint_fails_on_the_broken_dockerfile_and_passes_ours() {
         let hadolint = tools().hadolint().unwrap();
-        let message = err(run_hadolint(&hadolint, &root(), &[fixture("Dockerfile.hadolint-broken")]));
-        assert!(message.contains("DL3007") && message.contains("DL3008"), "{message}");
+        let message = err(run_hadolint(
+            &hadolint,
+            &root(),
+            &[fixture("Dockerfile.hadolint-broken")],
+        ));
+        assert!(
+            message.contains("DL3007") && message.contains("DL3008"),
+            "{message}"
+        );
         run_hadolint(&hadolint, &root(), &[root().join("Dockerfile")]).unwrap();
     }
 
     #[test]
     fn image_contract_rejects_root_shell_form_and_missing_labels() {
-        let stage = parse_final_stage(&std::fs::read_to_string(fixture("Dockerfile.root")).unwrap()).unwrap();
+        let stage =
+            parse_final_stage(&std::fs::read_to_string(fixture("Dockerfile.root")).unwrap())
+                .unwrap();
         let message = err(check_image_contract(&stage));
-        for expected in ["is not one of", "USER root is not numeric", "is shell form", "OCI labels missing"] {
+        for expected in [
+            "is not one of",
+            "USER root is not numeric",
+            "is shell form",
+            "OCI labels missing",
+        ] {
             assert!(message.contains(expected), "{expected:?} not in {message}");
         }
         let uid0 = "FROM gcr.io/distroless/static-debian12\nUSER 0\nENTRYPOINT [\"/x\"]\n";
-        assert!(err(check_image_contract(&parse_final_stage(uid0).unwrap())).contains("USER 0 is root"));
+        assert!(
+            err(check_image_contract(&parse_final_stage(uid0).unwrap())).contains("USER 0 is root")
+        );
     }
 
     #[test]
     fn our_dockerfile_keeps_the_image_contract() {
-        let stage = parse_final_stage(&std::fs::read_to_string(root().join("Dockerfile")).unwrap()).unwrap();
+        let stage = parse_final_stage(&std::fs::read_to_string(root().join("Dockerfile")).unwrap())
+            .unwrap();
         check_image_contract(&stage).unwrap();
         assert_eq!(stage.user.as_deref(), Some("65532:65532"));
         assert_eq!(stage.entrypoint, vec!["/usr/local/bin/service".to_string()]);
         assert_eq!(
             stage.copies,
-            vec![(Some("builder".to_string()), BUILT_BINARY.to_string(), "/usr/local/bin/service".to_string())]
+            vec![(
+                Some("builder".to_string()),
+                BUILT_BINARY.to_string(),
+                "/usr/local/bin/service".to_string()
+            )]
         );
-        assert!(stage.env.contains(&("IDENTITY_SERVER__HOST".to_string(), "0.0.0.0".to_string())));
+        assert!(
+            stage
+                .env
+                .contains(&("IDENTITY_SERVER__HOST".to_string(), "0.0.0.0".to_string()))
+        );
     }
 
     #[test]
     fn shell_form_entrypoint_is_an_error() {
         let text = "FROM scratch\nUSER 1\nENTRYPOINT /bin/service --flag\n";
-        assert!(err(check_image_contract(&parse_final_stage(text).unwrap())).contains("is shell form"));
+        assert!(
+            err(check_image_contract(&parse_final_stage(text).unwrap())).contains("is shell form")
+        );
     }
 
     #[test]
     fn key_values_handle_quotes_and_continuations() {
         let text = "FROM scratch\nLABEL a=\"x y\" \\\n  b=z\nENV C=1 D=\"two words\"\n";
         let stage = parse_final_stage(text).unwrap();
-        assert_eq!(stage.labels, BTreeSet::from(["a".to_string(), "b".to_string()]));
-        assert_eq!(stage.env, vec![("C".into(), "1".into()), ("D".into(), "two words".into())]);
+        assert_eq!(
+            stage.labels,
+            BTreeSet::from(["a".to_string(), "b".to_string()])
+        );
+        assert_eq!(
+            stage.env,
+            vec![("C".into(), "1".into()), ("D".into(), "two words".into())]
+        );
     }
 
     #[test]
@@ -1140,34 +1513,70 @@ mod tests {
         let config = root().join("deny.toml");
         let broken = fixture("deny-gpl/Cargo.toml");
         let message = err(run_deny(&bin, &broken, &config, &["licenses"]));
-        assert!(message.contains("GPL-3.0-only") && message.contains("rejected"), "{message}");
+        assert!(
+            message.contains("GPL-3.0-only") && message.contains("rejected"),
+            "{message}"
+        );
     }
 
     #[test]
     fn spectral_fails_on_the_broken_spec_and_passes_the_good_one() {
         let spectral = tools().spectral().unwrap();
         let ruleset = root().join(".spectral.yaml");
-        let message = err(run_spectral(&spectral, &ruleset, &root(), &[fixture("openapi/broken.yaml")]));
-        assert!(message.contains("oas3-schema") && message.contains("operation-operationId"), "{message}");
-        run_spectral(&spectral, &ruleset, &root(), &[fixture("openapi/good.yaml")]).unwrap();
+        let message = err(run_spectral(
+            &spectral,
+            &ruleset,
+            &root(),
+            &[fixture("openapi/broken.yaml")],
+        ));
+        assert!(
+            message.contains("oas3-schema") && message.contains("operation-operationId"),
+            "{message}"
+        );
+        run_spectral(
+            &spectral,
+            &ruleset,
+            &root(),
+            &[fixture("openapi/good.yaml")],
+        )
+        .unwrap();
     }
 
     #[test]
     fn openapi_discovery_finds_documents_by_content_and_skips_fixtures() {
         let dir = tempfile::tempdir().unwrap();
-        let git = |args: &[&str]| run_cmd(Command::new("git").args(args).current_dir(dir.path())).unwrap();
+        let git = |args: &[&str]| {
+            run_cmd(Command::new("git").args(args).current_dir(dir.path())).unwrap()
+        };
         git(&["init", "-q"]);
         std::fs::create_dir_all(dir.path().join("xtask/fixtures")).unwrap();
         std::fs::create_dir_all(dir.path().join("docs")).unwrap();
-        std::fs::write(dir.path().join("docs/api.yaml"), "openapi: 3.1.0\ninfo: {title: t, version: '1'}\n").unwrap();
-        std::fs::write(dir.path().join("api.json"), "{\"openapi\": \"3.0.3\", \"info\": {}}").unwrap();
+        std::fs::write(
+            dir.path().join("docs/api.yaml"),
+            "openapi: 3.1.0\ninfo: {title: t, version: '1'}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("api.json"),
+            "{\"openapi\": \"3.0.3\", \"info\": {}}",
+        )
+        .unwrap();
         std::fs::write(dir.path().join("values.yaml"), "image: x\n").unwrap();
-        std::fs::write(dir.path().join("xtask/fixtures/bad.yaml"), "openapi: 3.1.0\n").unwrap();
+        std::fs::write(
+            dir.path().join("xtask/fixtures/bad.yaml"),
+            "openapi: 3.1.0\n",
+        )
+        .unwrap();
         let found = openapi_specs(dir.path()).unwrap();
-        let mut names: Vec<String> =
-            found.iter().map(|p| p.strip_prefix(dir.path()).unwrap().display().to_string()).collect();
+        let mut names: Vec<String> = found
+            .iter()
+            .map(|p| p.strip_prefix(dir.path()).unwrap().display().to_string())
+            .collect();
         names.sort();
-        assert_eq!(names, vec!["api.json".to_string(), "docs/api.yaml".to_string()]);
+        assert_eq!(
+            names,
+            vec!["api.json".to_string(), "docs/api.yaml".to_string()]
+        );
     }
 
     #[test]
@@ -1177,15 +1586,22 @@ mod tests {
             "jobs:\n  a:\n    steps:\n      - run: cargo xtask ci --step fmt\n  b:\n    steps:\n      - run: cargo xtask ci --step clippy\n",
         )
         .unwrap();
-        assert_eq!(uncovered_steps(&workflow, &all).unwrap(), vec!["tests".to_string(), "helm".to_string()]);
+        assert_eq!(
+            uncovered_steps(&workflow, &all).unwrap(),
+            vec!["tests".to_string(), "helm".to_string()]
+        );
         let catch_all: Value = serde_yaml::from_str(
             "jobs:\n  a:\n    steps:\n      - run: cargo xtask ci --step fmt\n      - run: cargo xtask ci --except fmt --except image-runtime\n",
         )
         .unwrap();
         assert!(uncovered_steps(&catch_all, &all).unwrap().is_empty());
-        let typo: Value = serde_yaml::from_str("jobs:\n  a:\n    steps:\n      - run: cargo xtask ci --step fmtt\n").unwrap();
+        let typo: Value = serde_yaml::from_str(
+            "jobs:\n  a:\n    steps:\n      - run: cargo xtask ci --step fmtt\n",
+        )
+        .unwrap();
         assert!(format!("{:#}", uncovered_steps(&typo, &all).unwrap_err()).contains("`fmtt`"));
-        let none: Value = serde_yaml::from_str("jobs:\n  a:\n    steps:\n      - run: cargo test\n").unwrap();
+        let none: Value =
+            serde_yaml::from_str("jobs:\n  a:\n    steps:\n      - run: cargo test\n").unwrap();
         assert!(uncovered_steps(&none, &all).is_err());
     }
 
@@ -1209,11 +1625,15 @@ mod tests {
     #[test]
     fn the_image_sandbox_is_read_only_non_root_and_minimal() {
         if !is_root().unwrap() {
-            assert!(!crate::steps::running_in_ci(), "CI=true needs root for the image sandbox");
+            assert!(
+                !crate::steps::running_in_ci(),
+                "CI=true needs root for the image sandbox"
+            );
             eprintln!("skipped: needs root");
             return;
         }
-        let installed = capture(Command::new("rustup").args(["target", "list", "--installed"])).unwrap();
+        let installed =
+            capture(Command::new("rustup").args(["target", "list", "--installed"])).unwrap();
         if !installed.lines().any(|l| l.trim() == IMAGE_TARGET) {
             run_cmd(Command::new("rustup").args(["target", "add", IMAGE_TARGET])).unwrap();
         }
@@ -1221,14 +1641,23 @@ mod tests {
         let probe = dir.path().join("probe");
         run_cmd(
             Command::new("rustc")
-                .args(["--edition", "2021", "--target", IMAGE_TARGET, "-C", "opt-level=0", "-o"])
+                .args([
+                    "--edition",
+                    "2021",
+                    "--target",
+                    IMAGE_TARGET,
+                    "-C",
+                    "opt-level=0",
+                    "-o",
+                ])
                 .arg(&probe)
                 .arg(fixture("sandbox-probe.rs")),
         )
         .unwrap();
         let info = elf_info(&std::fs::read(&probe).unwrap()).unwrap();
         assert!(!info.interpreter, "the musl probe must be static");
-        let stage = parse_final_stage(&std::fs::read_to_string(root().join("Dockerfile")).unwrap()).unwrap();
+        let stage = parse_final_stage(&std::fs::read_to_string(root().join("Dockerfile")).unwrap())
+            .unwrap();
         let files = vec![(probe.clone(), stage.copies[0].2.clone())];
         let mut sandbox = start_sandboxed(&stage, &files, &[]).unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -1256,25 +1685,54 @@ mod tests {
     }
 
     fn plan(files: &[&str]) -> BTreeMap<String, String> {
-        let out = capture(Command::new("python3").arg(".github/scripts/plan.py").arg("--files").args(files).current_dir(root()))
-            .unwrap();
-        out.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        let out = capture(
+            Command::new("python3")
+                .arg(".github/scripts/plan.py")
+                .arg("--files")
+                .args(files)
+                .current_dir(root()),
+        )
+        .unwrap();
+        out.lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn plan_fans_out_only_to_changed_services() {
         let shared = plan(&["crates/cloud-kit/src/lib.rs"]);
-        assert_eq!(shared["services"], r#"["cloud-identity-access","cloud-api-gateway-bff"]"#);
+        assert_eq!(
+            shared["services"],
+            r#"["cloud-identity-access","cloud-api-gateway-bff"]"#
+        );
         assert_eq!(shared["rust"], "true");
         let gateway = plan(&["crates/cloud-api-gateway-bff/src/lib.rs"]);
         assert_eq!(gateway["services"], r#"["cloud-api-gateway-bff"]"#);
         assert_eq!(gateway["openapi"], "true");
         let chart = plan(&["helm/platform-base/values.yaml"]);
-        assert_eq!((chart["services"].as_str(), chart["charts"].as_str(), chart["rust"].as_str()), ("[]", "true", "false"));
+        assert_eq!(
+            (
+                chart["services"].as_str(),
+                chart["charts"].as_str(),
+                chart["rust"].as_str()
+            ),
+            ("[]", "true", "false")
+        );
         let docs = plan(&["docs/ci-cd.md"]);
-        assert_eq!((docs["code"].as_str(), docs["docs"].as_str(), docs["services"].as_str()), ("false", "true", "[]"));
+        assert_eq!(
+            (
+                docs["code"].as_str(),
+                docs["docs"].as_str(),
+                docs["services"].as_str()
+            ),
+            ("false", "true", "[]")
+        );
         let lock = plan(&["Cargo.lock"]);
-        assert_eq!(lock["services"], r#"["cloud-identity-access","cloud-api-gateway-bff"]"#);
+        assert_eq!(
+            lock["services"],
+            r#"["cloud-identity-access","cloud-api-gateway-bff"]"#
+        );
     }
 
     #[test]
@@ -1284,11 +1742,28 @@ mod tests {
         std::fs::create_dir_all(chart.parent().unwrap()).unwrap();
         std::fs::write(&chart, "apiVersion: v2\nname: svc\nversion: 0.3.9\nappVersion: \"0.1.0\"\ndependencies:\n  - name: lib\n    version: 0.1.0\n").unwrap();
         let script = root().join(".github/scripts/bump_chart.py");
-        run_cmd(Command::new("python3").arg(&script).args(["svc", "1.4.0"]).current_dir(dir.path())).unwrap();
+        run_cmd(
+            Command::new("python3")
+                .arg(&script)
+                .args(["svc", "1.4.0"])
+                .current_dir(dir.path()),
+        )
+        .unwrap();
         let text = std::fs::read_to_string(&chart).unwrap();
-        assert!(text.contains("version: 0.3.10\n") && text.contains("appVersion: \"1.4.0\"\n"), "{text}");
-        assert!(text.contains("    version: 0.1.0\n"), "dependency versions stay: {text}");
-        let bad = Command::new("python3").arg(&script).args(["svc", "not-semver"]).current_dir(dir.path()).output().unwrap();
+        assert!(
+            text.contains("version: 0.3.10\n") && text.contains("appVersion: \"1.4.0\"\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("    version: 0.1.0\n"),
+            "dependency versions stay: {text}"
+        );
+        let bad = Command::new("python3")
+            .arg(&script)
+            .args(["svc", "not-semver"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
         assert!(!bad.status.success());
     }
 }
