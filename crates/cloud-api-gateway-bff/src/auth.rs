@@ -77,7 +77,11 @@ pub struct Claims {
 impl Claims {
     /// Whether the token grants `permission`, through `permissions` or a `scope` value.
     pub fn has_permission(&self, permission: &str) -> bool {
-        self.permissions.iter().any(|p| p == permission) || self.scope.as_deref().is_some_and(|s| s.split(' ').any(|p| p == permission))
+        self.permissions.iter().any(|p| p == permission)
+            || self
+                .scope
+                .as_deref()
+                .is_some_and(|s| s.split(' ').any(|p| p == permission))
     }
 }
 
@@ -161,7 +165,11 @@ struct Discovery {
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     #[error("{what} from {url}: {reason}")]
-    Http { what: &'static str, url: String, reason: String },
+    Http {
+        what: &'static str,
+        url: String,
+        reason: String,
+    },
     #[error("the key set at {0} holds no usable EdDSA or ES256 signing key")]
     NoUsableKeys(String),
 }
@@ -199,8 +207,13 @@ struct Inner {
 impl Validator {
     pub fn new(config: IdentityConfig, clock: Arc<dyn Clock>) -> Self {
         let issuer = config.issuer_url.as_str().trim_end_matches('/').to_string();
-        let http = reqwest::Client::builder().timeout(config.fetch_timeout).build().unwrap_or_default();
-        let tokens = (0..TOKEN_CACHE_SHARDS).map(|_| std::sync::Mutex::new(HashMap::new())).collect();
+        let http = reqwest::Client::builder()
+            .timeout(config.fetch_timeout)
+            .build()
+            .unwrap_or_default();
+        let tokens = (0..TOKEN_CACHE_SHARDS)
+            .map(|_| std::sync::Mutex::new(HashMap::new()))
+            .collect();
         Self {
             inner: Arc::new(Inner {
                 config,
@@ -228,7 +241,12 @@ impl Validator {
 
     /// The issuer's userinfo endpoint, once discovery has succeeded.
     pub fn userinfo_endpoint(&self) -> Option<Url> {
-        self.inner.discovery.load().as_ref().as_ref().and_then(|d| d.userinfo_endpoint.clone())
+        self.inner
+            .discovery
+            .load()
+            .as_ref()
+            .as_ref()
+            .and_then(|d| d.userinfo_endpoint.clone())
     }
 
     pub fn http(&self) -> &reqwest::Client {
@@ -254,7 +272,11 @@ impl Validator {
                         }
                         let wait = backoff;
                         backoff = (backoff * 2).min(Duration::from_secs(10));
-                        if self.is_loaded() { self.inner.config.min_refetch_interval.max(wait) } else { wait }
+                        if self.is_loaded() {
+                            self.inner.config.min_refetch_interval.max(wait)
+                        } else {
+                            wait
+                        }
                     }
                 };
                 tokio::time::sleep(wait).await;
@@ -304,21 +326,34 @@ impl Validator {
         }
         let generation = self.inner.keys.load().generation + 1;
         tracing::debug!(keys = keys.len(), generation, "identity key set loaded");
-        self.inner.keys.store(Arc::new(KeySet { keys, generation, loaded: true }));
+        self.inner.keys.store(Arc::new(KeySet {
+            keys,
+            generation,
+            loaded: true,
+        }));
         Ok(())
     }
 
     async fn discover(&self) -> Result<Discovery, FetchError> {
-        let url = self.inner.config.issuer_url.join(".well-known/openid-configuration").map_err(|e| FetchError::Http {
-            what: "discovery",
-            url: self.inner.config.issuer_url.to_string(),
-            reason: e.to_string(),
-        })?;
+        let url = self
+            .inner
+            .config
+            .issuer_url
+            .join(".well-known/openid-configuration")
+            .map_err(|e| FetchError::Http {
+                what: "discovery",
+                url: self.inner.config.issuer_url.to_string(),
+                reason: e.to_string(),
+            })?;
         let url = if self.inner.config.issuer_url.path().ends_with('/') {
             url
         } else {
             // `join` would drop the issuer's last path segment.
-            Url::parse(&format!("{}/.well-known/openid-configuration", self.inner.issuer)).unwrap_or(url)
+            Url::parse(&format!(
+                "{}/.well-known/openid-configuration",
+                self.inner.issuer
+            ))
+            .unwrap_or(url)
         };
         get_json(&self.inner.http, "discovery", &url).await
     }
@@ -359,10 +394,11 @@ impl Validator {
     pub async fn validate(&self, token: &str) -> Result<Arc<Claims>, TokenError> {
         let shard = &self.inner.tokens[shard_of(token)];
         let generation = self.inner.keys.load().generation;
-        let cached = shard
-            .lock()
-            .ok()
-            .and_then(|map| map.get(token).filter(|c| c.generation == generation).map(|c| c.claims.clone()));
+        let cached = shard.lock().ok().and_then(|map| {
+            map.get(token)
+                .filter(|c| c.generation == generation)
+                .map(|c| c.claims.clone())
+        });
         if let Some(claims) = cached {
             self.check_times(&claims)?;
             return Ok(claims);
@@ -373,34 +409,55 @@ impl Validator {
             if map.len() >= TOKEN_CACHE_CAPACITY / TOKEN_CACHE_SHARDS {
                 map.clear();
             }
-            map.insert(token.into(), CachedToken { claims: claims.clone(), generation });
+            map.insert(
+                token.into(),
+                CachedToken {
+                    claims: claims.clone(),
+                    generation,
+                },
+            );
         }
         Ok(claims)
     }
 
     async fn verify(&self, token: &str) -> Result<(Claims, u64), TokenError> {
         let mut parts = token.split('.');
-        let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err(TokenError::Malformed("a JWS has three dot-separated parts"));
         };
-        let header: Header = decode_json(header_b64).ok_or(TokenError::Malformed("the header is not base64url JSON"))?;
+        let header: Header = decode_json(header_b64)
+            .ok_or(TokenError::Malformed("the header is not base64url JSON"))?;
         let alg = match header.alg.as_str() {
             "EdDSA" => Alg::EdDsa,
             "ES256" => Alg::Es256,
-            other => return Err(TokenError::UnsupportedAlgorithm(other.chars().take(16).collect())),
+            other => {
+                return Err(TokenError::UnsupportedAlgorithm(
+                    other.chars().take(16).collect(),
+                ));
+            }
         };
         if let Some(typ) = &header.typ
-            && !["at+jwt", "application/at+jwt", "JWT"].iter().any(|t| t.eq_ignore_ascii_case(typ))
+            && !["at+jwt", "application/at+jwt", "JWT"]
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(typ))
         {
             return Err(TokenError::Malformed("the header's typ is not at+jwt"));
         }
-        let kid = header.kid.ok_or(TokenError::Malformed("the header has no kid"))?;
-        let signature = URL_SAFE_NO_PAD.decode(signature_b64).map_err(|_| TokenError::Malformed("the signature is not base64url"))?;
+        let kid = header
+            .kid
+            .ok_or(TokenError::Malformed("the header has no kid"))?;
+        let signature = URL_SAFE_NO_PAD
+            .decode(signature_b64)
+            .map_err(|_| TokenError::Malformed("the signature is not base64url"))?;
         let (key, generation) = self.key(&kid).await?;
         if key.alg != alg {
             return Err(TokenError::BadSignature);
         }
-        let signed = token.get(..header_b64.len() + 1 + payload_b64.len()).ok_or(TokenError::Malformed("truncated"))?;
+        let signed = token
+            .get(..header_b64.len() + 1 + payload_b64.len())
+            .ok_or(TokenError::Malformed("truncated"))?;
         let algorithm: &'static dyn ring::signature::VerificationAlgorithm = match alg {
             Alg::EdDsa => &ring::signature::ED25519,
             Alg::Es256 => &ring::signature::ECDSA_P256_SHA256_FIXED,
@@ -408,7 +465,9 @@ impl Validator {
         ring::signature::UnparsedPublicKey::new(algorithm, &key.public)
             .verify(signed.as_bytes(), &signature)
             .map_err(|_| TokenError::BadSignature)?;
-        let claims: Claims = decode_json(payload_b64).ok_or(TokenError::Malformed("the claims are not base64url JSON with iss, sub and exp"))?;
+        let claims: Claims = decode_json(payload_b64).ok_or(TokenError::Malformed(
+            "the claims are not base64url JSON with iss, sub and exp",
+        ))?;
         if claims.iss.trim_end_matches('/') != self.inner.issuer {
             return Err(TokenError::WrongIssuer);
         }
@@ -435,7 +494,9 @@ impl Validator {
 
 fn shard_of(token: &str) -> usize {
     // The signature's last bytes are as good as random.
-    token.bytes().rev().take(4).fold(0usize, |acc, b| acc.wrapping_mul(31).wrapping_add(usize::from(b))) % TOKEN_CACHE_SHARDS
+    token.bytes().rev().take(4).fold(0usize, |acc, b| {
+        acc.wrapping_mul(31).wrapping_add(usize::from(b))
+    }) % TOKEN_CACHE_SHARDS
 }
 
 fn decode_json<T: serde::de::DeserializeOwned>(b64: &str) -> Option<T> {
@@ -450,7 +511,10 @@ fn parse_jwk(jwk: Jwk) -> Option<(String, VerifyKey)> {
     let kid = jwk.kid?;
     let x = URL_SAFE_NO_PAD.decode(jwk.x?).ok()?;
     let key = match (jwk.kty.as_str(), jwk.crv.as_deref()) {
-        ("OKP", Some("Ed25519")) if x.len() == 32 => VerifyKey { alg: Alg::EdDsa, public: x },
+        ("OKP", Some("Ed25519")) if x.len() == 32 => VerifyKey {
+            alg: Alg::EdDsa,
+            public: x,
+        },
         ("EC", Some("P-256")) if x.len() == 32 => {
             let y = URL_SAFE_NO_PAD.decode(jwk.y?).ok()?;
             if y.len() != 32 {
@@ -460,7 +524,10 @@ fn parse_jwk(jwk: Jwk) -> Option<(String, VerifyKey)> {
             public.push(4);
             public.extend_from_slice(&x);
             public.extend_from_slice(&y);
-            VerifyKey { alg: Alg::Es256, public }
+            VerifyKey {
+                alg: Alg::Es256,
+                public,
+            }
         }
         _ => return None,
     };
@@ -474,18 +541,36 @@ fn parse_jwk(jwk: Jwk) -> Option<(String, VerifyKey)> {
     Some((kid, key))
 }
 
-async fn get_json<T: serde::de::DeserializeOwned>(http: &reqwest::Client, what: &'static str, url: &Url) -> Result<T, FetchError> {
-    let err = |reason: String| FetchError::Http { what, url: url.to_string(), reason };
-    let response = http.get(url.clone()).send().await.map_err(|e| err(e.to_string()))?;
+async fn get_json<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    what: &'static str,
+    url: &Url,
+) -> Result<T, FetchError> {
+    let err = |reason: String| FetchError::Http {
+        what,
+        url: url.to_string(),
+        reason,
+    };
+    let response = http
+        .get(url.clone())
+        .send()
+        .await
+        .map_err(|e| err(e.to_string()))?;
     if !response.status().is_success() {
         return Err(err(format!("status {}", response.status())));
     }
-    response.json::<T>().await.map_err(|e| err(format!("invalid JSON: {e}")))
+    response
+        .json::<T>()
+        .await
+        .map_err(|e| err(format!("invalid JSON: {e}")))
 }
 
 /// Extracts the bearer token from an `Authorization` header value.
 pub fn bearer(value: Option<&http::HeaderValue>) -> Result<&str, TokenError> {
-    let value = value.ok_or(TokenError::Missing)?.to_str().map_err(|_| TokenError::Malformed("the Authorization header is not ASCII"))?;
+    let value = value
+        .ok_or(TokenError::Missing)?
+        .to_str()
+        .map_err(|_| TokenError::Malformed("the Authorization header is not ASCII"))?;
     let (scheme, token) = value.split_once(' ').ok_or(TokenError::Missing)?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(TokenError::Missing);

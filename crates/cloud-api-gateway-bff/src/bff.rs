@@ -48,8 +48,16 @@ struct CallContext<'a> {
     request_id: Option<String>,
 }
 
-async fn call_json(http: &reqwest::Client, url: &str, timeout: Duration, ctx: &CallContext<'_>) -> Result<Value, CallError> {
-    let mut request = http.get(url).bearer_auth(ctx.token).header("x-user-id", &ctx.claims.sub);
+async fn call_json(
+    http: &reqwest::Client,
+    url: &str,
+    timeout: Duration,
+    ctx: &CallContext<'_>,
+) -> Result<Value, CallError> {
+    let mut request = http
+        .get(url)
+        .bearer_auth(ctx.token)
+        .header("x-user-id", &ctx.claims.sub);
     if let Some(tid) = &ctx.claims.tid {
         request = request.header("x-tenant-id", tid);
     }
@@ -60,11 +68,23 @@ async fn call_json(http: &reqwest::Client, url: &str, timeout: Duration, ctx: &C
         request = request.header("x-request-id", id);
     }
     let outcome = tokio::time::timeout(timeout, async {
-        let response = request.send().await.map_err(|e| CallError::Failed(if e.is_connect() { "unreachable".into() } else { "request failed".into() }))?;
+        let response = request.send().await.map_err(|e| {
+            CallError::Failed(if e.is_connect() {
+                "unreachable".into()
+            } else {
+                "request failed".into()
+            })
+        })?;
         if !response.status().is_success() {
-            return Err(CallError::Failed(format!("status {}", response.status().as_u16())));
+            return Err(CallError::Failed(format!(
+                "status {}",
+                response.status().as_u16()
+            )));
         }
-        response.json::<Value>().await.map_err(|_| CallError::Failed("invalid JSON".into()))
+        response
+            .json::<Value>()
+            .await
+            .map_err(|_| CallError::Failed("invalid JSON".into()))
     })
     .await;
     outcome.unwrap_or(Err(CallError::Timeout))
@@ -82,11 +102,12 @@ fn context_of<'a>(request: &Request, token: &'a str, claims: &'a Claims) -> Call
 /// `GET /bff/v1/session`: who the caller is, their identity profile (userinfo), their tenant and
 /// their evaluated front-end flags. A failed profile or tenant lookup is reported under `errors`.
 pub(crate) async fn session(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    let claims = match crate::proxy::authenticate(&state, request.headers(), AuthMode::Token, None).await {
-        Ok(Some(c)) => c,
-        Ok(None) => return Problem::unauthorized("a token is required").into_response(),
-        Err(response) => return response,
-    };
+    let claims =
+        match crate::proxy::authenticate(&state, request.headers(), AuthMode::Token, None).await {
+            Ok(Some(c)) => c,
+            Ok(None) => return Problem::unauthorized("a token is required").into_response(),
+            Err(response) => return response,
+        };
     let Ok(token) = crate::auth::bearer(request.headers().get(http::header::AUTHORIZATION)) else {
         return Problem::unauthorized("a token is required").into_response();
     };
@@ -96,17 +117,27 @@ pub(crate) async fn session(State(state): State<Arc<AppState>>, request: Request
     let profile = async {
         match state.validator.userinfo_endpoint() {
             Some(url) => call_json(http, url.as_str(), timeout, &ctx).await,
-            None => Err(CallError::Failed("the identity provider advertises no userinfo endpoint".into())),
+            None => Err(CallError::Failed(
+                "the identity provider advertises no userinfo endpoint".into(),
+            )),
         }
     };
     let tenant = async {
         match (&state.session.tenant_url, &claims.tid) {
-            (Some(template), Some(tid)) => call_json(http, &template.replace("{tenant}", tid), timeout, &ctx).await.map(Some),
+            (Some(template), Some(tid)) => {
+                call_json(http, &template.replace("{tenant}", tid), timeout, &ctx)
+                    .await
+                    .map(Some)
+            }
             _ => Ok(None),
         }
     };
     let (profile, tenant) = tokio::join!(profile, tenant);
-    let flags = state.flags.as_ref().map(|f| f.evaluate(claims.tid.as_deref(), &claims.sub)).unwrap_or_default();
+    let flags = state
+        .flags
+        .as_ref()
+        .map(|f| f.evaluate(claims.tid.as_deref(), &claims.sub))
+        .unwrap_or_default();
     let mut errors = Map::new();
     let profile = profile.unwrap_or_else(|e| {
         errors.insert("profile".into(), e.describe().into());
@@ -114,10 +145,16 @@ pub(crate) async fn session(State(state): State<Arc<AppState>>, request: Request
     });
     let tenant = match tenant {
         Ok(Some(t)) => t,
-        Ok(None) => claims.tid.as_ref().map_or(Value::Null, |t| json!({ "id": t })),
+        Ok(None) => claims
+            .tid
+            .as_ref()
+            .map_or(Value::Null, |t| json!({ "id": t })),
         Err(e) => {
             errors.insert("tenant".into(), e.describe().into());
-            claims.tid.as_ref().map_or(Value::Null, |t| json!({ "id": t }))
+            claims
+                .tid
+                .as_ref()
+                .map_or(Value::Null, |t| json!({ "id": t }))
         }
     };
     axum::Json(json!({
@@ -147,34 +184,60 @@ pub(crate) struct Aggregation {
 pub(crate) fn validate(name: &str, config: &AggregationConfig) -> Vec<String> {
     let mut errors = Vec::new();
     if !config.path.starts_with("/bff/") || config.path.contains(['{', '}', '*', '?', '#']) {
-        errors.push(format!("bff.aggregations.{name}.path: `{}` must be a literal path under /bff/", config.path));
+        errors.push(format!(
+            "bff.aggregations.{name}.path: `{}` must be a literal path under /bff/",
+            config.path
+        ));
     }
     if config.path == "/bff/v1/session" {
-        errors.push(format!("bff.aggregations.{name}.path: `/bff/v1/session` is built in"));
+        errors.push(format!(
+            "bff.aggregations.{name}.path: `/bff/v1/session` is built in"
+        ));
     }
     if config.auth == AuthMode::Permission && config.permission.is_none() {
-        errors.push(format!("bff.aggregations.{name}.permission: required when auth is `permission`"));
+        errors.push(format!(
+            "bff.aggregations.{name}.permission: required when auth is `permission`"
+        ));
     }
     if config.auth == AuthMode::Public {
-        errors.push(format!("bff.aggregations.{name}.auth: aggregations act for a user; `public` is not supported"));
+        errors.push(format!(
+            "bff.aggregations.{name}.auth: aggregations act for a user; `public` is not supported"
+        ));
     }
     if config.calls.is_empty() {
-        errors.push(format!("bff.aggregations.{name}.calls: at least one call is required"));
+        errors.push(format!(
+            "bff.aggregations.{name}.calls: at least one call is required"
+        ));
     }
     for (call, CallConfig { url, timeout, .. }) in &config.calls {
         if !matches!(url.scheme(), "http" | "https") {
-            errors.push(format!("bff.aggregations.{name}.calls.{call}.url: `{url}` is not http(s)"));
+            errors.push(format!(
+                "bff.aggregations.{name}.calls.{call}.url: `{url}` is not http(s)"
+            ));
         }
         if timeout.is_zero() {
-            errors.push(format!("bff.aggregations.{name}.calls.{call}.timeout: must be more than 0"));
+            errors.push(format!(
+                "bff.aggregations.{name}.calls.{call}.timeout: must be more than 0"
+            ));
         }
     }
     errors
 }
 
-pub(crate) async fn aggregate(state: Arc<AppState>, aggregation: Arc<Aggregation>, request: Request) -> Response {
+pub(crate) async fn aggregate(
+    state: Arc<AppState>,
+    aggregation: Arc<Aggregation>,
+    request: Request,
+) -> Response {
     let config = &aggregation.config;
-    let claims = match crate::proxy::authenticate(&state, request.headers(), config.auth, config.permission.as_deref()).await {
+    let claims = match crate::proxy::authenticate(
+        &state,
+        request.headers(),
+        config.auth,
+        config.permission.as_deref(),
+    )
+    .await
+    {
         Ok(Some(c)) => c,
         Ok(None) => return Problem::unauthorized("a token is required").into_response(),
         Err(response) => return response,
@@ -186,7 +249,13 @@ pub(crate) async fn aggregate(state: Arc<AppState>, aggregation: Arc<Aggregation
     let http = state.validator.http();
     let calls = config.calls.iter().map(|(name, call)| {
         let ctx = &ctx;
-        async move { (name.clone(), call.required, call_json(http, call.url.as_str(), call.timeout, ctx).await) }
+        async move {
+            (
+                name.clone(),
+                call.required,
+                call_json(http, call.url.as_str(), call.timeout, ctx).await,
+            )
+        }
     });
     let results = futures::future::join_all(calls).await;
     let mut data = Map::new();
@@ -206,9 +275,16 @@ pub(crate) async fn aggregate(state: Arc<AppState>, aggregation: Arc<Aggregation
         }
     }
     if fatal {
-        let status = if all_timeouts { StatusCode::GATEWAY_TIMEOUT } else { StatusCode::BAD_GATEWAY };
+        let status = if all_timeouts {
+            StatusCode::GATEWAY_TIMEOUT
+        } else {
+            StatusCode::BAD_GATEWAY
+        };
         return Problem::new(status)
-            .with_detail(format!("the aggregation `{}` could not get every result it needs", aggregation.name))
+            .with_detail(format!(
+                "the aggregation `{}` could not get every result it needs",
+                aggregation.name
+            ))
             .with_extension("failed_calls", json!(errors))
             .into_response();
     }

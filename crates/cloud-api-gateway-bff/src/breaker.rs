@@ -36,7 +36,15 @@ pub struct Permit {
 
 impl Breaker {
     pub fn new(config: BreakerConfig) -> Self {
-        Self { config, state: Mutex::new(State { phase: Phase::Closed, window_start: Instant::now(), requests: 0, failures: 0 }) }
+        Self {
+            config,
+            state: Mutex::new(State {
+                phase: Phase::Closed,
+                window_start: Instant::now(),
+                requests: 0,
+                failures: 0,
+            }),
+        }
     }
 
     /// `Err(retry_after)` while open.
@@ -66,9 +74,16 @@ impl Breaker {
         if permit.probe {
             if success {
                 tracing::info!("circuit breaker closed again after a successful probe");
-                *state = State { phase: Phase::Closed, window_start: now, requests: 0, failures: 0 };
+                *state = State {
+                    phase: Phase::Closed,
+                    window_start: now,
+                    requests: 0,
+                    failures: 0,
+                };
             } else {
-                state.phase = Phase::Open { until: now + self.config.open_for };
+                state.phase = Phase::Open {
+                    until: now + self.config.open_for,
+                };
             }
             return;
         }
@@ -84,9 +99,13 @@ impl Breaker {
         if !success {
             state.failures += 1;
         }
-        if state.requests >= self.config.min_requests && f64::from(state.failures) >= self.config.error_ratio * f64::from(state.requests) {
+        if state.requests >= self.config.min_requests
+            && f64::from(state.failures) >= self.config.error_ratio * f64::from(state.requests)
+        {
             tracing::warn!(requests = state.requests, failures = state.failures, open_for = ?self.config.open_for, "circuit breaker opened");
-            state.phase = Phase::Open { until: now + self.config.open_for };
+            state.phase = Phase::Open {
+                until: now + self.config.open_for,
+            };
         }
     }
 
@@ -100,7 +119,13 @@ mod tests {
     use super::*;
 
     fn breaker() -> Breaker {
-        Breaker::new(BreakerConfig { enabled: true, min_requests: 4, error_ratio: 0.5, window: Duration::from_secs(60), open_for: Duration::from_millis(50) })
+        Breaker::new(BreakerConfig {
+            enabled: true,
+            min_requests: 4,
+            error_ratio: 0.5,
+            window: Duration::from_secs(60),
+            open_for: Duration::from_millis(50),
+        })
     }
 
     #[test]

@@ -86,8 +86,17 @@ fn http_url<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Url, D:
     let text = String::deserialize(deserializer)?;
     let expected = &"an http:// or https:// URL with a host";
     match Url::parse(&text) {
-        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() && !text.contains(char::is_whitespace) => Ok(url),
-        _ => Err(serde::de::Error::invalid_value(serde::de::Unexpected::Str(&text), expected)),
+        Ok(url)
+            if matches!(url.scheme(), "http" | "https")
+                && url.host().is_some()
+                && !text.contains(char::is_whitespace) =>
+        {
+            Ok(url)
+        }
+        _ => Err(serde::de::Error::invalid_value(
+            serde::de::Unexpected::Str(&text),
+            expected,
+        )),
     }
 }
 
@@ -113,7 +122,12 @@ pub struct RedisConfig {
 
 impl Default for RedisConfig {
     fn default() -> Self {
-        Self { url: None, timeout: Duration::from_millis(100), retry_after: Duration::from_secs(1), key_prefix: "gateway:rl".into() }
+        Self {
+            url: None,
+            timeout: Duration::from_millis(100),
+            retry_after: Duration::from_secs(1),
+            key_prefix: "gateway:rl".into(),
+        }
     }
 }
 
@@ -192,7 +206,10 @@ pub struct TimeoutConfig {
 
 impl Default for TimeoutConfig {
     fn default() -> Self {
-        Self { connect: Duration::from_secs(2), request: Duration::from_secs(30) }
+        Self {
+            connect: Duration::from_secs(2),
+            request: Duration::from_secs(30),
+        }
     }
 }
 
@@ -212,7 +229,11 @@ pub struct RetryConfig {
 
 impl Default for RetryConfig {
     fn default() -> Self {
-        Self { attempts: 0, backoff: Duration::from_millis(25), max_backoff: Duration::from_secs(1) }
+        Self {
+            attempts: 0,
+            backoff: Duration::from_millis(25),
+            max_backoff: Duration::from_secs(1),
+        }
     }
 }
 
@@ -234,7 +255,13 @@ pub struct BreakerConfig {
 
 impl Default for BreakerConfig {
     fn default() -> Self {
-        Self { enabled: true, min_requests: 20, error_ratio: 0.5, window: Duration::from_secs(10), open_for: Duration::from_secs(10) }
+        Self {
+            enabled: true,
+            min_requests: 20,
+            error_ratio: 0.5,
+            window: Duration::from_secs(10),
+            open_for: Duration::from_secs(10),
+        }
     }
 }
 
@@ -282,18 +309,12 @@ pub enum Stickiness {
     User,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BffConfig {
     pub session: SessionConfig,
     /// Aggregation endpoints, keyed by name.
     pub aggregations: BTreeMap<String, AggregationConfig>,
-}
-
-impl Default for BffConfig {
-    fn default() -> Self {
-        Self { session: SessionConfig::default(), aggregations: BTreeMap::new() }
-    }
 }
 
 /// `GET /bff/v1/session`.
@@ -310,7 +331,11 @@ pub struct SessionConfig {
 
 impl Default for SessionConfig {
     fn default() -> Self {
-        Self { enabled: true, timeout: Duration::from_secs(1), tenant_url: None }
+        Self {
+            enabled: true,
+            timeout: Duration::from_secs(1),
+            tenant_url: None,
+        }
     }
 }
 
@@ -366,15 +391,22 @@ impl Config {
             figment = figment.merge(Yaml::file_exact(path));
         }
         let env = Env::prefixed(&format!("{ENV_PREFIX}_")).split("__");
-        let routes_file: Option<PathBuf> =
-            figment.clone().merge(env.clone().only(&["routes_file"])).extract_inner::<Option<PathBuf>>("routes_file").ok().flatten();
+        let routes_file: Option<PathBuf> = figment
+            .clone()
+            .merge(env.clone().only(&["routes_file"]))
+            .extract_inner::<Option<PathBuf>>("routes_file")
+            .ok()
+            .flatten();
         if let Some(routes_file) = &routes_file {
             readable(routes_file)?;
             check_routes_file_keys(routes_file)?;
             figment = figment.merge(Yaml::file_exact(routes_file));
         }
         let mut config: Config = figment.merge(env).extract().map_err(|err| {
-            let lines: Vec<String> = err.into_iter().map(|e| format!("  - {}", describe(&e))).collect();
+            let lines: Vec<String> = err
+                .into_iter()
+                .map(|e| format!("  - {}", describe(&e)))
+                .collect();
             ConfigError::Invalid(lines.join("\n"))
         })?;
         config.source_file = file.map(Path::to_path_buf);
@@ -384,13 +416,25 @@ impl Config {
 
 fn readable(path: &Path) -> Result<(), ConfigError> {
     // figment treats a missing file as empty; a named file that cannot be read is an error.
-    std::fs::File::open(path).map(drop).map_err(|source| ConfigError::Unreadable { path: path.display().to_string(), source })
+    std::fs::File::open(path)
+        .map(drop)
+        .map_err(|source| ConfigError::Unreadable {
+            path: path.display().to_string(),
+            source,
+        })
 }
 
 fn check_routes_file_keys(path: &Path) -> Result<(), ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Unreadable { path: path.display().to_string(), source })?;
-    let value: serde_yaml::Value = serde_yaml::from_str(&text)
-        .map_err(|e| ConfigError::Invalid(format!("  - routes_file {}: not valid YAML: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Unreadable {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let value: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| {
+        ConfigError::Invalid(format!(
+            "  - routes_file {}: not valid YAML: {e}",
+            path.display()
+        ))
+    })?;
     match value {
         serde_yaml::Value::Null => Ok(()),
         serde_yaml::Value::Mapping(map) => {
@@ -405,7 +449,10 @@ fn check_routes_file_keys(path: &Path) -> Result<(), ConfigError> {
             }
             Ok(())
         }
-        _ => Err(ConfigError::Invalid(format!("  - routes_file {}: must be a mapping with `routes` and `rate_limits`", path.display()))),
+        _ => Err(ConfigError::Invalid(format!(
+            "  - routes_file {}: must be a mapping with `routes` and `rate_limits`",
+            path.display()
+        ))),
     }
 }
 
@@ -415,11 +462,18 @@ fn describe(err: &figment::Error) -> String {
         Some(src) => format!("{} {src}", m.name),
         // Name the exact variable, e.g. GATEWAY_SERVER__PORT for server.port.
         None if m.name.contains("environment") && !key.is_empty() => {
-            format!("environment variable {ENV_PREFIX}_{}", key.to_uppercase().replace('.', "__"))
+            format!(
+                "environment variable {ENV_PREFIX}_{}",
+                key.to_uppercase().replace('.', "__")
+            )
         }
         None => m.name.to_string(),
     });
-    let key = if key.is_empty() { "(top level)".to_string() } else { key };
+    let key = if key.is_empty() {
+        "(top level)".to_string()
+    } else {
+        key
+    };
     match source {
         Some(source) => format!("{key}: {} (from {source})", err.kind),
         None => format!("{key}: {}", err.kind),
@@ -435,7 +489,10 @@ mod tests {
     #[test]
     fn default_config_is_valid() {
         let config = super::Config::default();
-        assert_eq!(config.identity.issuer_url.as_str(), "http://127.0.0.1:8081/");
+        assert_eq!(
+            config.identity.issuer_url.as_str(),
+            "http://127.0.0.1:8081/"
+        );
         assert!(config.routes.is_empty());
         assert!(config.redis.url.is_none());
     }
@@ -448,7 +505,9 @@ mod tests {
 
     #[test]
     fn routes_come_from_the_main_file_and_the_routes_file() {
-        let routes = file("routes:\n  extra:\n    path_prefix: /extra/\n    upstreams: [http://127.0.0.1:1]\n");
+        let routes = file(
+            "routes:\n  extra:\n    path_prefix: /extra/\n    upstreams: [http://127.0.0.1:1]\n",
+        );
         let main = file(&format!(
             "routes_file: {}\nroutes:\n  demo:\n    path_prefix: /api/demo/\n    upstreams: [http://127.0.0.1:2]\n    auth: public\n",
             routes.path().display()
@@ -471,6 +530,9 @@ mod tests {
     fn an_unknown_route_field_is_named() {
         let main = file("routes:\n  demo:\n    path_prefix: /x/\n    upstream: http://a\n");
         let err = Config::load(Some(main.path())).unwrap_err().to_string();
-        assert!(err.contains("routes.demo") && err.contains("upstream"), "{err}");
+        assert!(
+            err.contains("routes.demo") && err.contains("upstream"),
+            "{err}"
+        );
     }
 }

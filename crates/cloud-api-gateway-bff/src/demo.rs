@@ -17,12 +17,18 @@ use crate::config::{AuthMode, Config, RateLimitPolicyConfig, RouteConfig};
 /// Echoes what the gateway told it: method, path, tenant and user headers, request id and
 /// trace context.
 pub fn upstream() -> Router {
-    Router::new().route("/", any(echo)).route("/{*path}", any(echo))
+    Router::new()
+        .route("/", any(echo))
+        .route("/{*path}", any(echo))
 }
 
 async fn echo(request: Request) -> axum::Json<serde_json::Value> {
     let h: &HeaderMap = request.headers();
-    let get = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let get = |name: &str| {
+        h.get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
     axum::Json(json!({
         "service": "demo-upstream",
         "method": request.method().as_str(),
@@ -40,7 +46,10 @@ pub async fn spawn_upstream(port: u16, shutdown: Shutdown) -> std::io::Result<So
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, upstream()).with_graceful_shutdown(async move { shutdown.triggered().await }).await {
+        if let Err(err) = axum::serve(listener, upstream())
+            .with_graceful_shutdown(async move { shutdown.triggered().await })
+            .await
+        {
             tracing::error!(error = %err, "the demo upstream failed");
         }
     });
@@ -55,10 +64,22 @@ pub const DEMO_LIMIT_PER_MINUTE: u64 = 10;
 impl Config {
     /// `base` plus one protected route `/api/demo/` -> `upstream` (any valid token from
     /// `issuer`, audience `audience`) with a rate limit of [`DEMO_LIMIT_PER_MINUTE`] per tenant.
-    pub fn with_demo_route(mut self, issuer: Url, audience: &str, upstream: SocketAddr) -> Result<Self, url::ParseError> {
+    pub fn with_demo_route(
+        mut self,
+        issuer: Url,
+        audience: &str,
+        upstream: SocketAddr,
+    ) -> Result<Self, url::ParseError> {
         self.identity.issuer_url = issuer;
         self.identity.audience = audience.to_string();
-        self.rate_limits.insert(DEMO_ROUTE.into(), RateLimitPolicyConfig { requests: DEMO_LIMIT_PER_MINUTE, period: Duration::from_secs(60), burst: None });
+        self.rate_limits.insert(
+            DEMO_ROUTE.into(),
+            RateLimitPolicyConfig {
+                requests: DEMO_LIMIT_PER_MINUTE,
+                period: Duration::from_secs(60),
+                burst: None,
+            },
+        );
         self.routes.insert(
             DEMO_ROUTE.into(),
             RouteConfig {

@@ -71,12 +71,25 @@ impl GatewayMetrics {
             "Proxied requests by route name and outcome (upstream status, or unreachable/timeout/circuit_open/...)",
             self.upstream_requests.clone(),
         );
-        registry.register("gateway_auth_failures", "Requests refused because their token was invalid", self.auth_failures.clone());
-        registry.register("gateway_route_reloads", "Route table reloads by result", self.reloads.clone());
+        registry.register(
+            "gateway_auth_failures",
+            "Requests refused because their token was invalid",
+            self.auth_failures.clone(),
+        );
+        registry.register(
+            "gateway_route_reloads",
+            "Route table reloads by result",
+            self.reloads.clone(),
+        );
     }
 
     pub(crate) fn upstream(&self, route: &str, outcome: &str) {
-        self.upstream_requests.get_or_create(&UpstreamLabels { route: route.to_string(), outcome: outcome.to_string() }).inc();
+        self.upstream_requests
+            .get_or_create(&UpstreamLabels {
+                route: route.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
     }
 }
 
@@ -111,17 +124,31 @@ pub struct ReloadHandle {
 
 impl ReloadHandle {
     pub fn reload(&self) -> Result<usize, String> {
-        let result = Config::load(self.source_file.as_deref()).map_err(|e| e.to_string()).and_then(|config| RouteTable::compile(&config).map_err(|e| e.to_string()));
+        let result = Config::load(self.source_file.as_deref())
+            .map_err(|e| e.to_string())
+            .and_then(|config| RouteTable::compile(&config).map_err(|e| e.to_string()));
         match result {
             Ok(table) => {
                 let routes = table.len();
                 self.state.table.store(Arc::new(table));
-                self.state.metrics.reloads.get_or_create(&ReloadLabels { result: "ok".into() }).inc();
+                self.state
+                    .metrics
+                    .reloads
+                    .get_or_create(&ReloadLabels {
+                        result: "ok".into(),
+                    })
+                    .inc();
                 tracing::info!(routes, "route table reloaded");
                 Ok(routes)
             }
             Err(reason) => {
-                self.state.metrics.reloads.get_or_create(&ReloadLabels { result: "rejected".into() }).inc();
+                self.state
+                    .metrics
+                    .reloads
+                    .get_or_create(&ReloadLabels {
+                        result: "rejected".into(),
+                    })
+                    .inc();
                 tracing::warn!(reason = %reason, "the new route table is invalid; keeping the current one");
                 Err(reason)
             }
@@ -148,7 +175,10 @@ pub async fn build_with(config: Config, hooks: Hooks) -> Result<Application, Bui
     let table = RouteTable::compile(&config)?;
     let mut errors = Vec::new();
     if config.identity.clock_skew > std::time::Duration::from_secs(300) {
-        errors.push(format!("identity.clock_skew: {:?} is more than 5 minutes", config.identity.clock_skew));
+        errors.push(format!(
+            "identity.clock_skew: {:?} is more than 5 minutes",
+            config.identity.clock_skew
+        ));
     }
     if config.identity.audience.trim().is_empty() {
         errors.push("identity.audience: may not be empty".to_string());
@@ -156,7 +186,10 @@ pub async fn build_with(config: Config, hooks: Hooks) -> Result<Application, Bui
     let mut aggregations = Vec::new();
     for (name, aggregation) in &config.bff.aggregations {
         errors.extend(bff::validate(name, aggregation));
-        aggregations.push(Arc::new(Aggregation { name: name.clone(), config: aggregation.clone() }));
+        aggregations.push(Arc::new(Aggregation {
+            name: name.clone(),
+            config: aggregation.clone(),
+        }));
     }
     if !errors.is_empty() {
         return Err(BuildError::Config(errors));
@@ -208,10 +241,13 @@ pub async fn build_with(config: Config, hooks: Hooks) -> Result<Application, Bui
         let path = aggregation.config.path.clone();
         router = router.route(
             &path,
-            get(move |axum::extract::State(state): axum::extract::State<Arc<AppState>>, request: axum::extract::Request| {
-                let aggregation = aggregation.clone();
-                async move { bff::aggregate(state, aggregation, request).await }
-            }),
+            get(
+                move |axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+                      request: axum::extract::Request| {
+                    let aggregation = aggregation.clone();
+                    async move { bff::aggregate(state, aggregation, request).await }
+                },
+            ),
         );
     }
     // Proxied paths are the fallback, so that RED metrics label them `unmatched` (not by raw
@@ -223,8 +259,16 @@ pub async fn build_with(config: Config, hooks: Hooks) -> Result<Application, Bui
         .method_not_allowed_fallback(cloud_kit::problem::method_not_allowed_fallback)
         .with_state(state.clone());
     let server = Server::bind(SERVICE_NAME, &config.server, router, readiness, metrics).await?;
-    let reload = ReloadHandle { state: state.clone(), source_file: config.source_file.clone() };
-    Ok(Application { server, state, reload, listen_for_signals: true })
+    let reload = ReloadHandle {
+        state: state.clone(),
+        source_file: config.source_file.clone(),
+    };
+    Ok(Application {
+        server,
+        state,
+        reload,
+        listen_for_signals: true,
+    })
 }
 
 impl Application {
@@ -266,7 +310,9 @@ impl Application {
             let shutdown = shutdown.clone();
             async move { shutdown.triggered().await }
         }));
-        let hangups = self.listen_for_signals.then(|| tokio::spawn(reload_on_sighup(self.reload.clone(), shutdown.clone())));
+        let hangups = self
+            .listen_for_signals
+            .then(|| tokio::spawn(reload_on_sighup(self.reload.clone(), shutdown.clone())));
         let result = self.server.run_until_stopped().await;
         refresher.abort();
         if let Some(h) = hangups {
@@ -279,7 +325,8 @@ impl Application {
 async fn reload_on_sighup(reload: ReloadHandle, shutdown: Shutdown) {
     #[cfg(unix)]
     {
-        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
             Ok(s) => s,
             Err(err) => {
                 tracing::error!(error = %err, "cannot listen for SIGHUP; route reloads are disabled");

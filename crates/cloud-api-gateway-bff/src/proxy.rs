@@ -59,7 +59,14 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
 
 fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
-        && headers.get_all(header::CONNECTION).iter().filter_map(|v| v.to_str().ok()).any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
 }
 
 /// Why the gateway could not get an answer from the upstream.
@@ -77,24 +84,35 @@ fn problem_response(problem: Problem) -> Response {
 
 pub(crate) fn token_problem(err: &TokenError) -> Response {
     match err {
-        TokenError::KeysUnavailable => Problem::service_unavailable("the identity provider's keys are not loaded yet; retry shortly")
-            .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
-            .into_response(),
+        TokenError::KeysUnavailable => Problem::service_unavailable(
+            "the identity provider's keys are not loaded yet; retry shortly",
+        )
+        .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+        .into_response(),
         TokenError::Missing => Problem::unauthorized(err.to_string())
             .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
             .into_response(),
         _ => Problem::unauthorized(err.to_string())
-            .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\""))
+            .with_header(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            )
             .into_response(),
     }
 }
 
 /// Validates the request's token for `auth` (and `permission`); `Ok(None)` for public access.
-pub(crate) async fn authenticate(state: &AppState, headers: &HeaderMap, auth: AuthMode, permission: Option<&str>) -> Result<Option<Arc<Claims>>, Response> {
+pub(crate) async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    auth: AuthMode,
+    permission: Option<&str>,
+) -> Result<Option<Arc<Claims>>, Response> {
     if auth == AuthMode::Public {
         return Ok(None);
     }
-    let token = crate::auth::bearer(headers.get(header::AUTHORIZATION)).map_err(|e| token_problem(&e))?;
+    let token =
+        crate::auth::bearer(headers.get(header::AUTHORIZATION)).map_err(|e| token_problem(&e))?;
     let claims = state.validator.validate(token).await.map_err(|e| {
         state.metrics.auth_failures.inc();
         token_problem(&e)
@@ -102,9 +120,14 @@ pub(crate) async fn authenticate(state: &AppState, headers: &HeaderMap, auth: Au
     if let Some(permission) = permission.filter(|_| auth == AuthMode::Permission)
         && !claims.has_permission(permission)
     {
-        return Err(Problem::forbidden(format!("the token lacks the permission `{permission}`"))
-            .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"insufficient_scope\""))
-            .into_response());
+        return Err(
+            Problem::forbidden(format!("the token lacks the permission `{permission}`"))
+                .with_header(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"insufficient_scope\""),
+                )
+                .into_response(),
+        );
     }
     Ok(Some(claims))
 }
@@ -113,18 +136,26 @@ pub(crate) async fn authenticate(state: &AppState, headers: &HeaderMap, auth: Au
 pub(crate) async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let table = state.table.load_full();
     let Some(route) = table.find(request.uri().path()).cloned() else {
-        return problem_response(Problem::not_found(format!("no route for {}", request.uri().path())));
+        return problem_response(Problem::not_found(format!(
+            "no route for {}",
+            request.uri().path()
+        )));
     };
     let origin = request.headers().get(header::ORIGIN).cloned();
     if let Some(cors) = &route.cors
         && request.method() == Method::OPTIONS
-        && request.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+        && request
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
     {
         let mut response = StatusCode::NO_CONTENT.into_response();
         if let Some(allow) = cors.allow_origin(origin.as_ref()) {
             let h = response.headers_mut();
             h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow);
-            h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, cors.allow_methods.clone());
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                cors.allow_methods.clone(),
+            );
             if let Some(v) = &cors.allow_headers {
                 h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v.clone());
             }
@@ -132,7 +163,10 @@ pub(crate) async fn handle(State(state): State<Arc<AppState>>, request: Request)
                 h.insert(header::ACCESS_CONTROL_MAX_AGE, v.clone());
             }
             if cors.allow_credentials {
-                h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+                h.insert(
+                    header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                    HeaderValue::from_static("true"),
+                );
             }
             h.insert(header::VARY, HeaderValue::from_static("Origin"));
         }
@@ -148,7 +182,10 @@ pub(crate) async fn handle(State(state): State<Arc<AppState>>, request: Request)
             h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v.clone());
         }
         if cors.allow_credentials {
-            h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
         }
         h.append(header::VARY, HeaderValue::from_static("Origin"));
     }
@@ -159,15 +196,23 @@ pub(crate) async fn handle(State(state): State<Arc<AppState>>, request: Request)
     for name in &route.headers.response_remove {
         h.remove(name);
     }
-    h.entry(header::X_FRAME_OPTIONS).or_insert(HeaderValue::from_static("DENY"));
-    h.entry(header::REFERRER_POLICY).or_insert(HeaderValue::from_static("no-referrer"));
+    h.entry(header::X_FRAME_OPTIONS)
+        .or_insert(HeaderValue::from_static("DENY"));
+    h.entry(header::REFERRER_POLICY)
+        .or_insert(HeaderValue::from_static("no-referrer"));
     response
 }
 
 fn ratelimit_headers(headers: &mut HeaderMap, limit: u64, decision: &Decision) {
     headers.insert(RATELIMIT_LIMIT.clone(), HeaderValue::from(limit));
-    headers.insert(RATELIMIT_REMAINING.clone(), HeaderValue::from(decision.remaining));
-    headers.insert(RATELIMIT_RESET.clone(), HeaderValue::from(ceil_secs(decision.reset)));
+    headers.insert(
+        RATELIMIT_REMAINING.clone(),
+        HeaderValue::from(decision.remaining),
+    );
+    headers.insert(
+        RATELIMIT_RESET.clone(),
+        HeaderValue::from(ceil_secs(decision.reset)),
+    );
 }
 
 fn ceil_secs(d: Duration) -> u64 {
@@ -175,22 +220,41 @@ fn ceil_secs(d: Duration) -> u64 {
 }
 
 async fn proxy(state: &AppState, route: &Route, request: Request) -> Response {
-    let claims = match authenticate(state, request.headers(), route.auth, route.permission.as_deref()).await {
+    let claims = match authenticate(
+        state,
+        request.headers(),
+        route.auth,
+        route.permission.as_deref(),
+    )
+    .await
+    {
         Ok(c) => c,
         Err(response) => return response,
     };
-    let client_ip = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let client_ip = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
     let mut limited = None;
     if let Some(policy) = &route.policy {
         let key = match claims.as_deref() {
-            Some(c) => c.tid.clone().map_or_else(|| format!("sub:{}", c.sub), |t| format!("tenant:{t}")),
+            Some(c) => c
+                .tid
+                .clone()
+                .map_or_else(|| format!("sub:{}", c.sub), |t| format!("tenant:{t}")),
             None => client_ip.map_or_else(|| "anonymous".to_string(), |ip| format!("ip:{ip}")),
         };
         let decision = state.limiter.check(&key, policy).await;
         if !decision.allowed {
             let mut response = Problem::new(StatusCode::TOO_MANY_REQUESTS)
-                .with_detail(format!("the rate limit `{}` is exhausted; retry later", policy.name))
-                .with_header(header::RETRY_AFTER, HeaderValue::from(ceil_secs(decision.retry_after).max(1)))
+                .with_detail(format!(
+                    "the rate limit `{}` is exhausted; retry later",
+                    policy.name
+                ))
+                .with_header(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(ceil_secs(decision.retry_after).max(1)),
+                )
                 .into_response();
             ratelimit_headers(response.headers_mut(), policy.limit, &decision);
             return response;
@@ -201,29 +265,63 @@ async fn proxy(state: &AppState, route: &Route, request: Request) -> Response {
         Ok(p) => p,
         Err(retry_after) => {
             state.metrics.upstream(&route.name, "circuit_open");
-            return Problem::service_unavailable(format!("the upstream of route `{}` is failing; its circuit breaker is open", route.name))
-                .with_header(header::RETRY_AFTER, HeaderValue::from(ceil_secs(retry_after).max(1)))
-                .into_response();
+            return Problem::service_unavailable(format!(
+                "the upstream of route `{}` is failing; its circuit breaker is open",
+                route.name
+            ))
+            .with_header(
+                header::RETRY_AFTER,
+                HeaderValue::from(ceil_secs(retry_after).max(1)),
+            )
+            .into_response();
         }
     };
     let outcome = forward(state, route, request, claims.as_deref(), client_ip).await;
     let mut response = match outcome {
         Ok(response) => {
-            route.breaker.record(permit, !response.status().is_server_error());
-            state.metrics.upstream(&route.name, response.status().as_str());
+            route
+                .breaker
+                .record(permit, !response.status().is_server_error());
+            state
+                .metrics
+                .upstream(&route.name, response.status().as_str());
             response
         }
         Err(err) => {
             let (label, problem) = match err {
-                ForwardError::Unreachable => ("unreachable", Problem::new(StatusCode::BAD_GATEWAY).with_detail(format!("the upstream of route `{}` is unreachable", route.name))),
-                ForwardError::BadGateway => ("bad_gateway", Problem::new(StatusCode::BAD_GATEWAY).with_detail(format!("the upstream of route `{}` failed to answer", route.name))),
-                ForwardError::Timeout => ("timeout", Problem::new(StatusCode::GATEWAY_TIMEOUT).with_detail(format!("the upstream of route `{}` did not answer in time", route.name))),
-                ForwardError::BodyTooLarge => {
-                    ("body_too_large", Problem::new(StatusCode::PAYLOAD_TOO_LARGE).with_detail(format!("the request body exceeds {} bytes", route.max_body_bytes)))
-                }
+                ForwardError::Unreachable => (
+                    "unreachable",
+                    Problem::new(StatusCode::BAD_GATEWAY).with_detail(format!(
+                        "the upstream of route `{}` is unreachable",
+                        route.name
+                    )),
+                ),
+                ForwardError::BadGateway => (
+                    "bad_gateway",
+                    Problem::new(StatusCode::BAD_GATEWAY).with_detail(format!(
+                        "the upstream of route `{}` failed to answer",
+                        route.name
+                    )),
+                ),
+                ForwardError::Timeout => (
+                    "timeout",
+                    Problem::new(StatusCode::GATEWAY_TIMEOUT).with_detail(format!(
+                        "the upstream of route `{}` did not answer in time",
+                        route.name
+                    )),
+                ),
+                ForwardError::BodyTooLarge => (
+                    "body_too_large",
+                    Problem::new(StatusCode::PAYLOAD_TOO_LARGE).with_detail(format!(
+                        "the request body exceeds {} bytes",
+                        route.max_body_bytes
+                    )),
+                ),
             };
             // A body that was too large is the client's fault, not the upstream's.
-            route.breaker.record(permit, matches!(err, ForwardError::BodyTooLarge));
+            route
+                .breaker
+                .record(permit, matches!(err, ForwardError::BodyTooLarge));
             state.metrics.upstream(&route.name, label);
             problem.into_response()
         }
@@ -235,28 +333,55 @@ async fn proxy(state: &AppState, route: &Route, request: Request) -> Response {
 }
 
 fn idempotent(method: &Method) -> bool {
-    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
 }
 
 fn has_body(headers: &HeaderMap) -> bool {
     headers.contains_key(header::TRANSFER_ENCODING)
-        || headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim() != "0")
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
 }
 
 fn upstream_uri(upstream: &Upstream, route: &Route, uri: &Uri) -> Option<Uri> {
     let path = uri.path();
-    let rest = if route.strip_prefix { path.strip_prefix(route.prefix.trim_end_matches('/')).unwrap_or(path) } else { path };
-    let rest = if rest.starts_with('/') { rest.to_string() } else { format!("/{rest}") };
+    let rest = if route.strip_prefix {
+        path.strip_prefix(route.prefix.trim_end_matches('/'))
+            .unwrap_or(path)
+    } else {
+        path
+    };
+    let rest = if rest.starts_with('/') {
+        rest.to_string()
+    } else {
+        format!("/{rest}")
+    };
     let path_and_query = match uri.query() {
         Some(q) => format!("{}{rest}?{q}", upstream.base_path),
         None => format!("{}{rest}", upstream.base_path),
     };
-    Uri::builder().scheme(upstream.scheme.clone()).authority(upstream.authority.clone()).path_and_query(path_and_query).build().ok()
+    Uri::builder()
+        .scheme(upstream.scheme.clone())
+        .authority(upstream.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .ok()
 }
 
 /// The headers sent upstream: the client's minus hop-by-hop, spoofable identity and forwarding
 /// headers, plus the gateway's own.
-fn upstream_headers(state: &AppState, route: &Route, parts: &http::request::Parts, claims: Option<&Claims>, client_ip: Option<std::net::IpAddr>, upgrade: bool) -> HeaderMap {
+fn upstream_headers(
+    state: &AppState,
+    route: &Route,
+    parts: &http::request::Parts,
+    claims: Option<&Claims>,
+    client_ip: Option<std::net::IpAddr>,
+    upgrade: bool,
+) -> HeaderMap {
     let listed = connection_listed(&parts.headers);
     let mut out = HeaderMap::with_capacity(parts.headers.len() + 8);
     let mut forwarded_for: Option<String> = None;
@@ -264,16 +389,24 @@ fn upstream_headers(state: &AppState, route: &Route, parts: &http::request::Part
         if is_hop_by_hop(name) || listed.contains(name) || *name == header::HOST {
             continue;
         }
-        if *name == X_TENANT_ID || *name == X_USER_ID || *name == X_FORWARDED_PROTO || *name == X_FORWARDED_HOST || *name == header::FORWARDED {
+        if *name == X_TENANT_ID
+            || *name == X_USER_ID
+            || *name == X_FORWARDED_PROTO
+            || *name == X_FORWARDED_HOST
+            || *name == header::FORWARDED
+        {
             continue;
         }
         if *name == X_FORWARDED_FOR {
             if let Ok(v) = value.to_str() {
-                forwarded_for = Some(forwarded_for.map_or_else(|| v.to_string(), |f| format!("{f}, {v}")));
+                forwarded_for =
+                    Some(forwarded_for.map_or_else(|| v.to_string(), |f| format!("{f}, {v}")));
             }
             continue;
         }
-        if *name == cloud_kit::trace_context::TRACEPARENT || *name == cloud_kit::trace_context::REQUEST_ID {
+        if *name == cloud_kit::trace_context::TRACEPARENT
+            || *name == cloud_kit::trace_context::REQUEST_ID
+        {
             continue;
         }
         out.append(name.clone(), value.clone());
@@ -286,7 +419,12 @@ fn upstream_headers(state: &AppState, route: &Route, parts: &http::request::Part
         out.insert(X_FORWARDED_FOR.clone(), v);
     }
     out.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    if let Some(host) = parts.headers.get(header::HOST).cloned().or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())) {
+    if let Some(host) = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    }) {
         out.insert(X_FORWARDED_HOST.clone(), host);
     }
     if let Some(trace) = parts.extensions.get::<TraceContext>()
@@ -300,7 +438,11 @@ fn upstream_headers(state: &AppState, route: &Route, parts: &http::request::Part
         out.insert(cloud_kit::trace_context::REQUEST_ID.clone(), v);
     }
     if let Some(claims) = claims {
-        if let Some(v) = claims.tid.as_deref().and_then(|t| HeaderValue::from_str(t).ok()) {
+        if let Some(v) = claims
+            .tid
+            .as_deref()
+            .and_then(|t| HeaderValue::from_str(t).ok())
+        {
             out.insert(X_TENANT_ID.clone(), v);
         }
         if let Ok(v) = HeaderValue::from_str(&claims.sub) {
@@ -323,27 +465,60 @@ fn upstream_headers(state: &AppState, route: &Route, parts: &http::request::Part
     out
 }
 
-async fn forward(state: &AppState, route: &Route, request: Request, claims: Option<&Claims>, client_ip: Option<std::net::IpAddr>) -> Result<Response, ForwardError> {
+async fn forward(
+    state: &AppState,
+    route: &Route,
+    request: Request,
+    claims: Option<&Claims>,
+    client_ip: Option<std::net::IpAddr>,
+) -> Result<Response, ForwardError> {
     let (mut parts, body) = request.into_parts();
     let upgrade = is_upgrade(&parts.headers);
-    let client_upgrade = if upgrade { parts.extensions.remove::<OnUpgrade>() } else { None };
-    if let Some(len) = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok())
+    let client_upgrade = if upgrade {
+        parts.extensions.remove::<OnUpgrade>()
+    } else {
+        None
+    };
+    if let Some(len) = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
         && len > route.max_body_bytes
     {
         return Err(ForwardError::BodyTooLarge);
     }
     let with_body = has_body(&parts.headers);
     let headers = upstream_headers(state, route, &parts, claims, client_ip, upgrade);
-    let attempts = if idempotent(&parts.method) && !with_body && !upgrade { 1 + route.retries.attempts } else { 1 };
-    let mut body = Some(if with_body { Body::new(http_body_util::Limited::new(body, usize::try_from(route.max_body_bytes).unwrap_or(usize::MAX))) } else { Body::empty() });
+    let attempts = if idempotent(&parts.method) && !with_body && !upgrade {
+        1 + route.retries.attempts
+    } else {
+        1
+    };
+    let mut body = Some(if with_body {
+        Body::new(http_body_util::Limited::new(
+            body,
+            usize::try_from(route.max_body_bytes).unwrap_or(usize::MAX),
+        ))
+    } else {
+        Body::empty()
+    });
     let mut last_err = ForwardError::Unreachable;
     for attempt in 0..attempts {
         if attempt > 0 {
-            let base = route.retries.backoff.saturating_mul(1 << (attempt - 1).min(16)).min(route.retries.max_backoff);
+            let base = route
+                .retries
+                .backoff
+                .saturating_mul(1 << (attempt - 1).min(16))
+                .min(route.retries.max_backoff);
             let jitter = rand::rng().random_range(0.5..1.0);
             tokio::time::sleep(base.mul_f64(jitter)).await;
         }
-        let upstream = route.pick(state.variants.as_deref(), claims.and_then(|c| c.tid.as_deref()), claims.map(|c| c.sub.as_str()));
+        let upstream = route.pick(
+            state.variants.as_deref(),
+            claims.and_then(|c| c.tid.as_deref()),
+            claims.map(|c| c.sub.as_str()),
+        );
         let Some(uri) = upstream_uri(upstream, route, &parts.uri) else {
             return Err(ForwardError::BadGateway);
         };
@@ -359,10 +534,19 @@ async fn forward(state: &AppState, route: &Route, request: Request, claims: Opti
                     return Err(ForwardError::BodyTooLarge);
                 }
                 tracing::debug!(route = %route.name, error = %err, "upstream request failed");
-                last_err = if err.is_connect() { ForwardError::Unreachable } else { ForwardError::BadGateway };
+                last_err = if err.is_connect() {
+                    ForwardError::Unreachable
+                } else {
+                    ForwardError::BadGateway
+                };
             }
             Ok(Ok(mut response)) => {
-                let retryable = matches!(response.status(), StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT);
+                let retryable = matches!(
+                    response.status(),
+                    StatusCode::BAD_GATEWAY
+                        | StatusCode::SERVICE_UNAVAILABLE
+                        | StatusCode::GATEWAY_TIMEOUT
+                );
                 if retryable && !last {
                     continue;
                 }
@@ -373,7 +557,11 @@ async fn forward(state: &AppState, route: &Route, request: Request, claims: Opti
                     tokio::spawn(async move {
                         match tokio::try_join!(client_upgrade, upstream_upgrade) {
                             Ok((client, upstream)) => {
-                                let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(upstream)).await;
+                                let _ = tokio::io::copy_bidirectional(
+                                    &mut TokioIo::new(client),
+                                    &mut TokioIo::new(upstream),
+                                )
+                                .await;
                             }
                             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
                         }
@@ -381,7 +569,9 @@ async fn forward(state: &AppState, route: &Route, request: Request, claims: Opti
                     let (mut parts, _) = response.into_parts();
                     let keep_upgrade = parts.headers.get(header::UPGRADE).cloned();
                     strip_response_headers(&mut parts.headers);
-                    parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                    parts
+                        .headers
+                        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
                     if let Some(v) = keep_upgrade {
                         parts.headers.insert(header::UPGRADE, v);
                     }
@@ -400,7 +590,16 @@ fn strip_response_headers(headers: &mut HeaderMap) {
     for name in connection_listed(headers) {
         headers.remove(name);
     }
-    for name in [header::CONNECTION, KEEP_ALIVE.clone(), PROXY_CONNECTION.clone(), header::PROXY_AUTHENTICATE, header::TE, header::TRAILER, header::TRANSFER_ENCODING, header::UPGRADE] {
+    for name in [
+        header::CONNECTION,
+        KEEP_ALIVE.clone(),
+        PROXY_CONNECTION.clone(),
+        header::PROXY_AUTHENTICATE,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
         headers.remove(name);
     }
 }
@@ -423,8 +622,14 @@ mod tests {
     #[test]
     fn hop_by_hop_and_connection_listed_headers_are_recognised() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret-hop"));
-        assert_eq!(connection_listed(&h), vec![KEEP_ALIVE.clone(), HeaderName::from_static("x-secret-hop")]);
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        assert_eq!(
+            connection_listed(&h),
+            vec![KEEP_ALIVE.clone(), HeaderName::from_static("x-secret-hop")]
+        );
         assert!(is_hop_by_hop(&header::TRANSFER_ENCODING));
         assert!(!is_hop_by_hop(&header::AUTHORIZATION));
     }

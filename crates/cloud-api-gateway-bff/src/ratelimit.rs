@@ -44,7 +44,12 @@ impl Policy {
         if burst == 0 {
             return Err("burst: must be at least 1".into());
         }
-        Ok(Self { name: name.to_string(), limit: config.requests, interval_us: period_us / config.requests, burst })
+        Ok(Self {
+            name: name.to_string(),
+            limit: config.requests,
+            interval_us: period_us / config.requests,
+            burst,
+        })
     }
 }
 
@@ -68,12 +73,25 @@ fn gcra(tat: u64, now: u64, policy: &Policy) -> (Decision, Option<u64>) {
     if now < allow_at {
         let remaining = 0;
         return (
-            Decision { allowed: false, remaining, reset: Duration::from_micros(tat - now), retry_after: Duration::from_micros(allow_at - now) },
+            Decision {
+                allowed: false,
+                remaining,
+                reset: Duration::from_micros(tat - now),
+                retry_after: Duration::from_micros(allow_at - now),
+            },
             None,
         );
     }
     let remaining = (tolerance.saturating_sub(new_tat - now)) / policy.interval_us.max(1);
-    (Decision { allowed: true, remaining, reset: Duration::from_micros(new_tat - now), retry_after: Duration::ZERO }, Some(new_tat))
+    (
+        Decision {
+            allowed: true,
+            remaining,
+            reset: Duration::from_micros(new_tat - now),
+            retry_after: Duration::ZERO,
+        },
+        Some(new_tat),
+    )
 }
 
 const LOCAL_SHARDS: usize = 16;
@@ -88,14 +106,21 @@ pub struct LocalLimiter {
 
 impl Default for LocalLimiter {
     fn default() -> Self {
-        Self { start: Instant::now(), shards: (0..LOCAL_SHARDS).map(|_| Mutex::new(HashMap::new())).collect() }
+        Self {
+            start: Instant::now(),
+            shards: (0..LOCAL_SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+        }
     }
 }
 
 impl LocalLimiter {
     pub fn check(&self, key: &str, policy: &Policy) -> Decision {
         let now = u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX);
-        let shard = &self.shards[key.bytes().fold(0usize, |a, b| a.wrapping_mul(31).wrapping_add(usize::from(b))) % LOCAL_SHARDS];
+        let shard = &self.shards[key.bytes().fold(0usize, |a, b| {
+            a.wrapping_mul(31).wrapping_add(usize::from(b))
+        }) % LOCAL_SHARDS];
         let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= LOCAL_MAX_KEYS_PER_SHARD {
             // Entries whose tat has passed hold no state worth keeping.
@@ -145,8 +170,16 @@ impl LimiterMetrics {
             "Rate-limit decisions made in-process because Redis failed or was too slow",
             self.redis_failures.clone(),
         );
-        registry.register("gateway_ratelimit_redis_fallback", "1 while the rate limiter fails open to in-process limits", self.redis_fallback.clone());
-        registry.register("gateway_ratelimit_rejected", "Requests rejected with 429", self.rejected.clone());
+        registry.register(
+            "gateway_ratelimit_redis_fallback",
+            "1 while the rate limiter fails open to in-process limits",
+            self.redis_fallback.clone(),
+        );
+        registry.register(
+            "gateway_ratelimit_rejected",
+            "Requests rejected with 429",
+            self.rejected.clone(),
+        );
     }
 }
 
@@ -182,7 +215,9 @@ impl RateLimiter {
             None => None,
             Some(url) => {
                 // The message of a parse error may echo the URL (and its password): not shown.
-                let client = redis::Client::open(url.expose_secret()).map_err(|_| RedisUrlError("not a valid redis:// URL (value hidden: it is a secret)".into()))?;
+                let client = redis::Client::open(url.expose_secret()).map_err(|_| {
+                    RedisUrlError("not a valid redis:// URL (value hidden: it is a secret)".into())
+                })?;
                 Some(Arc::new(RedisLimiter {
                     client,
                     conn: tokio::sync::Mutex::new(None),
@@ -196,7 +231,11 @@ impl RateLimiter {
                 }))
             }
         };
-        Ok(Self { local: Arc::new(LocalLimiter::default()), redis, metrics })
+        Ok(Self {
+            local: Arc::new(LocalLimiter::default()),
+            redis,
+            metrics,
+        })
     }
 
     pub fn uses_redis(&self) -> bool {
@@ -213,7 +252,9 @@ impl RateLimiter {
             Some(redis) => match redis.check(tenant, policy).await {
                 Some(decision) => {
                     if redis.failing.swap(false, Ordering::Relaxed) {
-                        tracing::info!("redis is reachable again; rate limits are shared across replicas again");
+                        tracing::info!(
+                            "redis is reachable again; rate limits are shared across replicas again"
+                        );
                         self.metrics.redis_fallback.set(0);
                     }
                     decision
@@ -221,7 +262,9 @@ impl RateLimiter {
                 None => {
                     self.metrics.redis_failures.inc();
                     if !redis.failing.swap(true, Ordering::Relaxed) {
-                        tracing::warn!("redis is unreachable; rate limits fail open to in-process limits until it is back");
+                        tracing::warn!(
+                            "redis is unreachable; rate limits fail open to in-process limits until it is back"
+                        );
                         self.metrics.redis_fallback.set(1);
                     }
                     self.local.check(&local_key(tenant, policy), policy)
@@ -237,10 +280,20 @@ impl RateLimiter {
 
     /// For readiness: `Ok` when Redis is not configured or answers PING.
     pub async fn ping(&self) -> Result<(), String> {
-        let Some(redis) = &self.redis else { return Ok(()) };
-        let conn = redis.connection().await.ok_or_else(|| "redis is unreachable".to_string())?;
+        let Some(redis) = &self.redis else {
+            return Ok(());
+        };
+        let conn = redis
+            .connection()
+            .await
+            .ok_or_else(|| "redis is unreachable".to_string())?;
         let mut conn = conn;
-        match tokio::time::timeout(redis.timeout.max(Duration::from_millis(500)), redis::cmd("PING").query_async::<String>(&mut conn)).await {
+        match tokio::time::timeout(
+            redis.timeout.max(Duration::from_millis(500)),
+            redis::cmd("PING").query_async::<String>(&mut conn),
+        )
+        .await
+        {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(format!("redis PING failed: {}", e.kind_str())),
             Err(_) => Err("redis PING timed out".into()),
@@ -273,8 +326,14 @@ impl RedisLimiter {
         if let Some(conn) = guard.as_ref() {
             return Some(conn.clone());
         }
-        let config = redis::AsyncConnectionConfig::new().set_connection_timeout(self.timeout.max(Duration::from_millis(200))).set_response_timeout(self.timeout);
-        match self.client.get_multiplexed_async_connection_with_config(&config).await {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(self.timeout.max(Duration::from_millis(200)))
+            .set_response_timeout(self.timeout);
+        match self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+        {
             Ok(conn) => {
                 *guard = Some(conn.clone());
                 Some(conn)
@@ -294,9 +353,19 @@ impl RedisLimiter {
         let outcome = tokio::time::timeout(self.timeout, async {
             let mut conn = self.connection().await?;
             // Braces make `tenant` the hash tag: all of a tenant's keys live in one cluster slot.
-            let key = format!("{}:{{{}}}:{}", self.key_prefix, tenant.replace(['{', '}'], "_"), policy.name);
-            let result: Result<(u64, u64, u64, u64), _> =
-                self.script.key(key).arg(policy.interval_us).arg(policy.burst).invoke_async(&mut conn).await;
+            let key = format!(
+                "{}:{{{}}}:{}",
+                self.key_prefix,
+                tenant.replace(['{', '}'], "_"),
+                policy.name
+            );
+            let result: Result<(u64, u64, u64, u64), _> = self
+                .script
+                .key(key)
+                .arg(policy.interval_us)
+                .arg(policy.burst)
+                .invoke_async(&mut conn)
+                .await;
             match result {
                 Ok(r) => Some(r),
                 Err(e) => {
@@ -318,7 +387,8 @@ impl RedisLimiter {
             None => {
                 *self.conn.lock().await = None;
                 let retry = u64::try_from(self.retry_after.as_micros()).unwrap_or(u64::MAX);
-                self.down_until.store(self.now_us().saturating_add(retry), Ordering::Relaxed);
+                self.down_until
+                    .store(self.now_us().saturating_add(retry), Ordering::Relaxed);
                 None
             }
         }
@@ -330,7 +400,15 @@ mod tests {
     use super::*;
 
     fn policy(requests: u64, period: Duration, burst: Option<u64>) -> Policy {
-        Policy::compile("p", &RateLimitPolicyConfig { requests, period, burst }).unwrap()
+        Policy::compile(
+            "p",
+            &RateLimitPolicyConfig {
+                requests,
+                period,
+                burst,
+            },
+        )
+        .unwrap()
     }
 
     #[test]
@@ -366,8 +444,28 @@ mod tests {
 
     #[test]
     fn policies_are_validated() {
-        assert!(Policy::compile("p", &RateLimitPolicyConfig { requests: 0, period: Duration::from_secs(1), burst: None }).is_err());
-        assert!(Policy::compile("p", &RateLimitPolicyConfig { requests: 1, period: Duration::from_secs(1), burst: Some(0) }).is_err());
+        assert!(
+            Policy::compile(
+                "p",
+                &RateLimitPolicyConfig {
+                    requests: 0,
+                    period: Duration::from_secs(1),
+                    burst: None
+                }
+            )
+            .is_err()
+        );
+        assert!(
+            Policy::compile(
+                "p",
+                &RateLimitPolicyConfig {
+                    requests: 1,
+                    period: Duration::from_secs(1),
+                    burst: Some(0)
+                }
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -15,7 +15,10 @@ use hyper_util::rt::TokioExecutor;
 use url::Url;
 
 use crate::breaker::Breaker;
-use crate::config::{AuthMode, CanaryConfig, Config, CorsConfig, HeaderRules, RetryConfig, RouteConfig, Stickiness, TimeoutConfig};
+use crate::config::{
+    AuthMode, CanaryConfig, Config, CorsConfig, HeaderRules, RetryConfig, RouteConfig, Stickiness,
+    TimeoutConfig,
+};
 use crate::ratelimit::Policy;
 
 pub type HttpClient = Client<HttpConnector, Body>;
@@ -43,18 +46,27 @@ pub struct Upstream {
 impl Upstream {
     fn parse(url: &Url) -> Result<Self, String> {
         if url.scheme() != "http" {
-            return Err(format!("`{url}`: only http:// upstreams are supported (TLS terminates at the gateway or a mesh)"));
+            return Err(format!(
+                "`{url}`: only http:// upstreams are supported (TLS terminates at the gateway or a mesh)"
+            ));
         }
         if url.query().is_some() || url.fragment().is_some() {
-            return Err(format!("`{url}`: an upstream may not have a query or fragment"));
+            return Err(format!(
+                "`{url}`: an upstream may not have a query or fragment"
+            ));
         }
         let host = url.host_str().ok_or_else(|| format!("`{url}`: no host"))?;
         let authority = match url.port() {
             Some(port) => format!("{host}:{port}"),
             None => host.to_string(),
         };
-        let authority = Authority::try_from(authority.as_str()).map_err(|e| format!("`{url}`: {e}"))?;
-        Ok(Self { scheme: Scheme::HTTP, authority, base_path: url.path().trim_end_matches('/').to_string() })
+        let authority =
+            Authority::try_from(authority.as_str()).map_err(|e| format!("`{url}`: {e}"))?;
+        Ok(Self {
+            scheme: Scheme::HTTP,
+            authority,
+            base_path: url.path().trim_end_matches('/').to_string(),
+        })
     }
 }
 
@@ -83,7 +95,10 @@ impl Cors {
         if self.any_origin {
             return Some(HeaderValue::from_static("*"));
         }
-        self.origins.iter().any(|o| o == origin).then(|| origin.clone())
+        self.origins
+            .iter()
+            .any(|o| o == origin)
+            .then(|| origin.clone())
     }
 }
 
@@ -118,13 +133,20 @@ pub struct Route {
 impl Route {
     /// The upstream for this request: the canary variant's when a resolver picks one, else the
     /// next upstream round-robin.
-    pub fn pick(&self, resolver: Option<&dyn VariantResolver>, tenant: Option<&str>, user: Option<&str>) -> &Upstream {
+    pub fn pick(
+        &self,
+        resolver: Option<&dyn VariantResolver>,
+        tenant: Option<&str>,
+        user: Option<&str>,
+    ) -> &Upstream {
         if let Some(canary) = &self.canary {
             let key = match canary.stickiness {
                 Stickiness::Tenant => tenant,
                 Stickiness::User => user,
             };
-            let variant = resolver.zip(key).and_then(|(r, key)| r.variant(&canary.flag, key));
+            let variant = resolver
+                .zip(key)
+                .and_then(|(r, key)| r.variant(&canary.flag, key));
             if let Some(upstream) = variant.as_deref().and_then(|v| canary.variants.get(v)) {
                 return upstream;
             }
@@ -144,7 +166,16 @@ pub struct RouteTable {
 }
 
 /// Headers the gateway itself sets; route rules may not set them.
-const RESERVED: [&str; 8] = ["x-tenant-id", "x-user-id", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "traceparent", "x-request-id", "host"];
+const RESERVED: [&str; 8] = [
+    "x-tenant-id",
+    "x-user-id",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "traceparent",
+    "x-request-id",
+    "host",
+];
 
 impl RouteTable {
     pub fn compile(config: &Config) -> Result<Self, TableError> {
@@ -162,7 +193,10 @@ impl RouteTable {
         let mut prefixes: HashMap<&str, &str> = HashMap::new();
         for (name, route) in &config.routes {
             if let Some(other) = prefixes.insert(route.path_prefix.as_str(), name.as_str()) {
-                errors.push(format!("routes.{name}.path_prefix: `{}` is also the prefix of route `{other}`", route.path_prefix));
+                errors.push(format!(
+                    "routes.{name}.path_prefix: `{}` is also the prefix of route `{other}`",
+                    route.path_prefix
+                ));
             }
             match compile_route(name, route, &policies, config.server.max_body_bytes as u64) {
                 Ok(r) => routes.push(Arc::new(r)),
@@ -172,13 +206,21 @@ impl RouteTable {
         if !errors.is_empty() {
             return Err(TableError(errors));
         }
-        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()).then_with(|| a.name.cmp(&b.name)));
+        routes.sort_by(|a, b| {
+            b.prefix
+                .len()
+                .cmp(&a.prefix.len())
+                .then_with(|| a.name.cmp(&b.name))
+        });
         Ok(Self { routes })
     }
 
     /// The route with the longest prefix matching `path`.
     pub fn find(&self, path: &str) -> Option<&Arc<Route>> {
-        self.routes.iter().find(|r| path.starts_with(r.prefix.as_str()) || (r.prefix.ends_with('/') && path == &r.prefix[..r.prefix.len() - 1]))
+        self.routes.iter().find(|r| {
+            path.starts_with(r.prefix.as_str())
+                || (r.prefix.ends_with('/') && path == &r.prefix[..r.prefix.len() - 1])
+        })
     }
 
     /// Whether any route needs a token (and so the identity key set).
@@ -200,23 +242,49 @@ impl RouteTable {
 }
 
 fn valid_name(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
-fn compile_route(name: &str, config: &RouteConfig, policies: &HashMap<String, Policy>, default_max_body: u64) -> Result<Route, Vec<String>> {
+fn compile_route(
+    name: &str,
+    config: &RouteConfig,
+    policies: &HashMap<String, Policy>,
+    default_max_body: u64,
+) -> Result<Route, Vec<String>> {
     let mut errors = Vec::new();
     let mut err = |field: &str, msg: String| errors.push(format!("routes.{name}.{field}: {msg}"));
     if !valid_name(name) {
-        err("(name)", "use lowercase letters, digits, `-` and `_` (environment overrides need it)".into());
+        err(
+            "(name)",
+            "use lowercase letters, digits, `-` and `_` (environment overrides need it)".into(),
+        );
     }
     if !config.path_prefix.starts_with('/') {
-        err("path_prefix", format!("`{}` must start with `/`", config.path_prefix));
+        err(
+            "path_prefix",
+            format!("`{}` must start with `/`", config.path_prefix),
+        );
     }
     if config.path_prefix.contains(['?', '#', '*', ' ']) {
-        err("path_prefix", format!("`{}` may not contain `?`, `#`, `*` or spaces", config.path_prefix));
+        err(
+            "path_prefix",
+            format!(
+                "`{}` may not contain `?`, `#`, `*` or spaces",
+                config.path_prefix
+            ),
+        );
     }
     if config.path_prefix.starts_with("/bff/") || config.path_prefix == "/version" {
-        err("path_prefix", format!("`{}` is reserved for the gateway's own endpoints", config.path_prefix));
+        err(
+            "path_prefix",
+            format!(
+                "`{}` is reserved for the gateway's own endpoints",
+                config.path_prefix
+            ),
+        );
     }
     let mut upstreams = Vec::new();
     if config.upstreams.is_empty() && config.canary.is_none() {
@@ -229,9 +297,15 @@ fn compile_route(name: &str, config: &RouteConfig, policies: &HashMap<String, Po
         }
     }
     match (config.auth, &config.permission) {
-        (AuthMode::Permission, None) => err("permission", "required when auth is `permission`".into()),
-        (AuthMode::Permission, Some(p)) if p.trim().is_empty() => err("permission", "may not be empty".into()),
-        (AuthMode::Public | AuthMode::Token, Some(_)) => err("permission", "only allowed with `auth: permission`".into()),
+        (AuthMode::Permission, None) => {
+            err("permission", "required when auth is `permission`".into())
+        }
+        (AuthMode::Permission, Some(p)) if p.trim().is_empty() => {
+            err("permission", "may not be empty".into())
+        }
+        (AuthMode::Public | AuthMode::Token, Some(_)) => {
+            err("permission", "only allowed with `auth: permission`".into())
+        }
         _ => {}
     }
     let policy = match &config.rate_limit {
@@ -240,7 +314,17 @@ fn compile_route(name: &str, config: &RouteConfig, policies: &HashMap<String, Po
             Some(policy) => Some(policy.clone()),
             None => {
                 let known: Vec<&str> = policies.keys().map(String::as_str).collect();
-                err("rate_limit", format!("unknown policy `{p}` (known: {})", if known.is_empty() { "none".into() } else { known.join(", ") }));
+                err(
+                    "rate_limit",
+                    format!(
+                        "unknown policy `{p}` (known: {})",
+                        if known.is_empty() {
+                            "none".into()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                );
                 None
             }
         },
@@ -252,20 +336,32 @@ fn compile_route(name: &str, config: &RouteConfig, policies: &HashMap<String, Po
         err("timeouts.request", "must be more than 0".into());
     }
     if config.retries.attempts > 10 {
-        err("retries.attempts", format!("{} is more than 10", config.retries.attempts));
+        err(
+            "retries.attempts",
+            format!("{} is more than 10", config.retries.attempts),
+        );
     }
     if config.retries.attempts > 0 && config.retries.backoff.is_zero() {
-        err("retries.backoff", "must be more than 0 when retrying".into());
+        err(
+            "retries.backoff",
+            "must be more than 0 when retrying".into(),
+        );
     }
     let cb = &config.circuit_breaker;
     if !(cb.error_ratio > 0.0 && cb.error_ratio <= 1.0) {
-        err("circuit_breaker.error_ratio", format!("{} is not in (0, 1]", cb.error_ratio));
+        err(
+            "circuit_breaker.error_ratio",
+            format!("{} is not in (0, 1]", cb.error_ratio),
+        );
     }
     if cb.min_requests == 0 {
         err("circuit_breaker.min_requests", "must be at least 1".into());
     }
     if cb.open_for.is_zero() || cb.window.is_zero() {
-        err("circuit_breaker", "`window` and `open_for` must be more than 0".into());
+        err(
+            "circuit_breaker",
+            "`window` and `open_for` must be more than 0".into(),
+        );
     }
     let cors = match &config.cors {
         None => None,
@@ -332,37 +428,78 @@ pub fn http_client(connect_timeout: Duration) -> HttpClient {
         .build(connector)
 }
 
-fn joined(values: &[String], field: &'static str) -> Result<Option<HeaderValue>, (&'static str, String)> {
+fn joined(
+    values: &[String],
+    field: &'static str,
+) -> Result<Option<HeaderValue>, (&'static str, String)> {
     if values.is_empty() {
         return Ok(None);
     }
-    HeaderValue::from_str(&values.join(", ")).map(Some).map_err(|_| (field, "contains characters not allowed in a header".to_string()))
+    HeaderValue::from_str(&values.join(", "))
+        .map(Some)
+        .map_err(|_| {
+            (
+                field,
+                "contains characters not allowed in a header".to_string(),
+            )
+        })
 }
 
 fn compile_cors(c: &CorsConfig) -> Result<Cors, (&'static str, String)> {
     if c.allowed_origins.is_empty() {
-        return Err(("allowed_origins", "list at least one origin (or `*`)".into()));
+        return Err((
+            "allowed_origins",
+            "list at least one origin (or `*`)".into(),
+        ));
     }
     let any_origin = c.allowed_origins.iter().any(|o| o == "*");
     if any_origin && c.allow_credentials {
-        return Err(("allowed_origins", "`*` cannot be combined with allow_credentials".into()));
+        return Err((
+            "allowed_origins",
+            "`*` cannot be combined with allow_credentials".into(),
+        ));
     }
     let mut origins = Vec::new();
     for o in c.allowed_origins.iter().filter(|o| *o != "*") {
-        let parsed = Url::parse(o).map_err(|_| ("allowed_origins", format!("`{o}` is not an origin like https://app.example.com")))?;
+        let parsed = Url::parse(o).map_err(|_| {
+            (
+                "allowed_origins",
+                format!("`{o}` is not an origin like https://app.example.com"),
+            )
+        })?;
         if parsed.path() != "/" || o.ends_with('/') {
-            return Err(("allowed_origins", format!("`{o}` must be scheme://host[:port] without a path")));
+            return Err((
+                "allowed_origins",
+                format!("`{o}` must be scheme://host[:port] without a path"),
+            ));
         }
-        origins.push(HeaderValue::from_str(o).map_err(|_| ("allowed_origins", format!("`{o}` is not a valid header value")))?);
+        origins.push(HeaderValue::from_str(o).map_err(|_| {
+            (
+                "allowed_origins",
+                format!("`{o}` is not a valid header value"),
+            )
+        })?);
     }
-    let methods = if c.allowed_methods.is_empty() { vec!["GET".to_string(), "POST".to_string(), "PUT".to_string(), "PATCH".to_string(), "DELETE".to_string()] } else { c.allowed_methods.clone() };
+    let methods = if c.allowed_methods.is_empty() {
+        vec![
+            "GET".to_string(),
+            "POST".to_string(),
+            "PUT".to_string(),
+            "PATCH".to_string(),
+            "DELETE".to_string(),
+        ]
+    } else {
+        c.allowed_methods.clone()
+    };
     for m in &methods {
-        http::Method::from_bytes(m.as_bytes()).map_err(|_| ("allowed_methods", format!("`{m}` is not an HTTP method")))?;
+        http::Method::from_bytes(m.as_bytes())
+            .map_err(|_| ("allowed_methods", format!("`{m}` is not an HTTP method")))?;
     }
     Ok(Cors {
         any_origin,
         origins,
-        allow_methods: joined(&methods, "allowed_methods")?.unwrap_or(HeaderValue::from_static("GET")),
+        allow_methods: joined(&methods, "allowed_methods")?
+            .unwrap_or(HeaderValue::from_static("GET")),
         allow_headers: joined(&c.allowed_headers, "allowed_headers")?,
         expose_headers: joined(&c.exposed_headers, "exposed_headers")?,
         allow_credentials: c.allow_credentials,
@@ -372,22 +509,27 @@ fn compile_cors(c: &CorsConfig) -> Result<Cors, (&'static str, String)> {
 
 fn compile_headers(rules: &HeaderRules) -> Result<CompiledHeaders, (&'static str, String)> {
     let name = |field: &'static str, n: &str| -> Result<HeaderName, (&'static str, String)> {
-        let h = HeaderName::from_bytes(n.as_bytes()).map_err(|_| (field, format!("`{n}` is not a header name")))?;
+        let h = HeaderName::from_bytes(n.as_bytes())
+            .map_err(|_| (field, format!("`{n}` is not a header name")))?;
         if field.starts_with("request") && RESERVED.contains(&h.as_str()) {
             return Err((field, format!("`{n}` is set by the gateway itself")));
         }
         Ok(h)
     };
-    let value = |field: &'static str, v: &str| HeaderValue::from_str(v).map_err(|_| (field, format!("`{v}` is not a valid header value")));
+    let value = |field: &'static str, v: &str| {
+        HeaderValue::from_str(v).map_err(|_| (field, format!("`{v}` is not a valid header value")))
+    };
     let mut out = CompiledHeaders::default();
     for (n, v) in &rules.request_set {
-        out.request_set.push((name("request_set", n)?, value("request_set", v)?));
+        out.request_set
+            .push((name("request_set", n)?, value("request_set", v)?));
     }
     for n in &rules.request_remove {
         out.request_remove.push(name("request_remove", n)?);
     }
     for (n, v) in &rules.response_set {
-        out.response_set.push((name("response_set", n)?, value("response_set", v)?));
+        out.response_set
+            .push((name("response_set", n)?, value("response_set", v)?));
     }
     for n in &rules.response_remove {
         out.response_remove.push(name("response_remove", n)?);
@@ -400,16 +542,29 @@ fn compile_canary(c: &CanaryConfig) -> Result<Canary, (&'static str, String)> {
         return Err(("flag", "may not be empty".into()));
     }
     if !c.variants.contains_key("stable") {
-        return Err(("variants", "must contain `stable` (used when the flag is off or unknown)".into()));
+        return Err((
+            "variants",
+            "must contain `stable` (used when the flag is off or unknown)".into(),
+        ));
     }
     if c.variants.len() < 2 {
-        return Err(("variants", "needs at least one variant besides `stable`".into()));
+        return Err((
+            "variants",
+            "needs at least one variant besides `stable`".into(),
+        ));
     }
     let mut variants = HashMap::new();
     for (name, url) in &c.variants {
-        variants.insert(name.clone(), Upstream::parse(url).map_err(|e| ("variants", format!("{name}: {e}")))?);
+        variants.insert(
+            name.clone(),
+            Upstream::parse(url).map_err(|e| ("variants", format!("{name}: {e}")))?,
+        );
     }
-    Ok(Canary { flag: c.flag.clone(), variants, stickiness: c.stickiness })
+    Ok(Canary {
+        flag: c.flag.clone(),
+        variants,
+        stickiness: c.stickiness,
+    })
 }
 
 #[cfg(test)]
@@ -442,7 +597,9 @@ mod tests {
 
     #[tokio::test]
     async fn longest_prefix_wins() {
-        let c = config("routes:\n  a: {path_prefix: /api/, upstreams: [http://127.0.0.1:1]}\n  b: {path_prefix: /api/orders/, upstreams: [http://127.0.0.1:2]}\n");
+        let c = config(
+            "routes:\n  a: {path_prefix: /api/, upstreams: [http://127.0.0.1:1]}\n  b: {path_prefix: /api/orders/, upstreams: [http://127.0.0.1:2]}\n",
+        );
         let t = RouteTable::compile(&c).unwrap();
         assert_eq!(t.find("/api/orders/7").unwrap().name, "b");
         assert_eq!(t.find("/api/x").unwrap().name, "a");
@@ -456,8 +613,16 @@ mod tests {
             "routes:\n  a:\n    path_prefix: /a/\n    canary: {flag: f, variants: {canary: http://127.0.0.1:1}}\n    headers: {request_set: {x-tenant-id: evil}}\n",
         );
         let err = RouteTable::compile(&c).unwrap_err().0.join("\n");
-        assert!(err.contains("routes.a.canary.variants: must contain `stable`"), "{err}");
-        assert!(err.contains("routes.a.headers.request_set: `x-tenant-id` is set by the gateway itself"), "{err}");
+        assert!(
+            err.contains("routes.a.canary.variants: must contain `stable`"),
+            "{err}"
+        );
+        assert!(
+            err.contains(
+                "routes.a.headers.request_set: `x-tenant-id` is set by the gateway itself"
+            ),
+            "{err}"
+        );
     }
 
     #[derive(Debug)]
@@ -470,11 +635,26 @@ mod tests {
 
     #[tokio::test]
     async fn canary_picks_by_variant_and_falls_back_to_stable() {
-        let c = config("routes:\n  a:\n    path_prefix: /a/\n    canary: {flag: f, variants: {stable: http://127.0.0.1:1, canary: http://127.0.0.1:2}}\n");
+        let c = config(
+            "routes:\n  a:\n    path_prefix: /a/\n    canary: {flag: f, variants: {stable: http://127.0.0.1:1, canary: http://127.0.0.1:2}}\n",
+        );
         let t = RouteTable::compile(&c).unwrap();
         let r = t.find("/a/x").unwrap();
-        assert_eq!(r.pick(Some(&Fixed), Some("t-canary"), None).authority.as_str(), "127.0.0.1:2");
-        assert_eq!(r.pick(Some(&Fixed), Some("t-other"), None).authority.as_str(), "127.0.0.1:1");
-        assert_eq!(r.pick(None, Some("t-canary"), None).authority.as_str(), "127.0.0.1:1");
+        assert_eq!(
+            r.pick(Some(&Fixed), Some("t-canary"), None)
+                .authority
+                .as_str(),
+            "127.0.0.1:2"
+        );
+        assert_eq!(
+            r.pick(Some(&Fixed), Some("t-other"), None)
+                .authority
+                .as_str(),
+            "127.0.0.1:1"
+        );
+        assert_eq!(
+            r.pick(None, Some("t-canary"), None).authority.as_str(),
+            "127.0.0.1:1"
+        );
     }
 }

@@ -19,7 +19,11 @@ async fn proxies_with_identity_headers_from_the_token_and_strips_spoofed_ones() 
     let key = Key::ed25519("k1");
     let identity = Identity::start(&[&key]).await;
     let (upstream, _) = upstream().await;
-    let gw = start(config(&identity, &format!("routes:\n  api: {{path_prefix: /api/, upstreams: [\"http://{upstream}\"]}}\n"))).await;
+    let gw = start(config(
+        &identity,
+        &format!("routes:\n  api: {{path_prefix: /api/, upstreams: [\"http://{upstream}\"]}}\n"),
+    ))
+    .await;
     gw.ready().await;
     let token = key.sign(&claims(&identity.issuer, "tenant-a", "user-1", &[]));
     let response = client()
@@ -28,7 +32,10 @@ async fn proxies_with_identity_headers_from_the_token_and_strips_spoofed_ones() 
         .header("x-tenant-id", "evil-tenant")
         .header("x-user-id", "evil-user")
         .header("x-request-id", "req-123")
-        .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
         .header("connection", "x-hop")
         .header("x-hop", "must-not-pass")
         .header("x-forwarded-host", "spoofed.example")
@@ -47,14 +54,31 @@ async fn proxies_with_identity_headers_from_the_token_and_strips_spoofed_ones() 
     assert_eq!(h["x-forwarded-for"], "127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_ne!(h["x-forwarded-host"], "spoofed.example");
-    assert!(h.get("x-hop").is_none(), "a header listed in Connection is hop-by-hop: {h}");
+    assert!(
+        h.get("x-hop").is_none(),
+        "a header listed in Connection is hop-by-hop: {h}"
+    );
     let traceparent = h["traceparent"].as_str().unwrap();
-    assert!(traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{traceparent}");
-    assert!(!traceparent.contains("00f067aa0ba902b7"), "the gateway's own span is the parent: {traceparent}");
+    assert!(
+        traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{traceparent}"
+    );
+    assert!(
+        !traceparent.contains("00f067aa0ba902b7"),
+        "the gateway's own span is the parent: {traceparent}"
+    );
 
     // A public route strips identity headers too, and sets none.
     let gw2 = start(config(&identity, &format!("routes:\n  open: {{path_prefix: /open/, auth: public, upstreams: [\"http://{upstream}\"]}}\n"))).await;
-    let body: Value = client().get(format!("{}/open/x", gw2.url)).header("x-tenant-id", "evil").send().await.unwrap().json().await.unwrap();
+    let body: Value = client()
+        .get(format!("{}/open/x", gw2.url))
+        .header("x-tenant-id", "evil")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(body["headers"].get("x-tenant-id").is_none(), "{body}");
 }
 
@@ -65,7 +89,11 @@ async fn bad_tokens_get_401_problem_json_never_500() {
     let stranger = Key::ed25519("k1");
     let identity = Identity::start(&[&key, &es]).await;
     let (upstream, _) = upstream().await;
-    let gw = start(config(&identity, &format!("routes:\n  api: {{path_prefix: /api/, upstreams: [\"http://{upstream}\"]}}\n"))).await;
+    let gw = start(config(
+        &identity,
+        &format!("routes:\n  api: {{path_prefix: /api/, upstreams: [\"http://{upstream}\"]}}\n"),
+    ))
+    .await;
     gw.ready().await;
     let iss = identity.issuer.clone();
     let good = claims(&iss, "t", "u", &[]);
@@ -82,9 +110,21 @@ async fn bad_tokens_get_401_problem_json_never_500() {
     let (_, sig) = rest.split_once('.').unwrap();
     let mut tampered_claims = good.clone();
     tampered_claims["tid"] = json!("other-tenant");
-    let tampered = format!("{head}.{}.{sig}", b64(tampered_claims.to_string().as_bytes()));
-    let alg_none = format!("{}.{}.", b64(br#"{"alg":"none","kid":"k1"}"#), b64(good.to_string().as_bytes()));
-    let hs256 = format!("{}.{}.{}", b64(br#"{"alg":"HS256","kid":"k1"}"#), b64(good.to_string().as_bytes()), b64(b"sig"));
+    let tampered = format!(
+        "{head}.{}.{sig}",
+        b64(tampered_claims.to_string().as_bytes())
+    );
+    let alg_none = format!(
+        "{}.{}.",
+        b64(br#"{"alg":"none","kid":"k1"}"#),
+        b64(good.to_string().as_bytes())
+    );
+    let hs256 = format!(
+        "{}.{}.{}",
+        b64(br#"{"alg":"HS256","kid":"k1"}"#),
+        b64(good.to_string().as_bytes()),
+        b64(b"sig")
+    );
     let cases = [
         ("expired", key.sign(&expired)),
         ("wrong issuer", key.sign(&wrong_iss)),
@@ -92,27 +132,55 @@ async fn bad_tokens_get_401_problem_json_never_500() {
         ("not yet valid", key.sign(&future)),
         ("alg none", alg_none),
         ("alg HS256", hs256),
-        ("unknown kid", key.sign_raw(&json!({"alg": "EdDSA", "kid": "nobody"}), &good)),
+        (
+            "unknown kid",
+            key.sign_raw(&json!({"alg": "EdDSA", "kid": "nobody"}), &good),
+        ),
         ("other key, same kid", stranger.sign(&good)),
         ("tampered claims", tampered),
-        ("ES256 key claimed as EdDSA", key.sign_raw(&json!({"alg": "EdDSA", "kid": "k2"}), &good)),
+        (
+            "ES256 key claimed as EdDSA",
+            key.sign_raw(&json!({"alg": "EdDSA", "kid": "k2"}), &good),
+        ),
         ("garbage", "not.a.jwt".to_string()),
         ("two parts", "abc.def".to_string()),
         ("non-ascii", "é.é.é".to_string()),
     ];
     for (name, token) in cases {
-        let response = client().get(format!("{}/api/x", gw.url)).header("authorization", format!("Bearer {token}")).send().await.unwrap();
+        let response = client()
+            .get(format!("{}/api/x", gw.url))
+            .header("authorization", format!("Bearer {token}"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 401, "{name}");
         assert!(problem(response.headers().get("content-type")), "{name}");
-        assert!(response.headers().contains_key("www-authenticate"), "{name}");
+        assert!(
+            response.headers().contains_key("www-authenticate"),
+            "{name}"
+        );
     }
-    let missing = client().get(format!("{}/api/x", gw.url)).send().await.unwrap();
+    let missing = client()
+        .get(format!("{}/api/x", gw.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(missing.status(), 401);
-    let basic = client().get(format!("{}/api/x", gw.url)).header("authorization", "Basic dTpw").send().await.unwrap();
+    let basic = client()
+        .get(format!("{}/api/x", gw.url))
+        .header("authorization", "Basic dTpw")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(basic.status(), 401);
     // Both accepted algorithms pass.
     for token in [valid, es.sign(&good)] {
-        let ok = client().get(format!("{}/api/x", gw.url)).bearer_auth(&token).send().await.unwrap();
+        let ok = client()
+            .get(format!("{}/api/x", gw.url))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(ok.status(), 200);
     }
     assert!(gw.metrics().await.contains("gateway_auth_failures_total"));
@@ -131,10 +199,20 @@ async fn required_permission_is_checked() {
     gw.ready().await;
     let without = key.sign(&claims(&identity.issuer, "t", "u", &["orders:read"]));
     let with = key.sign(&claims(&identity.issuer, "t", "u", &["orders:write"]));
-    let r = client().get(format!("{}/admin/x", gw.url)).bearer_auth(without).send().await.unwrap();
+    let r = client()
+        .get(format!("{}/admin/x", gw.url))
+        .bearer_auth(without)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
     assert!(problem(r.headers().get("content-type")));
-    let r = client().get(format!("{}/admin/x", gw.url)).bearer_auth(with).send().await.unwrap();
+    let r = client()
+        .get(format!("{}/admin/x", gw.url))
+        .bearer_auth(with)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 }
 
@@ -144,7 +222,11 @@ async fn an_unknown_kid_refetches_once_and_the_last_good_keys_survive_an_identit
     let new = Key::es256("new");
     let identity = Identity::start(&[&old]).await;
     let (upstream, _) = upstream().await;
-    let gw = start(config(&identity, &format!("routes:\n  api: {{path_prefix: /api/, upstreams: [\"http://{upstream}\"]}}\n"))).await;
+    let gw = start(config(
+        &identity,
+        &format!("routes:\n  api: {{path_prefix: /api/, upstreams: [\"http://{upstream}\"]}}\n"),
+    ))
+    .await;
     gw.ready().await;
     // The start-up fetch counts against the refetch rate limit (min_refetch_interval: 200ms).
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -152,16 +234,29 @@ async fn an_unknown_kid_refetches_once_and_the_last_good_keys_survive_an_identit
     // Rotation: identity now publishes `new` too; 20 concurrent requests with the new kid.
     identity.publish(&[&old, &new]);
     let token = new.sign(&claims(&identity.issuer, "t", "u", &[]));
-    let requests = (0..20).map(|_| client().get(format!("{}/api/x", gw.url)).bearer_auth(&token).send());
+    let requests = (0..20).map(|_| {
+        client()
+            .get(format!("{}/api/x", gw.url))
+            .bearer_auth(&token)
+            .send()
+    });
     for r in futures::future::join_all(requests).await {
         assert_eq!(r.unwrap().status(), 200);
     }
     let refetches = identity.jwks_hits.load(Ordering::SeqCst) - fetched_before;
-    assert_eq!(refetches, 1, "one single-flight refetch for 20 concurrent unknown-kid requests");
+    assert_eq!(
+        refetches, 1,
+        "one single-flight refetch for 20 concurrent unknown-kid requests"
+    );
     // Unknown kids cannot make the gateway hammer identity: refetches are rate-limited.
     let bogus = Key::ed25519("bogus");
     for _ in 0..10 {
-        let r = client().get(format!("{}/api/x", gw.url)).bearer_auth(bogus.sign(&claims(&identity.issuer, "t", "u", &[]))).send().await.unwrap();
+        let r = client()
+            .get(format!("{}/api/x", gw.url))
+            .bearer_auth(bogus.sign(&claims(&identity.issuer, "t", "u", &[])))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 401);
     }
     assert!(identity.jwks_hits.load(Ordering::SeqCst) - fetched_before <= 2);
@@ -169,10 +264,24 @@ async fn an_unknown_kid_refetches_once_and_the_last_good_keys_survive_an_identit
     identity.shutdown.trigger();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let fresh = old.sign(&claims(&identity.issuer, "t", "u2", &[]));
-    let r = client().get(format!("{}/api/x", gw.url)).bearer_auth(fresh).send().await.unwrap();
+    let r = client()
+        .get(format!("{}/api/x", gw.url))
+        .bearer_auth(fresh)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let r = client().get(format!("{}/api/x", gw.url)).bearer_auth(bogus.sign(&claims(&identity.issuer, "t", "u", &[]))).send().await.unwrap();
-    assert_eq!(r.status(), 401, "an unknown kid while identity is down is still a 401, not a 5xx");
+    let r = client()
+        .get(format!("{}/api/x", gw.url))
+        .bearer_auth(bogus.sign(&claims(&identity.issuer, "t", "u", &[])))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        401,
+        "an unknown kid while identity is down is still a 401, not a 5xx"
+    );
 }
 
 #[tokio::test]
@@ -192,12 +301,24 @@ async fn starts_before_identity_and_becomes_ready_once_the_keys_load() {
     let r = reqwest::get(format!("{}/readyz", gw.admin)).await.unwrap();
     assert_eq!(r.status(), 503);
     let report: Value = r.json().await.unwrap();
-    assert!(report["checks"]["jwks"].as_str().unwrap().starts_with("failing"), "{report}");
+    assert!(
+        report["checks"]["jwks"]
+            .as_str()
+            .unwrap()
+            .starts_with("failing"),
+        "{report}"
+    );
     let token = key.sign(&claims(&format!("http://{addr}"), "t", "u", &[]));
-    let r = client().get(format!("{}/api/x", gw.url)).bearer_auth(&token).send().await.unwrap();
+    let r = client()
+        .get(format!("{}/api/x", gw.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503, "keys not loaded yet: 503, not 401 or 500");
     assert!(problem(r.headers().get("content-type")));
-    let _identity = Identity::serve(tokio::net::TcpListener::bind(addr).await.unwrap(), &[&key]).await;
+    let _identity =
+        Identity::serve(tokio::net::TcpListener::bind(addr).await.unwrap(), &[&key]).await;
     gw.ready().await;
 }
 
@@ -215,19 +336,41 @@ async fn rate_limit_headers_and_429_in_process() {
     let a = key.sign(&claims(&identity.issuer, "tenant-a", "u", &[]));
     let b = key.sign(&claims(&identity.issuer, "tenant-b", "u", &[]));
     for remaining in ["2", "1", "0"] {
-        let r = client().get(format!("{}/api/x", gw.url)).bearer_auth(&a).send().await.unwrap();
+        let r = client()
+            .get(format!("{}/api/x", gw.url))
+            .bearer_auth(&a)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["ratelimit-limit"], "3");
         assert_eq!(r.headers()["ratelimit-remaining"], remaining);
         assert!(r.headers().contains_key("ratelimit-reset"));
     }
-    let r = client().get(format!("{}/api/x", gw.url)).bearer_auth(&a).send().await.unwrap();
+    let r = client()
+        .get(format!("{}/api/x", gw.url))
+        .bearer_auth(&a)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 429);
     assert!(problem(r.headers().get("content-type")));
-    let retry_after: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
-    assert!(retry_after > 1000, "about 20 minutes until the next request: {retry_after}");
+    let retry_after: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        retry_after > 1000,
+        "about 20 minutes until the next request: {retry_after}"
+    );
     // Another tenant has its own quota.
-    let r = client().get(format!("{}/api/x", gw.url)).bearer_auth(&b).send().await.unwrap();
+    let r = client()
+        .get(format!("{}/api/x", gw.url))
+        .bearer_auth(&b)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 }
 
@@ -257,29 +400,53 @@ async fn upstream_failures_are_problem_json_and_the_circuit_breaker_opens_and_re
         ),
     ))
     .await;
-    let r = client().get(format!("{}/dead/x", gw.url)).send().await.unwrap();
+    let r = client()
+        .get(format!("{}/dead/x", gw.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 502);
     assert!(problem(r.headers().get("content-type")));
-    let r = client().get(format!("{}/slow/2000", gw.url)).send().await.unwrap();
+    let r = client()
+        .get(format!("{}/slow/2000", gw.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 504);
     assert!(problem(r.headers().get("content-type")));
     // The breaker: 4 failures open it; then the upstream is not called at all.
     state.broken.store(true, Ordering::SeqCst);
     for _ in 0..4 {
-        let r = client().get(format!("{}/api/unstable", gw.url)).send().await.unwrap();
+        let r = client()
+            .get(format!("{}/api/unstable", gw.url))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 500);
     }
     let hits = state.hits.load(Ordering::SeqCst);
-    let r = client().get(format!("{}/api/unstable", gw.url)).send().await.unwrap();
+    let r = client()
+        .get(format!("{}/api/unstable", gw.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503);
     assert!(problem(r.headers().get("content-type")));
     assert!(r.headers().contains_key("retry-after"));
-    assert_eq!(state.hits.load(Ordering::SeqCst), hits, "an open breaker does not call the upstream");
+    assert_eq!(
+        state.hits.load(Ordering::SeqCst),
+        hits,
+        "an open breaker does not call the upstream"
+    );
     // Recovery: the upstream heals, the open period passes, a probe closes the breaker.
     state.broken.store(false, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(600)).await;
     for _ in 0..3 {
-        let r = client().get(format!("{}/api/unstable", gw.url)).send().await.unwrap();
+        let r = client()
+            .get(format!("{}/api/unstable", gw.url))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
     }
     assert!(gw.metrics().await.contains("outcome=\"circuit_open\""));
@@ -296,11 +463,20 @@ async fn idempotent_requests_are_retried_and_others_are_not() {
     ))
     .await;
     state.fail_next.store(2, Ordering::SeqCst);
-    let r = client().get(format!("{}/api/flaky", gw.url)).send().await.unwrap();
+    let r = client()
+        .get(format!("{}/api/flaky", gw.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(state.hits.load(Ordering::SeqCst), 3);
     state.fail_next.store(1, Ordering::SeqCst);
-    let r = client().post(format!("{}/api/flaky", gw.url)).body("x").send().await.unwrap();
+    let r = client()
+        .post(format!("{}/api/flaky", gw.url))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503, "POST is not idempotent: no retry");
     assert_eq!(state.hits.load(Ordering::SeqCst), 4);
 }
@@ -326,12 +502,27 @@ async fn body_limits_cors_and_websockets() {
         ),
     ))
     .await;
-    let r = client().post(format!("{}/api/count", gw.url)).body(vec![1u8; 2000]).send().await.unwrap();
+    let r = client()
+        .post(format!("{}/api/count", gw.url))
+        .body(vec![1u8; 2000])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413);
     assert!(problem(r.headers().get("content-type")));
-    let r = client().post(format!("{}/api/count", gw.url)).body(body_of(5000, 100)).send().await.unwrap();
+    let r = client()
+        .post(format!("{}/api/count", gw.url))
+        .body(body_of(5000, 100))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413, "a chunked body over the limit is cut off");
-    let r = client().post(format!("{}/api/count", gw.url)).body(vec![1u8; 900]).send().await.unwrap();
+    let r = client()
+        .post(format!("{}/api/count", gw.url))
+        .body(vec![1u8; 900])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.text().await.unwrap(), "900");
     // CORS preflight answered by the gateway, and the allowed origin echoed on responses.
     let r = client()
@@ -342,18 +533,35 @@ async fn body_limits_cors_and_websockets() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    assert_eq!(r.headers()["access-control-allow-origin"], "https://app.example.com");
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
     assert_eq!(r.headers()["access-control-max-age"], "600");
-    let r = client().get(format!("{}/api/echo", gw.url)).header("origin", "https://evil.example.com").send().await.unwrap();
+    let r = client()
+        .get(format!("{}/api/echo", gw.url))
+        .header("origin", "https://evil.example.com")
+        .send()
+        .await
+        .unwrap();
     assert!(!r.headers().contains_key("access-control-allow-origin"));
     assert_eq!(r.headers()["x-served-by"], "gateway");
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["headers"]["x-route"], "api");
     // WebSocket upgrade passes through.
     use futures::{SinkExt, StreamExt};
-    let (mut ws, response) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/api/ws", gw.url.rsplit(':').next().unwrap())).await.unwrap();
+    let (mut ws, response) = tokio_tungstenite::connect_async(format!(
+        "ws://127.0.0.1:{}/api/ws",
+        gw.url.rsplit(':').next().unwrap()
+    ))
+    .await
+    .unwrap();
     assert_eq!(response.status(), 101);
-    ws.send(tokio_tungstenite::tungstenite::Message::Text("hello".into())).await.unwrap();
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(
+        "hello".into(),
+    ))
+    .await
+    .unwrap();
     let reply = ws.next().await.unwrap().unwrap();
     assert_eq!(reply.to_text().unwrap(), "echo: hello");
 }
@@ -390,8 +598,18 @@ async fn bff_session_and_aggregations_with_partial_policies() {
     ))
     .await;
     gw.ready().await;
-    let token = key.sign(&claims(&identity.issuer, "tenant-a", "user-1", &["orders:read"]));
-    let r = client().get(format!("{}/bff/v1/session", gw.url)).bearer_auth(&token).send().await.unwrap();
+    let token = key.sign(&claims(
+        &identity.issuer,
+        "tenant-a",
+        "user-1",
+        &["orders:read"],
+    ));
+    let r = client()
+        .get(format!("{}/bff/v1/session", gw.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let s: Value = r.json().await.unwrap();
     assert_eq!(s["user"]["sub"], "user-1");
@@ -401,18 +619,35 @@ async fn bff_session_and_aggregations_with_partial_policies() {
     assert_eq!(s["tenant"]["headers"]["x-tenant-id"], "tenant-a");
     assert_eq!(s["errors"], json!({}));
     assert!(s["flags"].is_object());
-    let r = client().get(format!("{}/bff/v1/session", gw.url)).send().await.unwrap();
+    let r = client()
+        .get(format!("{}/bff/v1/session", gw.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
 
     let started = std::time::Instant::now();
-    let r = client().get(format!("{}/bff/v1/dashboard", gw.url)).bearer_auth(&token).send().await.unwrap();
-    assert!(started.elapsed() < Duration::from_millis(1500), "calls run concurrently under their deadlines");
+    let r = client()
+        .get(format!("{}/bff/v1/dashboard", gw.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "calls run concurrently under their deadlines"
+    );
     assert_eq!(r.status(), 200);
     let d: Value = r.json().await.unwrap();
     assert_eq!(d["data"]["orders"]["uri"], "/orders");
     assert_eq!(d["errors"]["slow"], "timeout");
     assert_eq!(d["errors"]["gone"], "unreachable");
-    let r = client().get(format!("{}/bff/v1/strict", gw.url)).bearer_auth(&token).send().await.unwrap();
+    let r = client()
+        .get(format!("{}/bff/v1/strict", gw.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 504);
     let p: Value = r.json().await.unwrap();
     assert_eq!(p["failed_calls"]["slow"], "timeout");
@@ -422,9 +657,18 @@ async fn bff_session_and_aggregations_with_partial_policies() {
 async fn an_invalid_route_table_fails_the_build_naming_route_and_field() {
     let key = Key::ed25519("k1");
     let identity = Identity::start(&[&key]).await;
-    let cfg = config(&identity, "routes:\n  api: {path_prefix: /api/, upstreams: [\"http://127.0.0.1:1\"], rate_limit: missing}\n");
-    let err = cloud_api_gateway_bff::build(cfg).await.unwrap_err().to_string();
-    assert!(err.contains("routes.api.rate_limit: unknown policy `missing`"), "{err}");
+    let cfg = config(
+        &identity,
+        "routes:\n  api: {path_prefix: /api/, upstreams: [\"http://127.0.0.1:1\"], rate_limit: missing}\n",
+    );
+    let err = cloud_api_gateway_bff::build(cfg)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("routes.api.rate_limit: unknown policy `missing`"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -437,17 +681,54 @@ async fn reload_swaps_the_table_and_keeps_it_when_the_new_one_is_invalid() {
     let main = dir.path().join("gateway.yaml");
     std::fs::write(&main, format!("server: {{port: 0, admin_port: 0, drain_period: 0s}}\nidentity: {{issuer_url: \"{}\"}}\nroutes_file: {}\n", identity.issuer, routes.display())).unwrap();
     std::fs::write(&routes, format!("routes:\n  one: {{path_prefix: /one/, auth: public, upstreams: [\"http://{upstream}\"]}}\n")).unwrap();
-    let app = cloud_api_gateway_bff::build(cloud_api_gateway_bff::Config::load(Some(&main)).unwrap()).await.unwrap().without_signals();
+    let app =
+        cloud_api_gateway_bff::build(cloud_api_gateway_bff::Config::load(Some(&main)).unwrap())
+            .await
+            .unwrap()
+            .without_signals();
     let url = format!("http://127.0.0.1:{}", app.port());
     let reload = app.reload_handle();
     tokio::spawn(app.run_until_stopped());
-    assert_eq!(client().get(format!("{url}/one/x")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client()
+            .get(format!("{url}/one/x"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     std::fs::write(&routes, format!("routes:\n  two: {{path_prefix: /two/, auth: public, upstreams: [\"http://{upstream}\"]}}\n")).unwrap();
     assert_eq!(reload.reload(), Ok(1));
-    assert_eq!(client().get(format!("{url}/one/x")).send().await.unwrap().status(), 404);
-    assert_eq!(client().get(format!("{url}/two/x")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client()
+            .get(format!("{url}/one/x"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        client()
+            .get(format!("{url}/two/x"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     std::fs::write(&routes, "routes:\n  broken: {path_prefix: nope}\n").unwrap();
     let err = reload.reload().unwrap_err();
     assert!(err.contains("routes.broken"), "{err}");
-    assert_eq!(client().get(format!("{url}/two/x")).send().await.unwrap().status(), 200, "the old table stays");
+    assert_eq!(
+        client()
+            .get(format!("{url}/two/x"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "the old table stays"
+    );
 }

@@ -44,13 +44,21 @@ impl Process {
                 }
             }
         });
-        let port = rx.recv_timeout(Duration::from_secs(20)).expect("the gateway did not log `listening`");
+        let port = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the gateway did not log `listening`");
         Self { child, port }
     }
 
     fn peak_rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse().unwrap()
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap()
+            .parse()
+            .unwrap()
     }
 
     fn signal(&self, signal: nix::sys::signal::Signal) {
@@ -83,7 +91,9 @@ async fn a_1_gib_body_streams_through_with_bounded_memory() {
     let config = write_config(
         dir.path(),
         &identity,
-        &format!("routes:\n  up: {{path_prefix: /up/, strip_prefix: true, upstreams: [\"http://{upstream}\"], max_body_bytes: 2147483648, timeouts: {{request: 120s}}}}\n"),
+        &format!(
+            "routes:\n  up: {{path_prefix: /up/, strip_prefix: true, upstreams: [\"http://{upstream}\"], max_body_bytes: 2147483648, timeouts: {{request: 120s}}}}\n"
+        ),
     );
     let gw = Process::start(&config);
     let token = key.sign(&claims(&identity.issuer, "t", "u", &[]));
@@ -99,7 +109,10 @@ async fn a_1_gib_body_streams_through_with_bounded_memory() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.unwrap(), GIB.to_string());
     let peak = gw.peak_rss_kib();
-    assert!(peak < 128 * 1024, "the gateway's peak RSS was {peak} KiB (before: {before} KiB) for a 1 GiB body");
+    assert!(
+        peak < 128 * 1024,
+        "the gateway's peak RSS was {peak} KiB (before: {before} KiB) for a 1 GiB body"
+    );
 }
 
 #[tokio::test]
@@ -108,16 +121,37 @@ async fn sighup_reloads_routes_without_dropping_connections_and_keeps_the_old_ta
     let identity = Identity::start(&[&key]).await;
     let (upstream, _) = upstream().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &identity, &format!("routes:\n  one: {{path_prefix: /one/, auth: public, strip_prefix: true, upstreams: [\"http://{upstream}\"]}}\n"));
+    let config = write_config(
+        dir.path(),
+        &identity,
+        &format!(
+            "routes:\n  one: {{path_prefix: /one/, auth: public, strip_prefix: true, upstreams: [\"http://{upstream}\"]}}\n"
+        ),
+    );
     let mut gw = Process::start(&config);
     let base = format!("http://127.0.0.1:{}", gw.port);
     let client = client();
-    assert_eq!(client.get(format!("{base}/one/echo")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client
+            .get(format!("{base}/one/echo"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     // A slow request in flight across the reload.
     let slow = tokio::spawn({
         let client = client.clone();
         let base = base.clone();
-        async move { client.get(format!("{base}/one/slow/800")).send().await.unwrap().status() }
+        async move {
+            client
+                .get(format!("{base}/one/slow/800"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     std::fs::write(
@@ -127,16 +161,53 @@ async fn sighup_reloads_routes_without_dropping_connections_and_keeps_the_old_ta
     .unwrap();
     gw.signal(nix::sys::signal::Signal::SIGHUP);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while client.get(format!("{base}/two/echo")).send().await.unwrap().status() != 200 {
-        assert!(std::time::Instant::now() < deadline, "the new table was not loaded");
+    while client
+        .get(format!("{base}/two/echo"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        != 200
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new table was not loaded"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(slow.await.unwrap(), 200, "the in-flight request survived the reload");
-    assert_eq!(client.get(format!("{base}/one/echo")).send().await.unwrap().status(), 404);
+    assert_eq!(
+        slow.await.unwrap(),
+        200,
+        "the in-flight request survived the reload"
+    );
+    assert_eq!(
+        client
+            .get(format!("{base}/one/echo"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
     // An invalid file keeps the current table.
-    std::fs::write(dir.path().join("routes.yaml"), "routes:\n  bad: {path_prefix: /bad/, upstreams: [\"ftp://x\"]}\n").unwrap();
+    std::fs::write(
+        dir.path().join("routes.yaml"),
+        "routes:\n  bad: {path_prefix: /bad/, upstreams: [\"ftp://x\"]}\n",
+    )
+    .unwrap();
     gw.signal(nix::sys::signal::Signal::SIGHUP);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(client.get(format!("{base}/two/echo")).send().await.unwrap().status(), 200);
-    assert!(gw.child.try_wait().unwrap().is_none(), "SIGHUP must not stop the gateway");
+    assert_eq!(
+        client
+            .get(format!("{base}/two/echo"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert!(
+        gw.child.try_wait().unwrap().is_none(),
+        "SIGHUP must not stop the gateway"
+    );
 }

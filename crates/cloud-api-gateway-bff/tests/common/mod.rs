@@ -45,13 +45,22 @@ pub struct Key {
 impl Key {
     pub fn ed25519(kid: &str) -> Self {
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
-        Self { kid: kid.into(), signer: Signer::Ed(Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap()) }
+        Self {
+            kid: kid.into(),
+            signer: Signer::Ed(Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap()),
+        }
     }
 
     pub fn es256(kid: &str) -> Self {
         let rng = SystemRandom::new();
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-        Self { kid: kid.into(), signer: Signer::Es(EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap()) }
+        Self {
+            kid: kid.into(),
+            signer: Signer::Es(
+                EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+                    .unwrap(),
+            ),
+        }
     }
 
     pub fn alg(&self) -> &'static str {
@@ -63,7 +72,9 @@ impl Key {
 
     pub fn jwk(&self) -> Value {
         match &self.signer {
-            Signer::Ed(k) => json!({"kty": "OKP", "crv": "Ed25519", "x": b64(k.public_key().as_ref()), "kid": self.kid, "use": "sig", "alg": "EdDSA"}),
+            Signer::Ed(k) => {
+                json!({"kty": "OKP", "crv": "Ed25519", "x": b64(k.public_key().as_ref()), "kid": self.kid, "use": "sig", "alg": "EdDSA"})
+            }
             Signer::Es(k) => {
                 let p = k.public_key().as_ref();
                 json!({"kty": "EC", "crv": "P-256", "x": b64(&p[1..33]), "y": b64(&p[33..65]), "kid": self.kid, "use": "sig", "alg": "ES256"})
@@ -72,16 +83,27 @@ impl Key {
     }
 
     pub fn sign_raw(&self, header: &Value, claims: &Value) -> String {
-        let input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
+        let input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
         let sig = match &self.signer {
             Signer::Ed(k) => k.sign(input.as_bytes()).as_ref().to_vec(),
-            Signer::Es(k) => k.sign(&SystemRandom::new(), input.as_bytes()).unwrap().as_ref().to_vec(),
+            Signer::Es(k) => k
+                .sign(&SystemRandom::new(), input.as_bytes())
+                .unwrap()
+                .as_ref()
+                .to_vec(),
         };
         format!("{input}.{}", b64(&sig))
     }
 
     pub fn sign(&self, claims: &Value) -> String {
-        self.sign_raw(&json!({"alg": self.alg(), "kid": self.kid, "typ": "at+jwt"}), claims)
+        self.sign_raw(
+            &json!({"alg": self.alg(), "kid": self.kid, "typ": "at+jwt"}),
+            claims,
+        )
     }
 }
 
@@ -113,14 +135,19 @@ impl Identity {
     pub async fn serve(listener: tokio::net::TcpListener, keys: &[&Key]) -> Self {
         let addr = listener.local_addr().unwrap();
         let issuer = format!("http://{addr}");
-        let jwks = Arc::new(Mutex::new(json!({"keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>()})));
+        let jwks = Arc::new(Mutex::new(
+            json!({"keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>()}),
+        ));
         let jwks_hits = Arc::new(AtomicU64::new(0));
         let shutdown = Shutdown::new();
         let discovery = json!({
             "issuer": issuer, "jwks_uri": format!("{issuer}/jwks"), "userinfo_endpoint": format!("{issuer}/userinfo"),
         });
         let router = Router::new()
-            .route("/.well-known/openid-configuration", get(move || async move { axum::Json(discovery) }))
+            .route(
+                "/.well-known/openid-configuration",
+                get(move || async move { axum::Json(discovery) }),
+            )
             .route(
                 "/jwks",
                 get({
@@ -137,18 +164,32 @@ impl Identity {
                 "/userinfo",
                 get(|headers: axum::http::HeaderMap| async move {
                     match headers.get("authorization") {
-                        Some(_) => axum::Json(json!({"sub": "from-userinfo", "email": "user@example.com"})).into_response(),
+                        Some(_) => {
+                            axum::Json(json!({"sub": "from-userinfo", "email": "user@example.com"}))
+                                .into_response()
+                        }
                         None => StatusCode::UNAUTHORIZED.into_response(),
                     }
                 }),
             );
         let stop = shutdown.clone();
-        tokio::spawn(async move { axum::serve(listener, router).with_graceful_shutdown(async move { stop.triggered().await }).await });
-        Self { addr, issuer, jwks, jwks_hits, shutdown }
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { stop.triggered().await })
+                .await
+        });
+        Self {
+            addr,
+            issuer,
+            jwks,
+            jwks_hits,
+            shutdown,
+        }
     }
 
     pub fn publish(&self, keys: &[&Key]) {
-        *self.jwks.lock().unwrap() = json!({"keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>()});
+        *self.jwks.lock().unwrap() =
+            json!({"keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>()});
     }
 }
 
@@ -169,23 +210,39 @@ pub async fn upstream() -> (SocketAddr, UpstreamState) {
     let router = Router::new()
         .route("/ws", get(ws))
         .route("/count", post(count))
-        .route("/status/{code}", any(|Path(code): Path<u16>| async move { StatusCode::from_u16(code).unwrap() }))
-        .route("/slow/{ms}", any(|Path(ms): Path<u64>| async move {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            "slow"
-        }))
-        .route("/flaky", any(|State(s): State<UpstreamState>| async move {
-            s.hits.fetch_add(1, Ordering::SeqCst);
-            if s.fail_next.load(Ordering::SeqCst) > 0 {
-                s.fail_next.fetch_sub(1, Ordering::SeqCst);
-                return StatusCode::SERVICE_UNAVAILABLE.into_response();
-            }
-            "ok".into_response()
-        }))
-        .route("/unstable", any(|State(s): State<UpstreamState>| async move {
-            s.hits.fetch_add(1, Ordering::SeqCst);
-            if s.broken.load(Ordering::SeqCst) { StatusCode::INTERNAL_SERVER_ERROR.into_response() } else { "ok".into_response() }
-        }))
+        .route(
+            "/status/{code}",
+            any(|Path(code): Path<u16>| async move { StatusCode::from_u16(code).unwrap() }),
+        )
+        .route(
+            "/slow/{ms}",
+            any(|Path(ms): Path<u64>| async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                "slow"
+            }),
+        )
+        .route(
+            "/flaky",
+            any(|State(s): State<UpstreamState>| async move {
+                s.hits.fetch_add(1, Ordering::SeqCst);
+                if s.fail_next.load(Ordering::SeqCst) > 0 {
+                    s.fail_next.fetch_sub(1, Ordering::SeqCst);
+                    return StatusCode::SERVICE_UNAVAILABLE.into_response();
+                }
+                "ok".into_response()
+            }),
+        )
+        .route(
+            "/unstable",
+            any(|State(s): State<UpstreamState>| async move {
+                s.hits.fetch_add(1, Ordering::SeqCst);
+                if s.broken.load(Ordering::SeqCst) {
+                    StatusCode::INTERNAL_SERVER_ERROR.into_response()
+                } else {
+                    "ok".into_response()
+                }
+            }),
+        )
         .fallback(echo)
         .with_state(state.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -199,9 +256,16 @@ async fn echo(State(s): State<UpstreamState>, request: Request) -> axum::Json<Va
     let headers: serde_json::Map<String, Value> = request
         .headers()
         .iter()
-        .map(|(k, v)| (k.as_str().to_string(), Value::String(v.to_str().unwrap_or("").to_string())))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                Value::String(v.to_str().unwrap_or("").to_string()),
+            )
+        })
         .collect();
-    axum::Json(json!({"method": request.method().as_str(), "uri": request.uri().to_string(), "headers": headers}))
+    axum::Json(
+        json!({"method": request.method().as_str(), "uri": request.uri().to_string(), "headers": headers}),
+    )
 }
 
 async fn count(request: Request) -> String {
@@ -217,7 +281,11 @@ async fn ws(ws: axum::extract::ws::WebSocketUpgrade) -> axum::response::Response
     ws.on_upgrade(|mut socket| async move {
         while let Some(Ok(msg)) = socket.recv().await {
             if let axum::extract::ws::Message::Text(t) = msg {
-                let _ = socket.send(axum::extract::ws::Message::Text(format!("echo: {t}").into())).await;
+                let _ = socket
+                    .send(axum::extract::ws::Message::Text(
+                        format!("echo: {t}").into(),
+                    ))
+                    .await;
             }
         }
     })
@@ -242,7 +310,10 @@ pub struct Gateway {
 }
 
 pub async fn start(config: Config) -> Gateway {
-    let app = cloud_api_gateway_bff::build(config).await.unwrap().without_signals();
+    let app = cloud_api_gateway_bff::build(config)
+        .await
+        .unwrap()
+        .without_signals();
     let gw = Gateway {
         url: format!("http://127.0.0.1:{}", app.port()),
         admin: format!("http://127.0.0.1:{}", app.admin_port()),
@@ -255,23 +326,38 @@ pub async fn start(config: Config) -> Gateway {
 impl Gateway {
     /// Waits until `/readyz` answers 200 (the key set is loaded).
     pub async fn ready(&self) {
-        cloud_test_support::wait_until_ok(&format!("{}/readyz", self.admin), Duration::from_secs(10)).await;
+        cloud_test_support::wait_until_ok(
+            &format!("{}/readyz", self.admin),
+            Duration::from_secs(10),
+        )
+        .await;
     }
 
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("{}/metrics", self.admin)).await.unwrap().text().await.unwrap()
+        reqwest::get(format!("{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap()
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap()
 }
 
 pub fn body_of(bytes: u64, chunk: usize) -> reqwest::Body {
     let chunk_bytes = bytes::Bytes::from(vec![7u8; chunk]);
     let full = bytes / chunk as u64;
     let rest = (bytes % chunk as u64) as usize;
-    let stream = futures::stream::iter((0..full).map(move |_| Ok::<_, std::io::Error>(chunk_bytes.clone())))
-        .chain(futures::stream::iter((rest > 0).then(|| Ok(bytes::Bytes::from(vec![7u8; rest])))));
+    let stream =
+        futures::stream::iter((0..full).map(move |_| Ok::<_, std::io::Error>(chunk_bytes.clone())))
+            .chain(futures::stream::iter(
+                (rest > 0).then(|| Ok(bytes::Bytes::from(vec![7u8; rest]))),
+            ));
     reqwest::Body::wrap_stream(stream)
 }
