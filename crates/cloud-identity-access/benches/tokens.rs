@@ -1,6 +1,6 @@
 //! Micro-benchmarks of the token hot paths, in process (no HTTP, no load generator):
 //! `cargo bench -p cloud-identity-access --bench tokens`.
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -207,7 +207,7 @@ async fn validate(state: &AppState, req: &AuthRequest) -> Result<Client, Respons
         }
     };
     // Exact string match, no normalisation or prefix matching.
-    if req.redirect_uri.is_empty() || !client.redirect_uris.iter().any(|u| *u == req.redirect_uri) {
+    if req.redirect_uri.is_empty() || !client.redirect_uris.contains(&req.redirect_uri) {
         return Err(error_page(
             StatusCode::BAD_REQUEST,
             "redirect_uri is not registered for this client",

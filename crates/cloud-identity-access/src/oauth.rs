@@ -343,7 +343,7 @@ pub async fn token(
             format!("grant_type {grant_type} is not supported"),
         ));
     }
-    if !client.grant_types.iter().any(|g| *g == grant_type) {
+    if !client.grant_types.contains(&grant_type) {
         return Err(OAuthError::unauthorized_client(format!(
             "this client may not use grant_type {grant_type}"
         )));
@@ -491,7 +491,7 @@ async fn authorization_code(
         .redeem_code(&sha256_hex(code.as_bytes()), state.now())
         .await?
     {
-        CodeRedemption::Redeemed(record) => record,
+        CodeRedemption::Redeemed(record) => *record,
         CodeRedemption::AlreadyUsed => {
             tracing::warn!(client_id = %client.id, "an authorization code was presented twice");
             return Err(OAuthError::invalid_grant(

@@ -53,7 +53,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// What happened when an authorization code was redeemed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CodeRedemption {
-    Redeemed(AuthorizationCode),
+    Redeemed(Box<AuthorizationCode>),
     AlreadyUsed,
     Unknown,
 }
@@ -964,7 +964,7 @@ macro_rules! sql_store {
                 .fetch_optional(&self.pool)
                 .await?;
                 if let Some(row) = row {
-                    return Ok(CodeRedemption::Redeemed(row.into()));
+                    return Ok(CodeRedemption::Redeemed(Box::new(row.into())));
                 }
                 let used: Option<(i64,)> = sqlx::query_as("SELECT used FROM authorization_codes WHERE code_hash = $1").bind(code_hash).fetch_optional(&self.pool).await?;
                 Ok(match used {

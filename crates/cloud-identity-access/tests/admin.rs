@@ -1,5 +1,7 @@
 //! The admin API: the tenant-isolation suite (every `/v1` endpoint, checked against the OpenAPI
 //! document so a new endpoint cannot be left out), bootstrap, and the audit query.
+// Test helpers outside #[test] functions: a panic is a failed assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

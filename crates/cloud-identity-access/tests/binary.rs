@@ -1,5 +1,7 @@
 //! The real binary as a child process: no secret or token in its logs (at debug level), and the
 //! `audit verify` and `keys rotate` commands on its SQLite file.
+// Test helpers outside #[test] functions: a panic is a failed assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

@@ -1,6 +1,8 @@
 //! The hosted login in a real browser: headless Chromium driven over WebDriver (chromedriver's
 //! HTTP protocol, spoken with reqwest). The tokens it yields are verified with josekit against
 //! the JWKS. `cargo xtask test` provides `CLOUD_TEST_CHROMIUM` and `CLOUD_TEST_CHROMEDRIVER`.
+// Test helpers outside #[test] functions: a panic is a failed assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
@@ -264,7 +266,7 @@ async fn hosted_login_in_chromium_yields_tokens_that_verify_against_the_jwks() {
     assert_eq!(resp.status(), StatusCode::OK);
     let tokens: Value = resp.json().await.unwrap();
     let jwks = JwkSet::from_bytes(
-        &app.http
+        app.http
             .get(app.url("/.well-known/jwks.json"))
             .send()
             .await

@@ -1,5 +1,7 @@
 //! The OAuth / OIDC endpoints over real HTTP, on SQLite and PostgreSQL. Tokens are verified with
 //! an independent JOSE implementation (josekit) against the published JWKS.
+// Test helpers outside #[test] functions: a panic is a failed assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
@@ -246,6 +248,7 @@ async fn introspection_and_revocation(app: TestApp) {
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 }
 
+#[derive(Debug)]
 pub struct Login {
     pub code: String,
     pub state: String,

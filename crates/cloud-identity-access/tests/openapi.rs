@@ -1,5 +1,7 @@
 //! The committed OpenAPI document must equal the one generated from the code.
 //! Regenerate with: `UPDATE_OPENAPI=1 cargo test -p cloud-identity-access --test openapi`.
+// Test helpers outside #[test] functions: a panic is a failed assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;
 

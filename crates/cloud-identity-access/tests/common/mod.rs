@@ -1,4 +1,6 @@
 //! A real service on port 0 per test, with SQLite in memory or a fresh PostgreSQL database.
+// Test helpers outside #[test] functions: a panic is a failed assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![allow(dead_code)]
 
 use std::time::Duration;
@@ -16,6 +18,7 @@ pub enum Backend {
     Postgres,
 }
 
+#[derive(Debug)]
 pub struct TestApp {
     pub base: String,
     pub admin_base: String,
