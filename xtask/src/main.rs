@@ -2,6 +2,7 @@
 //! CI (`.ci/run` and the GitHub workflows) calls the same steps, so CI is never a black box.
 
 mod ci;
+mod gitops;
 mod helm;
 mod servers;
 mod steps;
@@ -102,6 +103,9 @@ fn test_steps() -> Vec<Step> {
         Step::new("deny", ci::deny),
         Step::new("openapi", ci::openapi),
         Step::new("image-runtime", ci::image_runtime),
+        Step::new("gitops-validate", gitops::env_validate),
+        Step::new("gitops-diff", gitops::env_diff),
+        Step::new("gitops-doc", gitops::environments_doc),
     ]
 }
 

@@ -522,8 +522,12 @@ impl Gitops {
         })
     }
 
-    /// Services: `helm/*` directories with a values file for an environment of the matrix.
+    /// Services: those the ApplicationSets in `argocd/` generate Applications for; in a
+    /// repository without `argocd/`, the `helm/*` directories with a values file per environment.
     pub fn services(&self, matrix: &Matrix) -> Result<Vec<String>> {
+        if self.root.join(crate::appset::ARGOCD_DIR).is_dir() {
+            return Ok(crate::validate::grid(&self.root)?.services);
+        }
         let mut out = Vec::new();
         let dir = self.root.join("helm");
         let Ok(entries) = std::fs::read_dir(&dir) else {

@@ -1,6 +1,7 @@
 //! `cloudctl`: the operator CLI of the cloud platform.
 
 mod flags;
+mod gitops;
 mod output;
 mod up;
 
@@ -17,6 +18,16 @@ struct Cli {
 enum Command {
     /// Run the whole platform on this machine with embedded defaults (SQLite, no external servers).
     Up(up::UpArgs),
+    /// The environment matrix: list, show, diff (as rendered) and validate environments.
+    Env(gitops::EnvArgs),
+    /// Promote a service's version into an environment from the stage before it (one git commit).
+    Promote(gitops::PromoteArgs),
+    /// Restore the previously deployed version of a service in an environment (one git commit).
+    Rollback(gitops::RollbackArgs),
+    /// Which version of each service runs in each environment, since when, by whom, and drift.
+    Status(gitops::StatusArgs),
+    /// Record check results (CI runs) that promotions require.
+    Checks(gitops::ChecksArgs),
     /// Feature flags: read and verify the hash-chained audit trail of flag changes.
     Flags(flags::FlagsArgs),
 }
@@ -25,6 +36,11 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Up(args) => up::run(args),
+        Command::Env(args) => gitops::env(args),
+        Command::Promote(args) => gitops::promote(args),
+        Command::Rollback(args) => gitops::rollback(args),
+        Command::Status(args) => gitops::status(args),
+        Command::Checks(args) => gitops::checks(args),
         Command::Flags(args) => flags::run(args),
     };
     match result {

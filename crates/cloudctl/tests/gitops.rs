@@ -1,0 +1,248 @@
+//! The GitOps commands of the real `cloudctl` binary on a temporary git repository shaped like
+//! this one (the real `environments/` and `argocd/`, a demo service chart).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers outside #[test] fns
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let dest = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), &dest).unwrap();
+        }
+    }
+}
+
+fn write(root: &Path, rel: &str, text: &str) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
+fn git(root: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn values(tag: &str, replicas: u32, canary: bool, domain: &str) -> String {
+    format!(
+        "image:\n  tag: \"{tag}\"\nautoscaling:\n  minReplicas: {replicas}\n  maxReplicas: 2\nrollout:\n  enabled: {canary}\ningress:\n  host: demo.{domain}\n"
+    )
+}
+
+fn fixture() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    copy_dir(
+        &repo_root().join("environments"),
+        &root.join("environments"),
+    );
+    let _ = std::fs::remove_dir_all(root.join("environments/checks"));
+    copy_dir(&repo_root().join("argocd"), &root.join("argocd"));
+    write(
+        root,
+        "helm/cloud-demo/Chart.yaml",
+        "apiVersion: v2\nname: cloud-demo\nversion: 0.1.0\n",
+    );
+    write(
+        root,
+        "helm/cloud-demo/values.yaml",
+        "image:\n  repository: ghcr.io/cloud-platform/cloud-demo\n  tag: \"0.0.0\"\n  digest: \"\"\nautoscaling:\n  minReplicas: 2\n  maxReplicas: 2\nrollout:\n  enabled: false\ningress:\n  enabled: true\n  host: demo.cloud-platform.example\n",
+    );
+    write(
+        root,
+        "helm/cloud-demo/values-dev.yaml",
+        &values("1.0.0", 1, false, "dev.cloud-platform.example"),
+    );
+    write(
+        root,
+        "helm/cloud-demo/values-staging.yaml",
+        &values("1.0.0", 2, true, "staging.cloud-platform.example"),
+    );
+    write(
+        root,
+        "helm/cloud-demo/values-prod.yaml",
+        &values("1.0.0", 2, true, "cloud-platform.example"),
+    );
+    write(
+        root,
+        "helm/platform-base/Chart.yaml",
+        "apiVersion: v2\nname: platform-base\nversion: 0.1.0\n",
+    );
+    for env in ["", "-dev", "-staging", "-prod"] {
+        write(
+            root,
+            &format!("helm/platform-base/values{env}.yaml"),
+            "{}\n",
+        );
+    }
+    git(root, &["init", "-q", "-b", "main"]);
+    git(root, &["config", "user.name", "CLI Test"]);
+    git(root, &["config", "user.email", "cli@example.com"]);
+    git(root, &["add", "-A"]);
+    git(root, &["commit", "-q", "-m", "fixture"]);
+    dir
+}
+
+fn cloudctl(root: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cloudctl"))
+        .args(args)
+        .arg("--repo")
+        .arg(root)
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn every_gitops_command_has_help() {
+    for args in [
+        vec!["--help"],
+        vec!["env", "--help"],
+        vec!["env", "list", "--help"],
+        vec!["env", "show", "--help"],
+        vec!["env", "diff", "--help"],
+        vec!["env", "validate", "--help"],
+        vec!["promote", "--help"],
+        vec!["rollback", "--help"],
+        vec!["status", "--help"],
+        vec!["checks", "record", "--help"],
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_cloudctl"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        assert!(stdout(&o).contains("Usage:"), "{args:?}");
+    }
+}
+
+#[test]
+fn validate_passes_then_fails_on_a_broken_example() {
+    let dir = fixture();
+    let o = cloudctl(dir.path(), &["env", "validate"]);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("checked schema: 3 environment files (dev -> staging -> prod)"),
+        "{}",
+        stdout(&o)
+    );
+
+    write(
+        dir.path(),
+        "helm/cloud-demo/values-prod.yaml",
+        &values("latest", 2, true, "cloud-platform.example"),
+    );
+    let o = cloudctl(dir.path(), &["env", "validate", "--output", "json"]);
+    assert!(!o.status.success());
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let findings = report["findings"].as_array().unwrap();
+    assert!(
+        findings.iter().any(|f| f["check"] == "prod"
+            && f["key"] == "image.tag"
+            && f["file"] == "helm/cloud-demo/values-prod.yaml"),
+        "{findings:?}"
+    );
+    assert!(stderr(&o).contains("finding(s)"));
+}
+
+#[test]
+fn promote_status_rollback_round_trip_with_json_output() {
+    let dir = fixture();
+    let root = dir.path();
+    let o = cloudctl(
+        root,
+        &[
+            "promote",
+            "cloud-demo",
+            "--to",
+            "dev",
+            "--version",
+            "1.2.0",
+            "--output",
+            "json",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(doc["outcomes"][0]["result"], "promoted");
+    assert_eq!(doc["outcomes"][0]["previous"], "1.0.0");
+
+    let o = cloudctl(
+        root,
+        &[
+            "promote",
+            "cloud-demo",
+            "--to",
+            "staging",
+            "--output",
+            "json",
+        ],
+    );
+    assert!(!o.status.success());
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(doc["refusals"][0]["rule"], "soak", "{doc}");
+    assert!(
+        stderr(&o).contains("refused by rule `soak`"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = cloudctl(root, &["status", "--output", "json"]);
+    let rows: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let staging = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["environment"] == "staging")
+        .unwrap();
+    assert_eq!(staging["drift"], "behind dev (1.2.0)");
+
+    let o = cloudctl(root, &["rollback", "cloud-demo", "--env", "dev"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("rolled-back cloud-demo dev: 1.2.0 -> 1.0.0"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stdout(&o).contains("image updates paused for cloud-demo in dev"),
+        "{}",
+        stdout(&o)
+    );
+    // The paused service is still a valid matrix, now without image-updater annotations.
+    let o = cloudctl(root, &["env", "validate"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+
+    let o = cloudctl(root, &["env", "list", "--output", "markdown"]);
+    assert!(
+        stdout(&o).contains("| image updates | on (paused: cloud-demo) | off | off |"),
+        "{}",
+        stdout(&o)
+    );
+}
