@@ -29,8 +29,14 @@ pub fn env_validate(ctx: &mut Ctx) -> Result<()> {
 pub fn env_diff(ctx: &mut Ctx) -> Result<()> {
     let helm = ctx.tools.helm()?;
     let root = ctx.root.clone();
-    let out = capture(cloudctl(ctx).args(["env", "diff", "dev", "prod", "--output", "json", "--repo"]).arg(&root).env("HELM", &helm))?;
-    let entries: serde_json::Value = serde_json::from_str(&out).context("cloudctl env diff printed invalid JSON")?;
+    let out = capture(
+        cloudctl(ctx)
+            .args(["env", "diff", "dev", "prod", "--output", "json", "--repo"])
+            .arg(&root)
+            .env("HELM", &helm),
+    )?;
+    let entries: serde_json::Value =
+        serde_json::from_str(&out).context("cloudctl env diff printed invalid JSON")?;
     let n = entries.as_array().map(Vec::len).unwrap_or(0);
     eprintln!("xtask: dev and prod differ in {n} rendered field(s)");
     Ok(())
@@ -39,7 +45,11 @@ pub fn env_diff(ctx: &mut Ctx) -> Result<()> {
 /// `docs/environments.md` holds the output of `cloudctl env list --output markdown`.
 pub fn environments_doc(ctx: &mut Ctx) -> Result<()> {
     let root = ctx.root.clone();
-    let table = capture(cloudctl(ctx).args(["env", "list", "--output", "markdown", "--repo"]).arg(&root))?;
+    let table = capture(
+        cloudctl(ctx)
+            .args(["env", "list", "--output", "markdown", "--repo"])
+            .arg(&root),
+    )?;
     let path = root.join(DOC);
     let doc = std::fs::read_to_string(&path).with_context(|| format!("cannot read {DOC}"))?;
     let (Some(start), Some(end)) = (doc.find(BEGIN), doc.find(END)) else {

@@ -23,14 +23,22 @@ impl Servers {
         if self.postgres.is_none() {
             self.postgres = Some(Postgres::start()?);
         }
-        Ok(self.postgres.as_ref().map(|p| p.url.as_str()).unwrap_or_default())
+        Ok(self
+            .postgres
+            .as_ref()
+            .map(|p| p.url.as_str())
+            .unwrap_or_default())
     }
 
     pub fn redis(&mut self) -> Result<&str> {
         if self.redis.is_none() {
             self.redis = Some(Redis::start()?);
         }
-        Ok(self.redis.as_ref().map(|r| r.url.as_str()).unwrap_or_default())
+        Ok(self
+            .redis
+            .as_ref()
+            .map(|r| r.url.as_str())
+            .unwrap_or_default())
     }
 
     pub fn stop_all(&mut self) {
@@ -95,7 +103,9 @@ struct Postgres {
 impl Postgres {
     fn start() -> Result<Self> {
         let bin = postgres_bin_dir()?;
-        let data = tempfile::Builder::new().prefix("cloud-test-pg-").tempdir()?;
+        let data = tempfile::Builder::new()
+            .prefix("cloud-test-pg-")
+            .tempdir()?;
         let as_nobody = is_root();
         if as_nobody {
             // initdb refuses to run as root.
@@ -105,7 +115,16 @@ impl Postgres {
         let pgdata = data.path().join("pgdata");
         let initdb = bin.join("initdb");
         let mut init = user_command(as_nobody, &initdb);
-        init.args(["-D", path_str(&pgdata)?, "-A", "trust", "-U", "postgres", "--no-sync"]).stdout(Stdio::null());
+        init.args([
+            "-D",
+            path_str(&pgdata)?,
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+        ])
+        .stdout(Stdio::null());
         run_cmd(&mut init).context("initdb failed")?;
         let mut start = user_command(as_nobody, &bin.join("pg_ctl"));
         let opts = format!(
@@ -113,13 +132,27 @@ impl Postgres {
             path_str(data.path())?
         );
         start
-            .args(["-D", path_str(&pgdata)?, "-o", &opts, "-l", path_str(&data.path().join("log"))?, "-w", "start"])
+            .args([
+                "-D",
+                path_str(&pgdata)?,
+                "-o",
+                &opts,
+                "-l",
+                path_str(&data.path().join("log"))?,
+                "-w",
+                "start",
+            ])
             .stdout(Stdio::null());
         run_cmd(&mut start).context("pg_ctl start failed")?;
         wait_for_port(port, "PostgreSQL", Duration::from_secs(20))?;
         let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
         eprintln!("xtask: private PostgreSQL at {url}");
-        Ok(Self { url, bin, data, as_nobody })
+        Ok(Self {
+            url,
+            bin,
+            data,
+            as_nobody,
+        })
     }
 }
 
@@ -127,7 +160,10 @@ impl Drop for Postgres {
     fn drop(&mut self) {
         let pgdata = self.data.path().join("pgdata");
         let mut stop = user_command(self.as_nobody, &self.bin.join("pg_ctl"));
-        stop.arg("-D").arg(pgdata).args(["-m", "immediate", "stop"]).stdout(Stdio::null());
+        stop.arg("-D")
+            .arg(pgdata)
+            .args(["-m", "immediate", "stop"])
+            .stdout(Stdio::null());
         if let Err(err) = run_cmd(&mut stop) {
             eprintln!("xtask: warning: stopping the private PostgreSQL failed: {err:#}");
         }
@@ -154,10 +190,21 @@ struct Redis {
 impl Redis {
     fn start() -> Result<Self> {
         let bin = redis_server_bin()?;
-        let dir = tempfile::Builder::new().prefix("cloud-test-redis-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("cloud-test-redis-")
+            .tempdir()?;
         let port = free_port()?;
         let child = Command::new(bin)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .arg("--dir")
             .arg(dir.path())
             .stdout(Stdio::null())
@@ -166,7 +213,11 @@ impl Redis {
         wait_for_port(port, "Redis", Duration::from_secs(10))?;
         let url = format!("redis://127.0.0.1:{port}");
         eprintln!("xtask: private Redis at {url}");
-        Ok(Self { url, child, _dir: dir })
+        Ok(Self {
+            url,
+            child,
+            _dir: dir,
+        })
     }
 }
 

@@ -26,7 +26,12 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn new(root: PathBuf, ci: bool) -> Result<Self> {
-        Ok(Self { tools: Tools::new(ci)?, servers: Servers::default(), root, ci })
+        Ok(Self {
+            tools: Tools::new()?,
+            servers: Servers::default(),
+            root,
+            ci,
+        })
     }
 
     /// A `cargo` command run from the repository root.
@@ -68,18 +73,39 @@ pub fn run_all(ctx: &mut Ctx, steps: &[Step]) -> Result<()> {
         let result = (step.run)(ctx);
         let took = started.elapsed();
         if let Err(err) = &result {
-            eprintln!("==> step {} FAILED after {:.1}s: {err:#}", step.name, took.as_secs_f64());
+            eprintln!(
+                "==> step {} FAILED after {:.1}s: {err:#}",
+                step.name,
+                took.as_secs_f64()
+            );
         }
-        outcomes.push(Outcome { name: step.name, took, error: result.err().map(|e| format!("{e:#}")) });
+        outcomes.push(Outcome {
+            name: step.name,
+            took,
+            error: result.err().map(|e| format!("{e:#}")),
+        });
     }
     ctx.servers.stop_all();
     print_summary(&outcomes);
-    let failed: Vec<_> = outcomes.iter().filter(|o| o.error.is_some()).map(|o| o.name).collect();
-    if failed.is_empty() { Ok(()) } else { bail!("{} step(s) failed: {}", failed.len(), failed.join(", ")) }
+    let failed: Vec<_> = outcomes
+        .iter()
+        .filter(|o| o.error.is_some())
+        .map(|o| o.name)
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        bail!("{} step(s) failed: {}", failed.len(), failed.join(", "))
+    }
 }
 
 fn print_summary(outcomes: &[Outcome]) {
-    let width = outcomes.iter().map(|o| o.name.len()).max().unwrap_or(4).max(4);
+    let width = outcomes
+        .iter()
+        .map(|o| o.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
     eprintln!("\n{:<width$}  {:>8}  result", "step", "time");
     eprintln!("{:-<width$}  {:->8}  ------", "", "");
     let mut total = Duration::ZERO;
@@ -89,18 +115,28 @@ fn print_summary(outcomes: &[Outcome]) {
             None => "ok".to_string(),
             Some(e) => format!("FAILED: {}", e.lines().next().unwrap_or_default()),
         };
-        eprintln!("{:<width$}  {:>7.1}s  {result}", o.name, o.took.as_secs_f64());
+        eprintln!(
+            "{:<width$}  {:>7.1}s  {result}",
+            o.name,
+            o.took.as_secs_f64()
+        );
     }
     eprintln!("{:<width$}  {:>7.1}s", "total", total.as_secs_f64());
     let passed = outcomes.iter().filter(|o| o.error.is_none()).count();
     // The plain closing line CI reads: "N passed, N failed".
-    eprintln!("xtask: {} passed, {} failed", passed, outcomes.len() - passed);
+    eprintln!(
+        "xtask: {} passed, {} failed",
+        passed,
+        outcomes.len() - passed
+    );
 }
 
 /// Runs a command, streaming its output, and fails with the command line when it exits non-zero.
 pub fn run_cmd(cmd: &mut Command) -> Result<()> {
     let shown = format!("{cmd:?}");
-    let status = cmd.status().with_context(|| format!("cannot start {shown}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {shown}"))?;
     if !status.success() {
         bail!("{shown} exited with {status}");
     }
@@ -110,9 +146,15 @@ pub fn run_cmd(cmd: &mut Command) -> Result<()> {
 /// Runs a command and returns its stdout, failing with its stderr when it exits non-zero.
 pub fn capture(cmd: &mut Command) -> Result<String> {
     let shown = format!("{cmd:?}");
-    let out = cmd.output().with_context(|| format!("cannot start {shown}"))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start {shown}"))?;
     if !out.status.success() {
-        bail!("{shown} exited with {}:\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{shown} exited with {}:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     String::from_utf8(out.stdout).with_context(|| format!("{shown} printed non-UTF-8 output"))
 }
@@ -122,19 +164,38 @@ pub fn cargo_fmt(ctx: &mut Ctx) -> Result<()> {
 }
 
 pub fn cargo_clippy(ctx: &mut Ctx) -> Result<()> {
-    run_cmd(ctx.cargo().args(["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"]))
+    run_cmd(ctx.cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ]))
 }
 
 /// The Rust test suite, with the private servers and tools the tests need passed in the
 /// environment (see `cloud-test-support`).
 pub fn cargo_tests(ctx: &mut Ctx) -> Result<()> {
     let env = test_environment(ctx)?;
-    let nextest = Command::new("cargo-nextest").arg("--version").output().is_ok_and(|o| o.status.success());
+    let nextest = Command::new("cargo-nextest")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     let mut cmd = ctx.cargo();
     // CI splits the suite across jobs: CLOUD_TEST_PARTITION=hash:1/2 (nextest's --partition).
-    let partition = std::env::var("CLOUD_TEST_PARTITION").ok().filter(|p| !p.is_empty());
+    let partition = std::env::var("CLOUD_TEST_PARTITION")
+        .ok()
+        .filter(|p| !p.is_empty());
     if nextest {
-        cmd.args(["nextest", "run", "--workspace", "--locked", "--no-fail-fast"]);
+        cmd.args([
+            "nextest",
+            "run",
+            "--workspace",
+            "--locked",
+            "--no-fail-fast",
+        ]);
         if let Some(partition) = &partition {
             cmd.args(["--partition", partition]);
         }
@@ -146,18 +207,36 @@ pub fn cargo_tests(ctx: &mut Ctx) -> Result<()> {
     // nextest does not run doctests; with partitions, the first one runs them.
     let first_partition = partition.as_deref().is_none_or(|p| p.contains(":1/"));
     if nextest && first_partition {
-        run_cmd(ctx.cargo().args(["test", "--workspace", "--locked", "--doc"]))?;
+        run_cmd(
+            ctx.cargo()
+                .args(["test", "--workspace", "--locked", "--doc"]),
+        )?;
     }
     Ok(())
 }
 
 /// Environment variables the Rust tests read to find private servers and installed tools.
 pub fn test_environment(ctx: &mut Ctx) -> Result<Vec<(String, String)>> {
-    let mut env = vec![("CLOUD_TEST_REQUIRE_ALL".to_string(), if ctx.ci { "1" } else { "0" }.to_string())];
-    env.push(("CLOUD_TEST_POSTGRES_URL".into(), ctx.servers.postgres()?.to_string()));
-    env.push(("CLOUD_TEST_REDIS_URL".into(), ctx.servers.redis()?.to_string()));
-    env.push(("CLOUD_TEST_POSTGRES_BIN".into(), crate::servers::postgres_bin_dir()?.display().to_string()));
-    env.push(("CLOUD_TEST_REDIS_SERVER".into(), crate::servers::redis_server_bin()?.display().to_string()));
+    let mut env = vec![(
+        "CLOUD_TEST_REQUIRE_ALL".to_string(),
+        if ctx.ci { "1" } else { "0" }.to_string(),
+    )];
+    env.push((
+        "CLOUD_TEST_POSTGRES_URL".into(),
+        ctx.servers.postgres()?.to_string(),
+    ));
+    env.push((
+        "CLOUD_TEST_REDIS_URL".into(),
+        ctx.servers.redis()?.to_string(),
+    ));
+    env.push((
+        "CLOUD_TEST_POSTGRES_BIN".into(),
+        crate::servers::postgres_bin_dir()?.display().to_string(),
+    ));
+    env.push((
+        "CLOUD_TEST_REDIS_SERVER".into(),
+        crate::servers::redis_server_bin()?.display().to_string(),
+    ));
     for (name, path) in ctx.tools.test_tools()? {
         env.push((name, path.display().to_string()));
     }
@@ -165,5 +244,6 @@ pub fn test_environment(ctx: &mut Ctx) -> Result<Vec<(String, String)>> {
 }
 
 pub fn path_str(p: &Path) -> Result<&str> {
-    p.to_str().with_context(|| format!("path {} is not UTF-8", p.display()))
+    p.to_str()
+        .with_context(|| format!("path {} is not UTF-8", p.display()))
 }

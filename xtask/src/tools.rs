@@ -24,12 +24,11 @@ pub const UNLEASH_CLIENT_NODE: &str = "unleash-client@6.12.1";
 #[derive(Debug)]
 pub struct Tools {
     root: PathBuf,
-    ci: bool,
 }
 
 impl Tools {
     /// `CLOUD_TOOLS_DIR`, else `$XDG_CACHE_HOME/cloud-platform/tools`, else `~/.cache/...`.
-    pub fn new(ci: bool) -> Result<Self> {
+    pub fn new() -> Result<Self> {
         let base = match std::env::var_os("CLOUD_TOOLS_DIR") {
             Some(dir) => PathBuf::from(dir),
             None => {
@@ -41,16 +40,13 @@ impl Tools {
             }
         };
         let root = base.join(CACHE_LAYOUT);
-        std::fs::create_dir_all(&root).with_context(|| format!("cannot create tools cache {}", root.display()))?;
-        Ok(Self { root, ci })
+        std::fs::create_dir_all(&root)
+            .with_context(|| format!("cannot create tools cache {}", root.display()))?;
+        Ok(Self { root })
     }
 
     pub fn root(&self) -> &Path {
         &self.root
-    }
-
-    pub fn ci(&self) -> bool {
-        self.ci
     }
 
     /// Installs everything at once (`cargo xtask tools`), e.g. to warm a machine.
@@ -58,7 +54,10 @@ impl Tools {
         for (name, path) in self.test_tools()? {
             eprintln!("{name}={}", path.display());
         }
-        eprintln!("UNLEASH_CLIENT_NODE={}", self.unleash_client_node()?.display());
+        eprintln!(
+            "UNLEASH_CLIENT_NODE={}",
+            self.unleash_client_node()?.display()
+        );
         Ok(())
     }
 
@@ -81,17 +80,21 @@ impl Tools {
             return Ok(dest);
         }
         eprintln!("xtask: installing {name} into {}", dest.display());
-        let tmp = tempfile::Builder::new().prefix(".installing-").tempdir_in(&self.root)?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".installing-")
+            .tempdir_in(&self.root)?;
         install(tmp.path()).with_context(|| format!("installing {name} failed"))?;
         let staged = tmp.keep();
         if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
         }
         if let Err(err) = std::fs::rename(&staged, &dest) {
             // Another run finished the same install first; theirs is as good as ours.
             let _ = std::fs::remove_dir_all(&staged);
             if !dest.exists() {
-                return Err(err).with_context(|| format!("cannot move {name} into {}", dest.display()));
+                return Err(err)
+                    .with_context(|| format!("cannot move {name} into {}", dest.display()));
             }
         }
         Ok(dest)
@@ -99,23 +102,51 @@ impl Tools {
 
     /// `npm pack NAME@VERSION` and unpack it; returns the unpacked `package/` directory.
     pub fn npm_pack(&self, name: &str, version: &str) -> Result<PathBuf> {
-        let dir = self.cached(&format!("npm-pack/{}@{version}", name.replace('/', "+")), |tmp| {
-            let tarball = capture(Command::new("npm").args(["pack", "--silent", &format!("{name}@{version}")]).current_dir(tmp))?;
-            let tarball = tarball.lines().last().context("npm pack printed no file name")?.trim().to_string();
-            run_cmd(Command::new("tar").args(["-xzf", &tarball]).current_dir(tmp))?;
-            std::fs::remove_file(tmp.join(&tarball))?;
-            Ok(())
-        })?;
+        let dir = self.cached(
+            &format!("npm-pack/{}@{version}", name.replace('/', "+")),
+            |tmp| {
+                let tarball = capture(
+                    Command::new("npm")
+                        .args(["pack", "--silent", &format!("{name}@{version}")])
+                        .current_dir(tmp),
+                )?;
+                let tarball = tarball
+                    .lines()
+                    .last()
+                    .context("npm pack printed no file name")?
+                    .trim()
+                    .to_string();
+                run_cmd(
+                    Command::new("tar")
+                        .args(["-xzf", &tarball])
+                        .current_dir(tmp),
+                )?;
+                std::fs::remove_file(tmp.join(&tarball))?;
+                Ok(())
+            },
+        )?;
         Ok(dir.join("package"))
     }
 
     /// `npm install` exact versions into their own prefix; returns the prefix
     /// (binaries are in `node_modules/.bin`). `node` selects the Node used for the install.
-    pub fn npm_install(&self, name: &str, packages: &[&str], node: Option<&Path>) -> Result<PathBuf> {
+    pub fn npm_install(
+        &self,
+        name: &str,
+        packages: &[&str],
+        node: Option<&Path>,
+    ) -> Result<PathBuf> {
         self.cached(&format!("npm/{name}"), |tmp| {
             std::fs::write(tmp.join("package.json"), "{\"private\":true}")?;
             let mut cmd = Command::new("npm");
-            cmd.args(["install", "--no-audit", "--no-fund", "--save-exact", "--loglevel=error"]).args(packages);
+            cmd.args([
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--save-exact",
+                "--loglevel=error",
+            ])
+            .args(packages);
             if let Some(node) = node {
                 let bin = node.parent().context("node path has no parent")?;
                 cmd.env("PATH", prepend_path(bin)?);
@@ -128,7 +159,11 @@ impl Tools {
     pub fn python_venv(&self, name: &str, requirements: &[&str]) -> Result<PathBuf> {
         self.cached(&format!("venv/{name}"), |tmp| {
             run_cmd(Command::new("python3").args(["-m", "venv"]).arg(tmp))?;
-            run_cmd(Command::new(tmp.join("bin/pip")).args(["install", "--quiet"]).args(requirements))
+            run_cmd(
+                Command::new(tmp.join("bin/pip"))
+                    .args(["install", "--quiet"])
+                    .args(requirements),
+            )
         })
     }
 
@@ -138,21 +173,39 @@ impl Tools {
             return Ok(found);
         }
         eprintln!("xtask: apt-get install {}", packages.join(" "));
-        let install = || run_cmd(Command::new("apt-get").args(["install", "-y", "-q", "--no-install-recommends"]).args(packages).env("DEBIAN_FRONTEND", "noninteractive").stdout(Stdio::null()));
+        let install = || {
+            run_cmd(
+                Command::new("apt-get")
+                    .args(["install", "-y", "-q", "--no-install-recommends"])
+                    .args(packages)
+                    .env("DEBIAN_FRONTEND", "noninteractive")
+                    .stdout(Stdio::null()),
+            )
+        };
         if install().is_err() {
-            run_cmd(Command::new("apt-get").args(["update", "-q"]).stdout(Stdio::null()))?;
+            run_cmd(
+                Command::new("apt-get")
+                    .args(["update", "-q"])
+                    .stdout(Stdio::null()),
+            )?;
             install()?;
         }
         which(probe)
     }
 
-    /// helm v4 and kubectl 1.35, the official static binaries from the aws-cdk kubectl layer.
+    /// helm v4 (and kubectl 1.35), the official static binaries from the aws-cdk kubectl layer.
     fn kubectl_layer(&self) -> Result<PathBuf> {
         let (name, version) = KUBECTL_LAYER;
         let package = self.npm_pack(name, version)?;
         self.cached(&format!("kubectl-layer@{version}"), |tmp| {
             let zip = package.join("lib/layer.zip");
-            run_cmd(Command::new("python3").args(["-m", "zipfile", "-e", path_str(&zip)?, path_str(tmp)?]))?;
+            run_cmd(Command::new("python3").args([
+                "-m",
+                "zipfile",
+                "-e",
+                path_str(&zip)?,
+                path_str(tmp)?,
+            ]))?;
             for bin in ["helm/helm", "kubectl/kubectl"] {
                 run_cmd(Command::new("chmod").arg("+x").arg(tmp.join(bin)))?;
             }
@@ -162,10 +215,6 @@ impl Tools {
 
     pub fn helm(&self) -> Result<PathBuf> {
         Ok(self.kubectl_layer()?.join("helm/helm"))
-    }
-
-    pub fn kubectl(&self) -> Result<PathBuf> {
-        Ok(self.kubectl_layer()?.join("kubectl/kubectl"))
     }
 
     /// Node 22 (the machine has 20); some npm tools need it.
@@ -193,7 +242,10 @@ impl Tools {
     /// The real Unleash server (runs on the machine's Node 20); returns the npm prefix.
     pub fn unleash_server(&self) -> Result<PathBuf> {
         let prefix = self.npm_install("unleash-server-7.5.1", &[UNLEASH_SERVER], None)?;
-        if !prefix.join("node_modules/unleash-server/package.json").exists() {
+        if !prefix
+            .join("node_modules/unleash-server/package.json")
+            .exists()
+        {
             bail!("{UNLEASH_SERVER} is missing from {}", prefix.display());
         }
         Ok(prefix)

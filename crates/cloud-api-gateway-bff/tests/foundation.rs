@@ -8,7 +8,13 @@ const BINARY: &str = env!("CARGO_BIN_EXE_cloud-api-gateway-bff");
 
 #[tokio::test]
 async fn serves_health_version_and_red_metrics() {
-    service_checks::serves_health_version_and_red_metrics(Path::new(BINARY), "GATEWAY", cloud_api_gateway_bff::SERVICE_NAME, &[]).await;
+    service_checks::serves_health_version_and_red_metrics(
+        Path::new(BINARY),
+        "GATEWAY",
+        cloud_api_gateway_bff::SERVICE_NAME,
+        &[],
+    )
+    .await;
 }
 
 #[test]

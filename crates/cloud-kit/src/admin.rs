@@ -32,8 +32,15 @@ pub struct Readiness {
 
 impl std::fmt::Debug for Readiness {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<String> = self.checks.read().map(|c| c.iter().map(|(n, _)| n.clone()).collect()).unwrap_or_default();
-        f.debug_struct("Readiness").field("draining", &self.is_draining()).field("checks", &names).finish()
+        let names: Vec<String> = self
+            .checks
+            .read()
+            .map(|c| c.iter().map(|(n, _)| n.clone()).collect())
+            .unwrap_or_default();
+        f.debug_struct("Readiness")
+            .field("draining", &self.is_draining())
+            .field("checks", &names)
+            .finish()
     }
 }
 
@@ -71,18 +78,22 @@ impl Readiness {
 
     pub async fn report(&self) -> ReadinessReport {
         let checks: NamedChecks = self.checks.read().map(|c| c.clone()).unwrap_or_default();
-        let results = futures::future::join_all(checks.into_iter().map(|(name, check)| async move {
-            let outcome = match tokio::time::timeout(CHECK_TIMEOUT, check()).await {
-                Ok(Ok(())) => "ok".to_string(),
-                Ok(Err(reason)) => format!("failing: {reason}"),
-                Err(_) => format!("failing: no answer within {CHECK_TIMEOUT:?}"),
-            };
-            (name, outcome)
-        }))
-        .await;
+        let results =
+            futures::future::join_all(checks.into_iter().map(|(name, check)| async move {
+                let outcome = match tokio::time::timeout(CHECK_TIMEOUT, check()).await {
+                    Ok(Ok(())) => "ok".to_string(),
+                    Ok(Err(reason)) => format!("failing: {reason}"),
+                    Err(_) => format!("failing: no answer within {CHECK_TIMEOUT:?}"),
+                };
+                (name, outcome)
+            }))
+            .await;
         let mut checks: BTreeMap<String, String> = results.into_iter().collect();
         let status = if self.is_draining() {
-            checks.insert("shutdown".into(), "failing: draining before shutdown".into());
+            checks.insert(
+                "shutdown".into(),
+                "failing: draining before shutdown".into(),
+            );
             "draining"
         } else if checks.values().all(|v| v == "ok") {
             "ready"
@@ -114,7 +125,11 @@ async fn healthz() -> impl IntoResponse {
 
 async fn readyz(State(state): State<AdminState>) -> Response {
     let report = state.readiness.report().await;
-    let status = if report.status == "ready" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if report.status == "ready" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, axum::Json(report)).into_response()
 }
 
@@ -124,7 +139,9 @@ async fn metrics_handler(State(state): State<AdminState>) -> Response {
             let mut response = body.into_response();
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
-                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
             );
             response
         }

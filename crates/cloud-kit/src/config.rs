@@ -14,7 +14,10 @@ use serde::de::DeserializeOwned;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Unreadable { path: String, source: std::io::Error },
+    Unreadable {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("invalid configuration:\n{0}")]
     Invalid(String),
 }
@@ -30,7 +33,10 @@ fn base(file: Option<&Path>) -> Result<Figment, ConfigError> {
     let mut figment = Figment::new();
     if let Some(path) = file {
         // figment treats a missing file as empty; a named file that cannot be read is an error.
-        std::fs::File::open(path).map_err(|source| ConfigError::Unreadable { path: path.display().to_string(), source })?;
+        std::fs::File::open(path).map_err(|source| ConfigError::Unreadable {
+            path: path.display().to_string(),
+            source,
+        })?;
         figment = figment.merge(Yaml::file_exact(path));
     }
     Ok(figment)
@@ -38,22 +44,35 @@ fn base(file: Option<&Path>) -> Result<Figment, ConfigError> {
 
 fn extract<T: DeserializeOwned>(figment: Figment) -> Result<T, ConfigError> {
     figment.extract::<T>().map_err(|err| {
-        let lines: Vec<String> = err.into_iter().map(|e| format!("  - {}", describe(&e))).collect();
+        let lines: Vec<String> = err
+            .into_iter()
+            .map(|e| format!("  - {}", describe(&e)))
+            .collect();
         ConfigError::Invalid(lines.join("\n"))
     })
 }
 
 fn describe(err: &figment::Error) -> String {
-    let key = err.path.join(".");
-    let source = err.metadata.as_ref().map(|m| match &m.source {
-        Some(src) => format!("{} {src}", m.name),
-        None => m.name.to_string(),
-    });
-    let key = if key.is_empty() { "(top level)".to_string() } else { key };
-    match source {
-        Some(source) => format!("{key}: {} (from {source})", err.kind),
-        None => format!("{key}: {}", err.kind),
-    }
+    let key = if err.path.is_empty() {
+        "(top level)".to_string()
+    } else {
+        err.path.join(".")
+    };
+    let Some(meta) = err.metadata.as_ref() else {
+        return format!("{key}: {}", err.kind);
+    };
+    // For environment variables, name the exact variable (figment's interpolation of the key).
+    let from = match (&err.profile, meta.name.contains("environment")) {
+        (Some(profile), true) => {
+            let path: Vec<&str> = err.path.iter().map(String::as_str).collect();
+            format!("environment variable {}", meta.interpolate(profile, &path))
+        }
+        _ => match &meta.source {
+            Some(src) => format!("{} {src}", meta.name),
+            None => meta.name.to_string(),
+        },
+    };
+    format!("{key}: {} (from {from})", err.kind)
 }
 
 /// Where a service listens, and how it shuts down.
@@ -110,6 +129,9 @@ pub struct TelemetryConfig {
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        Self { log_format: LogFormat::Auto, log_level: "info".into() }
+        Self {
+            log_format: LogFormat::Auto,
+            log_level: "info".into(),
+        }
     }
 }

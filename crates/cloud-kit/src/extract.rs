@@ -39,7 +39,9 @@ impl<T: Serialize> IntoResponse for Json<T> {
 fn json_problem(rejection: JsonRejection) -> Problem {
     let status = rejection.status();
     let detail = match &rejection {
-        JsonRejection::MissingJsonContentType(_) => "expected a request with Content-Type: application/json".to_string(),
+        JsonRejection::MissingJsonContentType(_) => {
+            "expected a request with Content-Type: application/json".to_string()
+        }
         _ => rejection.body_text(),
     };
     problem_for(status, detail)
@@ -112,7 +114,11 @@ where
 
 fn path_problem(rejection: PathRejection) -> Problem {
     // A path that does not parse names a resource that cannot exist.
-    let status = if rejection.status().is_server_error() { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::NOT_FOUND };
+    let status = if rejection.status().is_server_error() {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::NOT_FOUND
+    };
     problem_for(status, rejection.body_text())
 }
 

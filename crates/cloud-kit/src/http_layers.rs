@@ -19,7 +19,10 @@ pub fn apply(router: Router, metrics: Metrics, max_body_bytes: usize) -> Router 
     router
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(CatchPanicLayer::custom(panic_to_problem))
-        .layer(axum::middleware::from_fn_with_state(metrics, crate::metrics::record))
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            crate::metrics::record,
+        ))
         .layer(axum::middleware::from_fn(crate::trace_context::propagate))
         .layer(SetResponseHeaderLayer::if_not_present(
             HeaderName::from_static("x-content-type-options"),

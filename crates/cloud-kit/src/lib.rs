@@ -48,5 +48,8 @@ macro_rules! build_info {
 
 /// `GET /version`: service name, version and git sha.
 pub fn version_route<S: Clone + Send + Sync + 'static>(info: BuildInfo) -> axum::Router<S> {
-    axum::Router::new().route("/version", axum::routing::get(move || async move { axum::Json(info) }))
+    axum::Router::new().route(
+        "/version",
+        axum::routing::get(move || async move { axum::Json(info) }),
+    )
 }

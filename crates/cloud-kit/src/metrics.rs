@@ -15,7 +15,9 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// Latency buckets in seconds: fine below 10 ms, where a gateway's added latency lives.
-pub const LATENCY_BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 /// The route label for requests that matched no route: raw paths would explode cardinality.
 pub const UNMATCHED_ROUTE: &str = "unmatched";
@@ -44,11 +46,25 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
         let requests = Family::<HttpLabels, Counter>::default();
-        let duration = Family::<HttpLabels, Histogram>::new_with_constructor(new_latency_histogram as fn() -> Histogram);
+        let duration = Family::<HttpLabels, Histogram>::new_with_constructor(
+            new_latency_histogram as fn() -> Histogram,
+        );
         // prometheus-client appends `_total` to counters.
-        registry.register("http_requests", "HTTP requests handled, by method, route template and status", requests.clone());
-        registry.register("http_request_duration_seconds", "HTTP request latency in seconds, by method, route template and status", duration.clone());
-        Self { registry: Arc::new(Mutex::new(registry)), requests, duration }
+        registry.register(
+            "http_requests",
+            "HTTP requests handled, by method, route template and status",
+            requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency in seconds, by method, route template and status",
+            duration.clone(),
+        );
+        Self {
+            registry: Arc::new(Mutex::new(registry)),
+            requests,
+            duration,
+        }
     }
 
     /// Registers more metrics (a service's own, or a library's such as cloud-flags).
@@ -78,9 +94,17 @@ pub fn new_latency_histogram() -> Histogram {
 pub async fn record(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().as_str().to_string();
-    let route = request.extensions().get::<MatchedPath>().map_or(UNMATCHED_ROUTE, |p| p.as_str()).to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(UNMATCHED_ROUTE, |p| p.as_str())
+        .to_string();
     let response = next.run(request).await;
-    let labels = HttpLabels { method, route, status: response.status().as_u16().to_string() };
+    let labels = HttpLabels {
+        method,
+        route,
+        status: response.status().as_u16().to_string(),
+    };
     metrics.observe(&labels, started.elapsed().as_secs_f64());
     response
 }

@@ -52,7 +52,11 @@ impl Problem {
         self
     }
 
-    pub fn with_extension(mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
+    pub fn with_extension(
+        mut self,
+        key: impl Into<String>,
+        value: impl Into<serde_json::Value>,
+    ) -> Self {
         self.extensions.insert(key.into(), value.into());
         self
     }
@@ -90,7 +94,8 @@ impl Problem {
     }
     /// A 500 that says nothing about the cause: details go to the log, never to the client.
     pub fn internal() -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR).with_detail("an internal error occurred; it has been logged")
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR)
+            .with_detail("an internal error occurred; it has been logged")
     }
 }
 
@@ -109,7 +114,8 @@ impl std::error::Error for Problem {}
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = self.status();
-        let body = serde_json::to_vec(&self).unwrap_or_else(|_| b"{\"title\":\"Internal Server Error\",\"status\":500}".to_vec());
+        let body = serde_json::to_vec(&self)
+            .unwrap_or_else(|_| b"{\"title\":\"Internal Server Error\",\"status\":500}".to_vec());
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
@@ -127,5 +133,6 @@ pub async fn not_found_fallback(uri: axum::http::Uri) -> Problem {
 
 /// The fallback for a known path with the wrong method.
 pub async fn method_not_allowed_fallback(method: axum::http::Method) -> Problem {
-    Problem::new(StatusCode::METHOD_NOT_ALLOWED).with_detail(format!("method {method} is not allowed here"))
+    Problem::new(StatusCode::METHOD_NOT_ALLOWED)
+        .with_detail(format!("method {method} is not allowed here"))
 }

@@ -15,9 +15,16 @@ use crate::shutdown::{self, Shutdown};
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("the {what} listener failed: {source}")]
-    Serve { what: &'static str, source: std::io::Error },
+    Serve {
+        what: &'static str,
+        source: std::io::Error,
+    },
 }
 
 /// A service with its listeners bound. `port()` is known before `run_until_stopped()`, which is
@@ -38,11 +45,31 @@ pub struct Server {
 
 impl Server {
     /// Binds both listeners and wraps `router` in the standard middleware stack.
-    pub async fn bind(name: &'static str, config: &ServerConfig, router: Router, readiness: Readiness, metrics: Metrics) -> Result<Self, ServerError> {
+    pub async fn bind(
+        name: &'static str,
+        config: &ServerConfig,
+        router: Router,
+        readiness: Readiness,
+        metrics: Metrics,
+    ) -> Result<Self, ServerError> {
         let app_addr = SocketAddr::new(config.host, config.port);
         let admin_addr = SocketAddr::new(config.host, config.admin_port);
-        let app_listener = TcpListener::bind(app_addr).await.map_err(|source| ServerError::Bind { what: "api", addr: app_addr, source })?;
-        let admin_listener = TcpListener::bind(admin_addr).await.map_err(|source| ServerError::Bind { what: "admin", addr: admin_addr, source })?;
+        let app_listener =
+            TcpListener::bind(app_addr)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    what: "api",
+                    addr: app_addr,
+                    source,
+                })?;
+        let admin_listener =
+            TcpListener::bind(admin_addr)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    what: "admin",
+                    addr: admin_addr,
+                    source,
+                })?;
         let app = crate::http_layers::apply(router, metrics.clone(), config.max_body_bytes);
         Ok(Self {
             name,
@@ -59,11 +86,17 @@ impl Server {
     }
 
     pub fn port(&self) -> u16 {
-        self.app_listener.local_addr().map(|a| a.port()).unwrap_or(0)
+        self.app_listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or(0)
     }
 
     pub fn admin_port(&self) -> u16 {
-        self.admin_listener.local_addr().map(|a| a.port()).unwrap_or(0)
+        self.admin_listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or(0)
     }
 
     pub fn readiness(&self) -> &Readiness {
@@ -95,21 +128,39 @@ impl Server {
     /// period passes (still serving), the API listener stops accepting, and in-flight requests
     /// get `shutdown_timeout` to finish. The admin listener stops last.
     pub async fn run_until_stopped(self) -> Result<(), ServerError> {
-        let Self { name, app, app_listener, admin_listener, readiness, metrics, shutdown, drain_period, shutdown_timeout, listen_for_signals } = self;
+        let Self {
+            name,
+            app,
+            app_listener,
+            admin_listener,
+            readiness,
+            metrics,
+            shutdown,
+            drain_period,
+            shutdown_timeout,
+            listen_for_signals,
+        } = self;
         let stop_app = CancellationToken::new();
         let stop_admin = CancellationToken::new();
         let admin_router = admin::router(readiness.clone(), metrics);
         let mut app_task = tokio::spawn({
             let stop = stop_app.clone();
             async move {
-                axum::serve(app_listener, app.into_make_service_with_connect_info::<SocketAddr>())
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await
+                axum::serve(
+                    app_listener,
+                    app.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
             }
         });
         let mut admin_task = tokio::spawn({
             let stop = stop_admin.clone();
-            async move { axum::serve(admin_listener, admin_router).with_graceful_shutdown(stop.cancelled_owned()).await }
+            async move {
+                axum::serve(admin_listener, admin_router)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+            }
         });
         let signals = async {
             if listen_for_signals {
@@ -143,10 +194,16 @@ impl Server {
     }
 }
 
-fn serve_result(what: &'static str, joined: Result<std::io::Result<()>, tokio::task::JoinError>) -> Result<(), ServerError> {
+fn serve_result(
+    what: &'static str,
+    joined: Result<std::io::Result<()>, tokio::task::JoinError>,
+) -> Result<(), ServerError> {
     match joined {
         Ok(Ok(())) => Ok(()),
         Ok(Err(source)) => Err(ServerError::Serve { what, source }),
-        Err(join) => Err(ServerError::Serve { what, source: std::io::Error::other(join.to_string()) }),
+        Err(join) => Err(ServerError::Serve {
+            what,
+            source: std::io::Error::other(join.to_string()),
+        }),
     }
 }

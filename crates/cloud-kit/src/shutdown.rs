@@ -31,7 +31,9 @@ impl Shutdown {
 
     /// A child handle: triggering the parent triggers it too.
     pub fn child(&self) -> Self {
-        Self { token: self.token.child_token() }
+        Self {
+            token: self.token.child_token(),
+        }
     }
 }
 

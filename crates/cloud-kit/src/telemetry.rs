@@ -3,7 +3,9 @@
 
 use std::io::IsTerminal;
 
-use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _};
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
+};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
@@ -39,29 +41,50 @@ impl Drop for TelemetryGuard {
 
 /// Installs the global subscriber. A second call in the same process (two services in one
 /// `cloudctl up`) keeps the first subscriber and returns an empty guard.
-pub fn init(service_name: &'static str, config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
-    let filter = EnvFilter::try_new(&config.log_level).map_err(|e| TelemetryError::Filter(config.log_level.clone(), e))?;
+pub fn init(
+    service_name: &'static str,
+    config: &TelemetryConfig,
+) -> Result<TelemetryGuard, TelemetryError> {
+    let filter = EnvFilter::try_new(&config.log_level)
+        .map_err(|e| TelemetryError::Filter(config.log_level.clone(), e))?;
     let json = match config.log_format {
         LogFormat::Json => true,
         LogFormat::Pretty => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
     let fmt = if json {
-        tracing_subscriber::fmt::layer().json().with_current_span(true).with_span_list(false).with_writer(std::io::stderr).boxed()
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .boxed()
     } else {
-        tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed()
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed()
     };
     let (otel, provider) = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
         Ok(endpoint) if !endpoint.is_empty() => {
             let provider = otlp_provider(service_name)?;
             let tracer = provider.tracer(service_name);
             tracing::debug!(%endpoint, "exporting traces over OTLP");
-            (Some(tracing_opentelemetry::layer().with_tracer(tracer)), Some(provider))
+            (
+                Some(tracing_opentelemetry::layer().with_tracer(tracer)),
+                Some(provider),
+            )
         }
         _ => (None, None),
     };
-    let installed = tracing_subscriber::registry().with(filter).with(fmt).with(otel).try_init().is_ok();
-    Ok(TelemetryGuard { provider: if installed { provider } else { None } })
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .try_init()
+        .is_ok();
+    Ok(TelemetryGuard {
+        provider: if installed { provider } else { None },
+    })
 }
 
 fn otlp_provider(service_name: &'static str) -> Result<SdkTracerProvider, TelemetryError> {
@@ -72,15 +95,32 @@ fn otlp_provider(service_name: &'static str) -> Result<SdkTracerProvider, Teleme
         .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
         .build()
         .map_err(|e| TelemetryError::Otlp(e.to_string()))?;
-    let resource = opentelemetry_sdk::Resource::builder().with_service_name(service_name).build();
-    Ok(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build())
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service_name)
+        .build();
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build())
 }
 
 /// Makes `span` a child of the caller's span from `traceparent`, for the OTLP exporter.
 /// Without the exporter installed this does nothing.
 pub fn set_remote_parent(span: &tracing::Span, trace: &TraceContext) {
-    let Some(parent) = trace.parent_span_id else { return };
-    let flags = if trace.sampled { TraceFlags::SAMPLED } else { TraceFlags::default() };
-    let remote = SpanContext::new(TraceId::from_bytes(trace.trace_id), SpanId::from_bytes(parent), flags, true, TraceState::default());
+    let Some(parent) = trace.parent_span_id else {
+        return;
+    };
+    let flags = if trace.sampled {
+        TraceFlags::SAMPLED
+    } else {
+        TraceFlags::default()
+    };
+    let remote = SpanContext::new(
+        TraceId::from_bytes(trace.trace_id),
+        SpanId::from_bytes(parent),
+        flags,
+        true,
+        TraceState::default(),
+    );
     let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
 }

@@ -36,10 +36,20 @@ impl TraceContext {
         let mut rng = rand::rng();
         let span_id = non_zero(|| rng.random::<[u8; 8]>());
         if let Some((trace_id, parent, flags)) = header.and_then(parse_traceparent) {
-            return Self { trace_id, parent_span_id: Some(parent), span_id, sampled: flags & 1 == 1 };
+            return Self {
+                trace_id,
+                parent_span_id: Some(parent),
+                span_id,
+                sampled: flags & 1 == 1,
+            };
         }
         let trace_id = non_zero(|| rng.random::<[u8; 16]>());
-        Self { trace_id, parent_span_id: None, span_id, sampled: true }
+        Self {
+            trace_id,
+            parent_span_id: None,
+            span_id,
+            sampled: true,
+        }
     }
 
     pub fn trace_id_hex(&self) -> String {
@@ -52,7 +62,12 @@ impl TraceContext {
 
     /// The `traceparent` this hop sends downstream: same trace, this hop's span as parent.
     pub fn child_traceparent(&self) -> String {
-        format!("00-{}-{}-{:02x}", self.trace_id_hex(), self.span_id_hex(), u8::from(self.sampled))
+        format!(
+            "00-{}-{}-{:02x}",
+            self.trace_id_hex(),
+            self.span_id_hex(),
+            u8::from(self.sampled)
+        )
     }
 }
 
@@ -70,7 +85,11 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    if s.len() != N * 2 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if s.len() != N * 2
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         return None;
     }
     let mut out = [0u8; N];
@@ -83,7 +102,8 @@ fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
 /// Parses a version-00 `traceparent`: `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`.
 pub fn parse_traceparent(value: &str) -> Option<([u8; 16], [u8; 8], u8)> {
     let mut parts = value.trim().split('-');
-    let (version, trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     if version != "00" || parts.next().is_some() {
         return None;
     }
@@ -100,7 +120,8 @@ pub fn parse_traceparent(value: &str) -> Option<([u8; 16], [u8; 8], u8)> {
 /// used to forge or flood log lines.
 fn sane_request_id(value: &HeaderValue) -> Option<String> {
     let s = value.to_str().ok()?;
-    (!s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic())).then(|| s.to_string())
+    (!s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()))
+        .then(|| s.to_string())
 }
 
 /// Middleware: assigns the request id and trace context, records them on a span around the
@@ -111,8 +132,15 @@ pub async fn propagate(mut request: Request, next: Next) -> Response {
         .get(&REQUEST_ID)
         .and_then(sane_request_id)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let trace = TraceContext::from_traceparent(request.headers().get(&TRACEPARENT).and_then(|v| v.to_str().ok()));
-    request.extensions_mut().insert(RequestId(request_id.clone()));
+    let trace = TraceContext::from_traceparent(
+        request
+            .headers()
+            .get(&TRACEPARENT)
+            .and_then(|v| v.to_str().ok()),
+    );
+    request
+        .extensions_mut()
+        .insert(RequestId(request_id.clone()));
     request.extensions_mut().insert(trace);
     let span = tracing::info_span!(
         "http_request",
@@ -136,13 +164,21 @@ mod tests {
 
     #[test]
     fn continues_a_valid_traceparent() {
-        let ctx = TraceContext::from_traceparent(Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+        let ctx = TraceContext::from_traceparent(Some(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ));
         assert_eq!(ctx.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(ctx.parent_span_id, Some([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]));
+        assert_eq!(
+            ctx.parent_span_id,
+            Some([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7])
+        );
         assert!(ctx.sampled);
         let child = ctx.child_traceparent();
         assert!(child.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
-        assert!(!child.contains("00f067aa0ba902b7"), "the child must carry this hop's span id");
+        assert!(
+            !child.contains("00f067aa0ba902b7"),
+            "the child must carry this hop's span id"
+        );
     }
 
     #[test]
@@ -156,7 +192,10 @@ mod tests {
             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
         ] {
-            assert!(parse_traceparent(bad).is_none(), "{bad:?} should be rejected");
+            assert!(
+                parse_traceparent(bad).is_none(),
+                "{bad:?} should be rejected"
+            );
             let ctx = TraceContext::from_traceparent(Some(bad));
             assert_eq!(ctx.parent_span_id, None, "{bad:?} must start a new trace");
         }
@@ -164,9 +203,18 @@ mod tests {
 
     #[test]
     fn insane_request_ids_are_replaced() {
-        assert_eq!(sane_request_id(&HeaderValue::from_static("abc-123")), Some("abc-123".into()));
-        assert_eq!(sane_request_id(&HeaderValue::from_static("has space")), None);
+        assert_eq!(
+            sane_request_id(&HeaderValue::from_static("abc-123")),
+            Some("abc-123".into())
+        );
+        assert_eq!(
+            sane_request_id(&HeaderValue::from_static("has space")),
+            None
+        );
         let long = "a".repeat(129);
-        assert_eq!(sane_request_id(&HeaderValue::from_str(&long).unwrap()), None);
+        assert_eq!(
+            sane_request_id(&HeaderValue::from_str(&long).unwrap()),
+            None
+        );
     }
 }

@@ -24,27 +24,60 @@ struct Order {
 }
 
 async fn start() -> Running {
-    let config = ServerConfig { port: 0, admin_port: 0, drain_period: Duration::ZERO, max_body_bytes: 1024, ..ServerConfig::default() };
+    let config = ServerConfig {
+        port: 0,
+        admin_port: 0,
+        drain_period: Duration::ZERO,
+        max_body_bytes: 1024,
+        ..ServerConfig::default()
+    };
     let router = Router::new()
-        .route("/orders/{id}", get(|cloud_kit::extract::Path(id): cloud_kit::extract::Path<u32>| async move { format!("order {id}") }))
-        .route("/orders", post(|Json(_order): Json<Order>| async { "created" }))
-        .route("/panic", get(|| async {
-            #[allow(clippy::panic)]
-            if true {
-                panic!("secret-in-panic-payload");
-            }
-            "unreachable"
-        }));
+        .route(
+            "/orders/{id}",
+            get(
+                |cloud_kit::extract::Path(id): cloud_kit::extract::Path<u32>| async move {
+                    format!("order {id}")
+                },
+            ),
+        )
+        .route(
+            "/orders",
+            post(|Json(_order): Json<Order>| async { "created" }),
+        )
+        .route(
+            "/panic",
+            get(|| async {
+                #[allow(clippy::panic)]
+                if true {
+                    panic!("secret-in-panic-payload");
+                }
+                "unreachable"
+            }),
+        );
     let router = cloud_kit::http_layers::default_fallbacks(router);
     let readiness = Readiness::new();
     let flag = Arc::new(AtomicBool::new(true));
     let check_flag = flag.clone();
     readiness.add_check("database", move || {
         let ok = check_flag.load(Ordering::SeqCst);
-        async move { if ok { Ok(()) } else { Err("connection refused".to_string()) } }
+        async move {
+            if ok {
+                Ok(())
+            } else {
+                Err("connection refused".to_string())
+            }
+        }
     });
-    let server = Server::bind("test", &config, router, readiness, Metrics::new()).await.unwrap().without_signals();
-    let running = Running { port: server.port(), admin: server.admin_port(), shutdown: server.shutdown_handle(), flag };
+    let server = Server::bind("test", &config, router, readiness, Metrics::new())
+        .await
+        .unwrap()
+        .without_signals();
+    let running = Running {
+        port: server.port(),
+        admin: server.admin_port(),
+        shutdown: server.shutdown_handle(),
+        flag,
+    };
     tokio::spawn(server.run_until_stopped());
     running
 }
@@ -63,19 +96,85 @@ async fn bad_input_gets_problem_json_never_500() {
     let client = reqwest::Client::new();
     let url = |p: &str| format!("http://127.0.0.1:{}{p}", app.port);
 
-    let body = problem(client.post(url("/orders")).header("content-type", "application/json").body("{not json").send().await.unwrap(), 400).await;
-    assert!(body["detail"].as_str().unwrap().to_lowercase().contains("json"), "{body}");
-    let body = problem(client.post(url("/orders")).body("quantity=1").send().await.unwrap(), 415).await;
-    assert!(body["detail"].as_str().unwrap().contains("application/json"), "{body}");
-    let body = problem(client.post(url("/orders")).header("content-type", "application/json").body(r#"{"quantity":-1}"#).send().await.unwrap(), 422).await;
-    assert!(body["detail"].as_str().unwrap().contains("quantity"), "names the field: {body}");
+    let body = problem(
+        client
+            .post(url("/orders"))
+            .header("content-type", "application/json")
+            .body("{not json")
+            .send()
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("json"),
+        "{body}"
+    );
+    let body = problem(
+        client
+            .post(url("/orders"))
+            .body("quantity=1")
+            .send()
+            .await
+            .unwrap(),
+        415,
+    )
+    .await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("application/json"),
+        "{body}"
+    );
+    let body = problem(
+        client
+            .post(url("/orders"))
+            .header("content-type", "application/json")
+            .body(r#"{"quantity":-1}"#)
+            .send()
+            .await
+            .unwrap(),
+        422,
+    )
+    .await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("quantity"),
+        "names the field: {body}"
+    );
     let big = format!("{{\"quantity\":1,\"pad\":\"{}\"}}", "x".repeat(4096));
-    problem(client.post(url("/orders")).header("content-type", "application/json").body(big).send().await.unwrap(), 413).await;
-    problem(client.get(url("/orders/not-a-number")).send().await.unwrap(), 404).await;
+    problem(
+        client
+            .post(url("/orders"))
+            .header("content-type", "application/json")
+            .body(big)
+            .send()
+            .await
+            .unwrap(),
+        413,
+    )
+    .await;
+    problem(
+        client
+            .get(url("/orders/not-a-number"))
+            .send()
+            .await
+            .unwrap(),
+        404,
+    )
+    .await;
     problem(client.get(url("/nowhere")).send().await.unwrap(), 404).await;
     problem(client.delete(url("/orders")).send().await.unwrap(), 405).await;
     let body = problem(client.get(url("/panic")).send().await.unwrap(), 500).await;
-    assert!(!body.to_string().contains("secret-in-panic-payload"), "a panic payload never reaches the client: {body}");
+    assert!(
+        !body.to_string().contains("secret-in-panic-payload"),
+        "a panic payload never reaches the client: {body}"
+    );
     app.shutdown.trigger();
 }
 
@@ -84,11 +183,25 @@ async fn request_ids_are_echoed_or_assigned() {
     let app = start().await;
     let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{}/orders/1", app.port);
-    let echoed = client.get(&url).header("x-request-id", "req-42").send().await.unwrap();
+    let echoed = client
+        .get(&url)
+        .header("x-request-id", "req-42")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(echoed.headers()["x-request-id"], "req-42");
-    let assigned = client.get(&url).header("x-request-id", "bad id with spaces").send().await.unwrap();
+    let assigned = client
+        .get(&url)
+        .header("x-request-id", "bad id with spaces")
+        .send()
+        .await
+        .unwrap();
     let id = assigned.headers()["x-request-id"].to_str().unwrap();
-    assert_eq!(uuid::Uuid::parse_str(id).map(|_| ()), Ok(()), "a fresh UUID replaces an unsafe id, got {id}");
+    assert_eq!(
+        uuid::Uuid::parse_str(id).map(|_| ()),
+        Ok(()),
+        "a fresh UUID replaces an unsafe id, got {id}"
+    );
     app.shutdown.trigger();
 }
 
@@ -104,7 +217,10 @@ async fn readyz_names_the_failing_check() {
     assert_eq!(failing.status(), 503);
     let body: serde_json::Value = failing.json().await.unwrap();
     assert_eq!(body["status"], "not_ready");
-    assert_eq!(body["checks"]["database"], "failing: connection refused", "{body}");
+    assert_eq!(
+        body["checks"]["database"], "failing: connection refused",
+        "{body}"
+    );
     app.shutdown.trigger();
 }
 
@@ -113,10 +229,28 @@ async fn metrics_use_route_templates() {
     let app = start().await;
     let client = reqwest::Client::new();
     for id in [1, 2, 3] {
-        client.get(format!("http://127.0.0.1:{}/orders/{id}", app.port)).send().await.unwrap();
+        client
+            .get(format!("http://127.0.0.1:{}/orders/{id}", app.port))
+            .send()
+            .await
+            .unwrap();
     }
-    let metrics = client.get(format!("http://127.0.0.1:{}/metrics", app.admin)).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains(r#"http_requests_total{method="GET",route="/orders/{id}",status="200"} 3"#), "{metrics}");
-    assert!(!metrics.contains("/orders/1"), "raw paths never become labels:\n{metrics}");
+    let metrics = client
+        .get(format!("http://127.0.0.1:{}/metrics", app.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .contains(r#"http_requests_total{method="GET",route="/orders/{id}",status="200"} 3"#),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("/orders/1"),
+        "raw paths never become labels:\n{metrics}"
+    );
     app.shutdown.trigger();
 }

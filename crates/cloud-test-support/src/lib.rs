@@ -5,7 +5,12 @@
 //! [`require`]: under `CI=true` (`CLOUD_TEST_REQUIRE_ALL=1`) a missing server or tool fails the
 //! test; in a bare `cargo test` on a laptop it is skipped with a loud message instead.
 // Panics here are failed test assertions, which is what a test helper should do.
-#![allow(clippy::print_stderr, clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::print_stderr,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -46,7 +51,9 @@ pub async fn fresh_postgres_database() -> Option<String> {
     let name = format!("test_{}", uuid::Uuid::new_v4().simple());
     let bin = require("POSTGRES_BIN").map(PathBuf::from);
     // `createdb` ships with the server binaries; no SQL client library needed here.
-    let createdb = bin.map(|b| b.join("createdb")).unwrap_or_else(|| PathBuf::from("createdb"));
+    let createdb = bin
+        .map(|b| b.join("createdb"))
+        .unwrap_or_else(|| PathBuf::from("createdb"));
     let status = tokio::process::Command::new(createdb)
         .arg("--maintenance-db")
         .arg(&admin_url)
@@ -57,7 +64,9 @@ pub async fn fresh_postgres_database() -> Option<String> {
         Ok(s) if s.success() => {}
         other => panic!("createdb {name} on {admin_url} failed: {other:?}"),
     }
-    let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(base, _)| base);
+    let base = admin_url
+        .rsplit_once('/')
+        .map_or(admin_url.as_str(), |(base, _)| base);
     Some(format!("{base}/{name}"))
 }
 
@@ -71,7 +80,10 @@ pub async fn wait_until_ok(url: &str, timeout: Duration) {
         {
             return;
         }
-        assert!(Instant::now() < deadline, "{url} did not answer 2xx within {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{url} did not answer 2xx within {timeout:?}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }

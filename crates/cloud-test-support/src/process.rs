@@ -36,7 +36,9 @@ impl ServiceProcess {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
         let stderr = child.stderr.take().expect("piped stderr");
         let lines = Arc::new(Mutex::new(VecDeque::new()));
         let (ports_tx, ports_rx) = std::sync::mpsc::channel();
@@ -54,11 +56,25 @@ impl ServiceProcess {
             }
         });
         match ports_rx.recv_timeout(Duration::from_secs(30)) {
-            Ok((port, admin_port)) => Self { child, port, admin_port, stderr: lines },
+            Ok((port, admin_port)) => Self {
+                child,
+                port,
+                admin_port,
+                stderr: lines,
+            },
             Err(_) => {
                 let _ = child.kill();
-                let log = lines.lock().unwrap().iter().cloned().collect::<Vec<_>>().join("\n");
-                panic!("{} logged no \"listening\" line within 30 s; stderr:\n{log}", binary.display());
+                let log = lines
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                panic!(
+                    "{} logged no \"listening\" line within 30 s; stderr:\n{log}",
+                    binary.display()
+                );
             }
         }
     }
@@ -86,14 +102,24 @@ impl ServiceProcess {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "process did not exit within {timeout:?}; stderr:\n{}", self.stderr_text());
+            assert!(
+                Instant::now() < deadline,
+                "process did not exit within {timeout:?}; stderr:\n{}",
+                self.stderr_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     /// Everything the process wrote to stderr so far (the last 2,000 lines).
     pub fn stderr_text(&self) -> String {
-        self.stderr.lock().unwrap().iter().cloned().collect::<Vec<_>>().join("\n")
+        self.stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -124,5 +150,8 @@ pub fn run_to_exit(binary: &Path, env: &[(&str, &str)], args: &[&str]) -> (ExitS
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()));
-    (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

@@ -8,7 +8,11 @@ mod up;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "cloudctl", version, about = "Operate the cloud platform: run it locally, manage environments, promote and roll back")]
+#[command(
+    name = "cloudctl",
+    version,
+    about = "Operate the cloud platform: run it locally, manage environments, promote and roll back"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

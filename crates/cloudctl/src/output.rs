@@ -14,7 +14,12 @@ pub enum OutputFormat {
 
 /// Prints `rows` as an aligned table (with `headers`) or as a JSON array.
 #[allow(clippy::print_stdout)]
-pub fn print_rows<T: Serialize>(format: OutputFormat, headers: &[&str], rows: &[T], cells: impl Fn(&T) -> Vec<String>) -> anyhow::Result<()> {
+pub fn print_rows<T: Serialize>(
+    format: OutputFormat,
+    headers: &[&str],
+    rows: &[T],
+    cells: impl Fn(&T) -> Vec<String>,
+) -> anyhow::Result<()> {
     match format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(rows)?),
         OutputFormat::Table => {
@@ -28,7 +33,14 @@ pub fn print_rows<T: Serialize>(format: OutputFormat, headers: &[&str], rows: &[
                 }
             }
             let line = |cells: Vec<String>| {
-                cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths.get(i).copied().unwrap_or(0))).collect::<Vec<_>>().join("  ").trim_end().to_string()
+                cells
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| format!("{c:<w$}", w = widths.get(i).copied().unwrap_or(0)))
+                    .collect::<Vec<_>>()
+                    .join("  ")
+                    .trim_end()
+                    .to_string()
             };
             println!("{}", line(headers.iter().map(|h| h.to_string()).collect()));
             for row in table {

@@ -1,8 +1,231 @@
-//! `cloudctl up`: the whole platform in one process on this machine.
+//! `cloudctl up`: the whole platform in one process on this machine, with embedded defaults
+//! (SQLite under a data dir, no external servers). It is the platform's main job on a laptop:
+//! the same `build(config)` the binaries and the tests use, started in order, each awaited until
+//! its readiness check passes.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use cloud_identity_access::demo::DemoSeed;
+use cloud_kit::Shutdown;
 
 #[derive(Debug, clap::Args)]
-pub struct UpArgs {}
+pub struct UpArgs {
+    /// Directory for the embedded database and local state (created if missing).
+    #[arg(long, default_value = ".data/cloudctl-up", value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// Gateway API port (0 picks a free port).
+    #[arg(long, default_value_t = 8080)]
+    pub gateway_port: u16,
+    /// Gateway admin port (`/healthz`, `/readyz`, `/metrics`).
+    #[arg(long, default_value_t = 9090)]
+    pub gateway_admin_port: u16,
+    /// Identity API port.
+    #[arg(long, default_value_t = 8081)]
+    pub identity_port: u16,
+    /// Identity admin port.
+    #[arg(long, default_value_t = 9091)]
+    pub identity_admin_port: u16,
+    /// Log filter for the services' logs on stderr, e.g. `info` or `debug`.
+    #[arg(long, default_value = "warn")]
+    pub log_level: String,
+}
 
-pub fn run(_args: UpArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not wired yet")
+/// The demo route requires the audience identity puts in tokens when the client names none.
+const DEMO_AUDIENCE: &str = cloud_identity_access::oauth::DEFAULT_AUDIENCE;
+/// How long one service may take to become ready before `up` gives up.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Local runs have no load balancer to drain: stop promptly on Ctrl-C.
+const LOCAL_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub fn run(args: UpArgs) -> Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(up(args))
+}
+
+#[allow(clippy::print_stdout)]
+async fn up(args: UpArgs) -> Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
+    let telemetry = cloud_kit::TelemetryConfig {
+        log_format: cloud_kit::config::LogFormat::Pretty,
+        log_level: args.log_level.clone(),
+    };
+    let _telemetry = cloud_kit::telemetry::init("cloudctl", &telemetry)?;
+    let shutdown = Shutdown::new();
+    let mut tasks = Vec::new();
+
+    let mut identity_config = cloud_identity_access::Config::default();
+    identity_config.server = local_server(args.identity_port, args.identity_admin_port);
+    identity_config.telemetry = telemetry.clone();
+    identity_config.data_dir = args.data_dir.join("identity");
+    let started = progress(cloud_identity_access::SERVICE_NAME);
+    let identity = cloud_identity_access::build(identity_config)
+        .await
+        .context("cannot start cloud-identity-access")?;
+    let identity_urls = Urls::new(identity.port(), identity.admin_port());
+    let issuer = identity.issuer().clone();
+    let demo = cloud_identity_access::demo::seed(&identity)
+        .await
+        .context("cannot seed the demo tenant")?;
+    tasks.push(tokio::spawn(
+        identity
+            .without_signals()
+            .with_shutdown(shutdown.clone())
+            .run_until_stopped(),
+    ));
+    wait_ready(cloud_identity_access::SERVICE_NAME, &identity_urls, started).await?;
+
+    let upstream = cloud_api_gateway_bff::demo::spawn_upstream(0, shutdown.clone())
+        .await
+        .context("cannot start the demo upstream")?;
+    let mut gateway_config = cloud_api_gateway_bff::Config::default()
+        .with_demo_route(issuer.clone(), DEMO_AUDIENCE, upstream)
+        .context("cannot configure the demo route")?;
+    gateway_config.server = local_server(args.gateway_port, args.gateway_admin_port);
+    gateway_config.telemetry = telemetry;
+    gateway_config.identity.issuer_url = issuer.clone();
+    let started = progress(cloud_api_gateway_bff::SERVICE_NAME);
+    let gateway = cloud_api_gateway_bff::build(gateway_config)
+        .await
+        .context("cannot start cloud-api-gateway-bff")?;
+    let gateway_urls = Urls::new(gateway.port(), gateway.admin_port());
+    tasks.push(tokio::spawn(
+        gateway
+            .without_signals()
+            .with_shutdown(shutdown.clone())
+            .run_until_stopped(),
+    ));
+    wait_ready(cloud_api_gateway_bff::SERVICE_NAME, &gateway_urls, started).await?;
+
+    println!();
+    println!("The platform is up (data in {}):", args.data_dir.display());
+    println!(
+        "  gateway   {}   admin {}",
+        gateway_urls.api, gateway_urls.admin
+    );
+    println!(
+        "  identity  {}   admin {}   issuer {issuer}",
+        identity_urls.api, identity_urls.admin
+    );
+    println!();
+    match &demo {
+        DemoSeed::Created(creds) => {
+            println!(
+                "Demo tenant {:?} created. These secrets are shown once (kept in {}):",
+                creds.tenant_id,
+                args.data_dir.display()
+            );
+            println!(
+                "  client      {} / {}",
+                creds.client_id, creds.client_secret
+            );
+            println!(
+                "  user        {} / {}",
+                creds.user_email, creds.user_password
+            );
+            println!();
+            println!("Get a token, then call the protected demo route through the gateway:");
+            println!(
+                "  TOKEN=$({} | sed -E 's/.*\"access_token\":\"([^\"]+)\".*/\\1/')",
+                creds.curl_example()
+            );
+        }
+        DemoSeed::AlreadySeeded { tenant_ids } => {
+            println!(
+                "The data dir already holds tenants {tenant_ids:?}; their secrets were shown when they were created."
+            );
+            println!(
+                "Start over with a fresh --data-dir to see new demo credentials. With a token in $TOKEN:"
+            );
+        }
+    }
+    println!(
+        "  curl -s -H \"Authorization: Bearer $TOKEN\" {}/api/demo/hello",
+        gateway_urls.api
+    );
+    println!(
+        "  curl -s {}/api/demo/hello     # no token: 401",
+        gateway_urls.api
+    );
+    println!();
+    println!("Press Ctrl-C to stop.");
+
+    cloud_kit::shutdown::signal().await;
+    println!("Stopping...");
+    shutdown.trigger();
+    for task in tasks {
+        task.await
+            .context("a service task failed")?
+            .context("a service failed while stopping")?;
+    }
+    println!("Stopped.");
+    Ok(())
+}
+
+fn local_server(port: u16, admin_port: u16) -> cloud_kit::ServerConfig {
+    cloud_kit::ServerConfig {
+        port,
+        admin_port,
+        drain_period: Duration::ZERO,
+        shutdown_timeout: LOCAL_SHUTDOWN_TIMEOUT,
+        ..cloud_kit::ServerConfig::default()
+    }
+}
+
+#[derive(Debug)]
+struct Urls {
+    api: String,
+    admin: String,
+}
+
+impl Urls {
+    fn new(port: u16, admin_port: u16) -> Self {
+        Self {
+            api: format!("http://127.0.0.1:{port}"),
+            admin: format!("http://127.0.0.1:{admin_port}"),
+        }
+    }
+}
+
+#[allow(clippy::print_stdout)]
+fn progress(service: &str) -> Instant {
+    println!("{service:<24} starting");
+    Instant::now()
+}
+
+/// Polls the service's `/readyz` until it answers 200, printing one line when it does.
+#[allow(clippy::print_stdout)]
+async fn wait_ready(service: &str, urls: &Urls, started: Instant) -> Result<()> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let readyz = format!("{}/readyz", urls.admin);
+    let mut last = String::from("no answer yet");
+    while started.elapsed() < READY_TIMEOUT {
+        match client.get(&readyz).send().await {
+            Ok(resp) if resp.status().is_success() => {
+                println!(
+                    "{service:<24} ready in {:.1}s at {} (admin {})",
+                    started.elapsed().as_secs_f64(),
+                    urls.api,
+                    urls.admin
+                );
+                return Ok(());
+            }
+            Ok(resp) => {
+                last = format!(
+                    "{}: {}",
+                    resp.status(),
+                    resp.text().await.unwrap_or_default()
+                )
+            }
+            Err(err) => last = err.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!(
+        "{service} was not ready within {READY_TIMEOUT:?}; last answer from {readyz}: {last}"
+    )
 }
