@@ -26,7 +26,10 @@ pub enum ConfigError {
 ///
 /// `env_prefix` is e.g. `IDENTITY`: `IDENTITY_SERVER__PORT=8080` sets `server.port`.
 pub fn load<T: DeserializeOwned>(env_prefix: &str, file: Option<&Path>) -> Result<T, ConfigError> {
-    extract(base(file)?.merge(Env::prefixed(&format!("{env_prefix}_")).split("__")))
+    extract(
+        base(file)?.merge(Env::prefixed(&format!("{env_prefix}_")).split("__")),
+        env_prefix,
+    )
 }
 
 fn base(file: Option<&Path>) -> Result<Figment, ConfigError> {
@@ -42,17 +45,17 @@ fn base(file: Option<&Path>) -> Result<Figment, ConfigError> {
     Ok(figment)
 }
 
-fn extract<T: DeserializeOwned>(figment: Figment) -> Result<T, ConfigError> {
+fn extract<T: DeserializeOwned>(figment: Figment, env_prefix: &str) -> Result<T, ConfigError> {
     figment.extract::<T>().map_err(|err| {
         let lines: Vec<String> = err
             .into_iter()
-            .map(|e| format!("  - {}", describe(&e)))
+            .map(|e| format!("  - {}", describe(&e, env_prefix)))
             .collect();
         ConfigError::Invalid(lines.join("\n"))
     })
 }
 
-fn describe(err: &figment::Error) -> String {
+fn describe(err: &figment::Error, env_prefix: &str) -> String {
     let key = if err.path.is_empty() {
         "(top level)".to_string()
     } else {
@@ -61,16 +64,15 @@ fn describe(err: &figment::Error) -> String {
     let Some(meta) = err.metadata.as_ref() else {
         return format!("{key}: {}", err.kind);
     };
-    // For environment variables, name the exact variable (figment's interpolation of the key).
-    let from = match (&err.profile, meta.name.contains("environment")) {
-        (Some(profile), true) => {
-            let path: Vec<&str> = err.path.iter().map(String::as_str).collect();
-            format!("environment variable {}", meta.interpolate(profile, &path))
-        }
-        _ => match &meta.source {
+    // For environment variables, name the exact variable, as the operator wrote it.
+    let from = if meta.name.contains("environment") {
+        let var: Vec<String> = err.path.iter().map(|p| p.to_ascii_uppercase()).collect();
+        format!("environment variable {env_prefix}_{}", var.join("__"))
+    } else {
+        match &meta.source {
             Some(src) => format!("{} {src}", meta.name),
             None => meta.name.to_string(),
-        },
+        }
     };
     format!("{key}: {} (from {from})", err.kind)
 }
