@@ -225,7 +225,8 @@ pub fn workflows(ctx: &mut Ctx) -> Result<()> {
     {
         errors.push(format!("{e:#}"));
     }
-    let all: Vec<&str> = crate::test_steps().iter().map(|s| s.name).collect();
+    let steps = crate::all_steps();
+    let all: Vec<&str> = steps.iter().map(|s| s.name).collect();
     match read_yaml(&ctx.root.join(".github/workflows/ci.yml")).and_then(|ci| uncovered_steps(&ci, &all)) {
         Ok(missing) if missing.is_empty() => {}
         Ok(missing) => errors.push(format!(
@@ -1336,10 +1337,7 @@ pub const GITHUB_ONLY: &[(&str, &str)] = &[
 /// `cargo xtask ci`: the steps of `cargo xtask test` that ci.yml runs, plus the pending ones
 /// (`crate::pending_steps`), selected by exact name.
 pub fn run(root: PathBuf, only: &[String], except: &[String]) -> Result<()> {
-    let all: Vec<crate::steps::Step> = crate::test_steps()
-        .into_iter()
-        .chain(crate::pending_steps())
-        .collect();
+    let all = crate::all_steps();
     for name in only.iter().chain(except) {
         if !all.iter().any(|s| s.name == name) {
             let names: Vec<&str> = all.iter().map(|s| s.name).collect();
@@ -1611,7 +1609,8 @@ mod tests {
 
     #[test]
     fn our_ci_yml_runs_every_xtask_step() {
-        let all: Vec<&str> = crate::test_steps().iter().map(|s| s.name).collect();
+        let steps = crate::all_steps();
+        let all: Vec<&str> = steps.iter().map(|s| s.name).collect();
         let ci = read_yaml(&root().join(".github/workflows/ci.yml")).unwrap();
         assert_eq!(uncovered_steps(&ci, &all).unwrap(), Vec::<String>::new());
     }

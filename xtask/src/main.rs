@@ -122,6 +122,11 @@ pub fn pending_steps() -> Vec<Step> {
     ]
 }
 
+/// Every step `cargo xtask ci` knows: the test steps, then the pending ones.
+pub fn all_steps() -> Vec<Step> {
+    test_steps().into_iter().chain(pending_steps()).collect()
+}
+
 fn repo_root() -> Result<PathBuf> {
     // xtask lives at <root>/xtask, and cargo sets CARGO_MANIFEST_DIR at build time.
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));

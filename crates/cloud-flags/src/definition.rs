@@ -87,11 +87,31 @@ pub fn definitions(features: &ClientFeatures) -> BTreeMap<String, FlagDefinition
                         .unwrap_or_else(|| json!({ "id": id, "missing": true }))
                 })
                 .collect();
-            let value = json!({ "feature": value, "segments": used_segments });
+            let value = canonical(json!({ "feature": value, "segments": used_segments }));
             let hash = sha256_hex(value.to_string().as_bytes());
             (feature.name.clone(), FlagDefinition { value, hash })
         })
         .collect()
+}
+
+/// The value with every object's keys in sorted order. Strategy parameters are hash maps, and
+/// with serde_json's `preserve_order` (enabled by other crates in the workspace) their iteration
+/// order would leak into the definition hash and report changes that never happened.
+fn canonical(value: Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(String, Value)> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k, canonical(v)))
+                    .collect(),
+            )
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(canonical).collect()),
+        other => other,
+    }
 }
 
 fn strategies(def: &Value) -> Vec<Value> {

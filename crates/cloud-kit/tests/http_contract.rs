@@ -1,5 +1,7 @@
 //! The HTTP contract every service inherits from cloud-kit: problem+json errors for bad input,
 //! request ids, readiness with named checks, and RED metrics by route template.
+// The helpers below are test code too: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -56,10 +56,12 @@ async fn up(args: UpArgs) -> Result<()> {
     let shutdown = Shutdown::new();
     let mut tasks = Vec::new();
 
-    let mut identity_config = cloud_identity_access::Config::default();
-    identity_config.server = local_server(args.identity_port, args.identity_admin_port);
-    identity_config.telemetry = telemetry.clone();
-    identity_config.data_dir = args.data_dir.join("identity");
+    let identity_config = cloud_identity_access::Config {
+        server: local_server(args.identity_port, args.identity_admin_port),
+        telemetry: telemetry.clone(),
+        data_dir: args.data_dir.join("identity"),
+        ..cloud_identity_access::Config::default()
+    };
     let started = progress(cloud_identity_access::SERVICE_NAME);
     let identity = cloud_identity_access::build(identity_config)
         .await
