@@ -597,6 +597,9 @@ async fn raw_post(
         .http
         .post(app.url(path))
         .header("content-type", content_type)
+        // A rejected oversized body is left unread, so the server closes that connection; a
+        // pooled client could otherwise reuse it for the next case and see it cut off.
+        .header("connection", "close")
         .body(body)
         .send()
         .await
