@@ -797,7 +797,7 @@ mod tests {
     /// The chart <-> binary check, by hand until it is a step:
     /// `cargo test -p xtask -- --ignored --nocapture chart_matches_binary`.
     #[test]
-    #[ignore = "builds and starts both service binaries; wired as a step once both services land"]
+    #[ignore = "starts both service binaries; not a step yet: never seen passing (the identity chart calls a `migrate` subcommand the binary lacks)"]
     fn chart_matches_binary() {
         let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .parent()
