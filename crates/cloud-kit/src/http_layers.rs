@@ -6,7 +6,10 @@ use std::any::Any;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, HeaderValue};
+use axum::extract::Request;
+use axum::http::header::CONNECTION;
+use axum::http::{HeaderName, HeaderValue, StatusCode, Version};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
@@ -24,6 +27,7 @@ pub fn apply(router: Router, metrics: Metrics, max_body_bytes: usize) -> Router 
             crate::metrics::record,
         ))
         .layer(axum::middleware::from_fn(crate::trace_context::propagate))
+        .layer(axum::middleware::from_fn(close_after_unread_body))
         .layer(SetResponseHeaderLayer::if_not_present(
             HeaderName::from_static("x-content-type-options"),
             HeaderValue::from_static("nosniff"),
@@ -35,6 +39,20 @@ pub fn default_fallbacks(router: Router) -> Router {
     router
         .fallback(crate::problem::not_found_fallback)
         .method_not_allowed_fallback(crate::problem::method_not_allowed_fallback)
+}
+
+/// A 413 is answered before the body is read, so hyper cannot reuse the HTTP/1 connection and
+/// closes it after the response. Without `Connection: close` a keep-alive client does not know
+/// that and may send its next request on the dying connection, which then fails with no answer.
+async fn close_after_unread_body(request: Request, next: Next) -> Response {
+    let http1 = request.version() < Version::HTTP_2;
+    let mut response = next.run(request).await;
+    if http1 && response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 fn panic_to_problem(_payload: Box<dyn Any + Send + 'static>) -> Response {

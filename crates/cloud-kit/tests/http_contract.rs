@@ -180,6 +180,37 @@ async fn bad_input_gets_problem_json_never_500() {
     app.shutdown.trigger();
 }
 
+/// A rejected oversized body is never read, so the server must close that connection and say so;
+/// otherwise a keep-alive client reuses the dying connection and its next request fails.
+#[tokio::test]
+async fn an_oversized_body_closes_its_connection_and_keep_alive_clients_go_on() {
+    let app = start().await;
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("http://127.0.0.1:{}{path}", app.port);
+    for round in 0..10 {
+        let rejected = client
+            .post(url("/orders"))
+            .header("content-type", "application/json")
+            .body(vec![b' '; 1024 * 1024])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(rejected.status(), 413, "round {round}");
+        assert_eq!(
+            rejected.headers().get("connection").map(|v| v.as_bytes()),
+            Some(&b"close"[..]),
+            "round {round}: a 413 must announce that the connection closes"
+        );
+        let next = client.get(url("/orders/1")).send().await;
+        assert_eq!(
+            next.map(|r| r.status().as_u16()).map_err(|e| e.to_string()),
+            Ok(200),
+            "round {round}: the request after a 413 must not hit the closed connection"
+        );
+    }
+    app.shutdown.trigger();
+}
+
 #[tokio::test]
 async fn request_ids_are_echoed_or_assigned() {
     let app = start().await;
