@@ -1,10 +1,18 @@
-//! Operator commands that work on the store directly: `keys rotate`, `keys list`, `audit verify`.
+//! Operator commands that work on the store directly: `migrate`, `keys rotate`, `keys list`,
+//! `audit verify`.
 
 use serde::Serialize;
 
 use crate::audit::{VerifyReport, verify_chain};
 use crate::model::Actor;
-use crate::{BuildError, Config, open_keys, open_store};
+use crate::store::MigrationReport;
+use crate::{BuildError, Config, open_and_migrate, open_keys, open_store};
+
+/// Applies the store's pending migrations and reports them. Needs only `data_dir` /
+/// `database.*`: no signing keys, no bootstrap secret, no listener (the Helm PreSync Job).
+pub async fn migrate(config: &Config) -> Result<MigrationReport, BuildError> {
+    Ok(open_and_migrate(config).await?.1)
+}
 
 #[derive(Debug, Serialize)]
 pub struct KeyInfo {

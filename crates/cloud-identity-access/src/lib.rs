@@ -43,7 +43,7 @@ pub enum BuildError {
     #[error("cannot derive the issuer URL: {0}")]
     Issuer(#[from] url::ParseError),
     /// Never includes the database URL, which may hold a password.
-    #[error("cannot open the database (database.url): {0}")]
+    #[error("cannot open the database (database.url, env IDENTITY_DATABASE__URL): {0}")]
     Store(#[from] StoreError),
     #[error("signing keys: {0}")]
     Keys(#[from] keys::KeyError),
@@ -136,15 +136,23 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     result
 }
 
-/// Opens the store named by the config (creating the data dir for the default SQLite file).
+/// Opens the store named by the config (creating the data dir for the default SQLite file) and
+/// applies pending migrations.
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, BuildError> {
+    Ok(open_and_migrate(config).await?.0)
+}
+
+/// [`open_store`], also returning what the migrations did.
+pub async fn open_and_migrate(
+    config: &Config,
+) -> Result<(Arc<dyn Store>, store::MigrationReport), BuildError> {
     if config.database.url.is_none() {
         std::fs::create_dir_all(&config.data_dir).map_err(|source| BuildError::DataDir {
             path: config.data_dir.display().to_string(),
             source,
         })?;
     }
-    Ok(store::connect(&config.database_url(), config.database.max_connections).await?)
+    Ok(store::connect_and_migrate(&config.database_url(), config.database.max_connections).await?)
 }
 
 /// Opens the store and loads the signing keys, without binding listeners (CLI commands).

@@ -22,6 +22,8 @@ struct Cli {
 enum Command {
     /// Run the service (the default).
     Serve,
+    /// Apply pending database migrations and exit; prints what was applied (JSON).
+    Migrate,
     /// Manage the token signing keys.
     Keys {
         #[command(subcommand)]
@@ -62,6 +64,12 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("cannot start")?;
             app.run_until_stopped().await?;
+        }
+        Command::Migrate => {
+            let report = cli::migrate(&config).await.context("migration failed")?;
+            serde_json::to_writer_pretty(&mut out, &report)?;
+            use std::io::Write;
+            writeln!(out)?;
         }
         Command::Keys {
             command: KeysCommand::Rotate,

@@ -85,8 +85,8 @@ pub struct Grants {
 
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
-    /// Applies pending migrations (idempotent).
-    async fn migrate(&self) -> StoreResult<()>;
+    /// Applies pending migrations (idempotent) and says which ran now and which were there.
+    async fn migrate(&self) -> StoreResult<MigrationReport>;
     async fn ping(&self) -> StoreResult<()>;
     fn backend(&self) -> &'static str;
 
@@ -192,6 +192,26 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn audit_chain(&self) -> StoreResult<(Vec<AuditEvent>, i64, String)>;
 }
 
+/// One migration, by version and name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MigrationId {
+    pub version: i64,
+    pub name: String,
+}
+
+/// What [`Store::migrate`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct MigrationReport {
+    pub backend: &'static str,
+    /// Applied by this call.
+    pub applied: Vec<MigrationId>,
+    /// Already recorded in `schema_migrations` (by an earlier run or a concurrent replica).
+    pub already_present: Vec<MigrationId>,
+    /// Recorded in the database but unknown to this binary: a newer release migrated it. That is
+    /// fine while migrations are expand-only (an older release keeps working), so not an error.
+    pub unknown: Vec<MigrationId>,
+}
+
 /// Key state changes of one rotation.
 #[derive(Debug, Clone, Default)]
 pub struct RotationPlan {
@@ -206,6 +226,14 @@ pub async fn connect(
     url: &SecretString,
     max_connections: u32,
 ) -> StoreResult<std::sync::Arc<dyn Store>> {
+    Ok(connect_and_migrate(url, max_connections).await?.0)
+}
+
+/// [`connect`], also returning what the migrations did (`cloud-identity-access migrate`).
+pub async fn connect_and_migrate(
+    url: &SecretString,
+    max_connections: u32,
+) -> StoreResult<(std::sync::Arc<dyn Store>, MigrationReport)> {
     let raw = url.expose_secret();
     if raw.starts_with("sqlite:") {
         let in_memory = raw.contains(":memory:") || raw.contains("mode=memory");
@@ -235,8 +263,8 @@ pub async fn connect(
             .connect_with(options)
             .await?;
         let store = SqliteStore { pool };
-        store.migrate().await?;
-        Ok(std::sync::Arc::new(store))
+        let report = store.migrate().await?;
+        Ok((std::sync::Arc::new(store), report))
     } else if raw.starts_with("postgres:") || raw.starts_with("postgresql:") {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
@@ -244,8 +272,8 @@ pub async fn connect(
             .connect(raw)
             .await?;
         let store = PostgresStore { pool };
-        store.migrate().await?;
-        Ok(std::sync::Arc::new(store))
+        let report = store.migrate().await?;
+        Ok((std::sync::Arc::new(store), report))
     } else {
         Err(StoreError::UnsupportedUrl)
     }
@@ -565,7 +593,7 @@ const REFRESH_COLUMNS: &str =
 
 /// The Store implementation, once per backend: the SQL is the same for both.
 macro_rules! sql_store {
-    ($store:ident, $db:ty, $migrations:expr, $backend:literal) => {
+    ($store:ident, $db:ty, $migrations:expr, $backend:literal, $lock:literal) => {
         impl $store {
             /// Starts an audited transaction: bumps the chain head first (taking the write lock).
             async fn begin_audited(&self) -> StoreResult<(sqlx::Transaction<'static, $db>, i64, String)> {
@@ -626,31 +654,43 @@ macro_rules! sql_store {
 
         #[async_trait]
         impl Store for $store {
-            async fn migrate(&self) -> StoreResult<()> {
+            async fn migrate(&self) -> StoreResult<MigrationReport> {
                 sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)")
                     .execute(&self.pool)
                     .await?;
+                let mut report = MigrationReport { backend: $backend, ..MigrationReport::default() };
                 for (version, name, sql) in $migrations {
+                    let id = MigrationId { version: *version, name: (*name).to_string() };
                     let mut tx = self.pool.begin().await?;
-                    // Write first, so SQLite takes the write lock now (waiting on busy_timeout)
-                    // instead of failing to upgrade a read transaction when replicas race.
-                    sqlx::query("DELETE FROM schema_migrations WHERE version < 0").execute(&mut *tx).await?;
+                    // Take the migration lock first, so concurrent runners (the PreSync Job and
+                    // starting replicas) apply each migration once: they wait here, then see it done.
+                    sqlx::query($lock).execute(&mut *tx).await?;
                     let done: Option<(i64,)> =
                         sqlx::query_as("SELECT version FROM schema_migrations WHERE version = $1").bind(*version).fetch_optional(&mut *tx).await?;
-                    if done.is_none() {
+                    if done.is_some() {
+                        report.already_present.push(id);
+                    } else {
                         for statement in statements(sql) {
                             sqlx::query(statement).execute(&mut *tx).await?;
                         }
-                        sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+                        sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
                             .bind(*version)
                             .bind(*name)
                             .bind(time::OffsetDateTime::now_utc().unix_timestamp())
                             .execute(&mut *tx)
                             .await?;
+                        report.applied.push(id);
                     }
                     tx.commit().await?;
                 }
-                Ok(())
+                let recorded: Vec<(i64, String)> =
+                    sqlx::query_as("SELECT version, name FROM schema_migrations ORDER BY version").fetch_all(&self.pool).await?;
+                report.unknown = recorded
+                    .into_iter()
+                    .filter(|(version, _)| !$migrations.iter().any(|(known, _, _)| known == version))
+                    .map(|(version, name)| MigrationId { version, name })
+                    .collect();
+                Ok(report)
             }
 
             async fn ping(&self) -> StoreResult<()> {
@@ -1129,12 +1169,22 @@ macro_rules! sql_store {
     };
 }
 
-sql_store!(SqliteStore, sqlx::Sqlite, SQLITE_MIGRATIONS, "sqlite");
+// The migration lock: SQLite has one writer, and a write takes it now (waiting on busy_timeout)
+// instead of failing to upgrade a read transaction later; PostgreSQL needs an explicit lock
+// (a transaction-scoped advisory lock, released at commit; the key is arbitrary but fixed).
+sql_store!(
+    SqliteStore,
+    sqlx::Sqlite,
+    SQLITE_MIGRATIONS,
+    "sqlite",
+    "DELETE FROM schema_migrations WHERE version < 0"
+);
 sql_store!(
     PostgresStore,
     sqlx::Postgres,
     POSTGRES_MIGRATIONS,
-    "postgres"
+    "postgres",
+    "SELECT pg_advisory_xact_lock(7261046385)"
 );
 
 impl SqliteStore {
