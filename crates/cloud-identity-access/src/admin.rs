@@ -166,6 +166,9 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
+/// Create a tenant.
+///
+/// Platform admins only (`platform:admin` in a token of the `platform` tenant). The name is 1-64 characters of a-z, 0-9 and `-`, unique across the platform. Audited as `tenant.create`.
 #[utoipa::path(post, path = "/v1/tenants", tag = "admin", request_body = CreateTenant, security(("bearer" = [])),
     responses((status = 201, body = Tenant), (status = 400), (status = 401), (status = 403), (status = 409)))]
 pub async fn create_tenant(
@@ -193,6 +196,9 @@ pub async fn create_tenant(
     Ok(created(tenant))
 }
 
+/// List tenants.
+///
+/// Platform admins see every tenant; a tenant admin sees only the tenant of its own token (`tid`).
 #[utoipa::path(get, path = "/v1/tenants", tag = "admin", security(("bearer" = [])),
     responses((status = 200, body = [Tenant]), (status = 401), (status = 403)))]
 pub async fn list_tenants(
@@ -209,6 +215,9 @@ pub async fn list_tenants(
     ))
 }
 
+/// Get a tenant.
+///
+/// A tenant admin may read only its own tenant; any other tenant answers 403.
 #[utoipa::path(get, path = "/v1/tenants/{tenant_id}", tag = "admin", security(("bearer" = [])), params(("tenant_id" = String, Path)),
     responses((status = 200, body = Tenant), (status = 401), (status = 403), (status = 404)))]
 pub async fn get_tenant(
@@ -228,6 +237,9 @@ pub struct CreateUser {
     pub password: String,
 }
 
+/// Create a user.
+///
+/// The email is unique within the tenant and stored lower-cased; the password is hashed with Argon2id and never returned. Audited as `user.create`.
 #[utoipa::path(post, path = "/v1/tenants/{tenant_id}/users", tag = "admin", request_body = CreateUser, security(("bearer" = [])),
     params(("tenant_id" = String, Path)), responses((status = 201, body = User), (status = 401), (status = 403), (status = 404), (status = 409), (status = 422)))]
 pub async fn create_user(
@@ -272,6 +284,9 @@ pub async fn create_user(
     Ok(created(user))
 }
 
+/// List a tenant's users.
+///
+/// Password hashes are never part of the response.
 #[utoipa::path(get, path = "/v1/tenants/{tenant_id}/users", tag = "admin", security(("bearer" = [])), params(("tenant_id" = String, Path)),
     responses((status = 200, body = [User]), (status = 401), (status = 403), (status = 404)))]
 pub async fn list_users(
@@ -290,6 +305,9 @@ pub async fn list_users(
     ))
 }
 
+/// Get a user.
+///
+/// 404 when the user does not exist in this tenant, even if the id exists in another one.
 #[utoipa::path(get, path = "/v1/tenants/{tenant_id}/users/{user_id}", tag = "admin", security(("bearer" = [])),
     params(("tenant_id" = String, Path), ("user_id" = String, Path)), responses((status = 200, body = User), (status = 401), (status = 403), (status = 404)))]
 pub async fn get_user(
@@ -314,6 +332,9 @@ pub struct UpdateUser {
     pub status: UserStatus,
 }
 
+/// Change a user's status.
+///
+/// `active`, `disabled` or `locked`; a user that is not active cannot log in or refresh tokens. Audited as `user.update`.
 #[utoipa::path(patch, path = "/v1/tenants/{tenant_id}/users/{user_id}", tag = "admin", request_body = UpdateUser, security(("bearer" = [])),
     params(("tenant_id" = String, Path), ("user_id" = String, Path)), responses((status = 200, body = User), (status = 401), (status = 403), (status = 404)))]
 pub async fn update_user(
@@ -339,6 +360,9 @@ pub async fn update_user(
     ))
 }
 
+/// Delete a user.
+///
+/// Also removes the user's role assignments. Audited as `user.delete`.
 #[utoipa::path(delete, path = "/v1/tenants/{tenant_id}/users/{user_id}", tag = "admin", security(("bearer" = [])),
     params(("tenant_id" = String, Path), ("user_id" = String, Path)), responses((status = 204), (status = 401), (status = 403), (status = 404)))]
 pub async fn delete_user(
@@ -364,6 +388,9 @@ pub struct CreateRole {
     pub permissions: Vec<String>,
 }
 
+/// Create a role.
+///
+/// A named set of permission strings such as `orders:read`. A tenant admin cannot grant `platform:*` permissions. Audited as `role.create`.
 #[utoipa::path(post, path = "/v1/tenants/{tenant_id}/roles", tag = "admin", request_body = CreateRole, security(("bearer" = [])),
     params(("tenant_id" = String, Path)), responses((status = 201, body = Role), (status = 401), (status = 403), (status = 404), (status = 409), (status = 422)))]
 pub async fn create_role(
@@ -406,6 +433,9 @@ pub async fn create_role(
     Ok(created(role))
 }
 
+/// List a tenant's roles.
+///
+/// Each role with its permissions.
 #[utoipa::path(get, path = "/v1/tenants/{tenant_id}/roles", tag = "admin", security(("bearer" = [])), params(("tenant_id" = String, Path)),
     responses((status = 200, body = [Role]), (status = 401), (status = 403), (status = 404)))]
 pub async fn list_roles(
@@ -424,6 +454,9 @@ pub async fn list_roles(
     ))
 }
 
+/// Get a role.
+///
+/// 404 when the role does not exist in this tenant.
 #[utoipa::path(get, path = "/v1/tenants/{tenant_id}/roles/{role_id}", tag = "admin", security(("bearer" = [])),
     params(("tenant_id" = String, Path), ("role_id" = String, Path)), responses((status = 200, body = Role), (status = 401), (status = 403), (status = 404)))]
 pub async fn get_role(
@@ -442,6 +475,9 @@ pub async fn get_role(
         .ok_or_else(|| Problem::not_found(format!("role {role_id} not found")))
 }
 
+/// Delete a role.
+///
+/// Also removes its assignments. Audited as `role.delete`.
 #[utoipa::path(delete, path = "/v1/tenants/{tenant_id}/roles/{role_id}", tag = "admin", security(("bearer" = [])),
     params(("tenant_id" = String, Path), ("role_id" = String, Path)), responses((status = 204), (status = 401), (status = 403), (status = 404)))]
 pub async fn delete_role(
@@ -539,6 +575,9 @@ pub fn validate_client(body: &CreateClient) -> Result<(), String> {
     Ok(())
 }
 
+/// Register an OAuth client.
+///
+/// Confidential clients get a service-generated secret (256 bits), returned once in this response and stored only as a keyed hash; public clients have none. Redirect URIs are matched exactly. Audited as `client.create`.
 #[utoipa::path(post, path = "/v1/tenants/{tenant_id}/clients", tag = "admin", request_body = CreateClient, security(("bearer" = [])),
     params(("tenant_id" = String, Path)), responses((status = 201, body = CreatedClient), (status = 401), (status = 403), (status = 404), (status = 422)))]
 pub async fn create_client(
@@ -583,6 +622,9 @@ pub fn new_client(
     (client, secret)
 }
 
+/// List a tenant's OAuth clients.
+///
+/// Secrets are never returned after creation.
 #[utoipa::path(get, path = "/v1/tenants/{tenant_id}/clients", tag = "admin", security(("bearer" = [])), params(("tenant_id" = String, Path)),
     responses((status = 200, body = [Client]), (status = 401), (status = 403), (status = 404)))]
 pub async fn list_clients(
@@ -601,6 +643,9 @@ pub async fn list_clients(
     ))
 }
 
+/// Get an OAuth client.
+///
+/// 404 when the client does not exist in this tenant.
 #[utoipa::path(get, path = "/v1/tenants/{tenant_id}/clients/{client_id}", tag = "admin", security(("bearer" = [])),
     params(("tenant_id" = String, Path), ("client_id" = String, Path)), responses((status = 200, body = Client), (status = 401), (status = 403), (status = 404)))]
 pub async fn get_client(
@@ -621,6 +666,9 @@ pub async fn get_client(
     }
 }
 
+/// Delete an OAuth client.
+///
+/// Also removes its role assignments; the client can no longer authenticate (so no new or refreshed tokens), while access tokens it already holds stay valid until they expire. Audited as `client.delete`.
 #[utoipa::path(delete, path = "/v1/tenants/{tenant_id}/clients/{client_id}", tag = "admin", security(("bearer" = [])),
     params(("tenant_id" = String, Path), ("client_id" = String, Path)), responses((status = 204), (status = 401), (status = 403), (status = 404)))]
 pub async fn delete_client(
@@ -646,6 +694,9 @@ pub struct CreateAssignment {
     pub subject_id: String,
 }
 
+/// Assign a role.
+///
+/// Gives a user or a client of the same tenant a role; its permissions appear in tokens issued afterwards. Audited as `role_assignment.create`.
 #[utoipa::path(post, path = "/v1/tenants/{tenant_id}/role-assignments", tag = "admin", request_body = CreateAssignment, security(("bearer" = [])),
     params(("tenant_id" = String, Path)), responses((status = 201, body = RoleAssignment), (status = 401), (status = 403), (status = 404), (status = 409), (status = 422)))]
 pub async fn create_assignment(
@@ -705,6 +756,9 @@ pub async fn create_assignment(
     Ok(created(assignment))
 }
 
+/// List a tenant's role assignments.
+///
+/// Every (role, subject kind, subject id) of the tenant.
 #[utoipa::path(get, path = "/v1/tenants/{tenant_id}/role-assignments", tag = "admin", security(("bearer" = [])), params(("tenant_id" = String, Path)),
     responses((status = 200, body = [RoleAssignment]), (status = 401), (status = 403), (status = 404)))]
 pub async fn list_assignments(
@@ -723,6 +777,9 @@ pub async fn list_assignments(
     ))
 }
 
+/// Remove a role assignment.
+///
+/// Tokens issued afterwards no longer carry the role's permissions. Audited as `role_assignment.delete`.
 #[utoipa::path(delete, path = "/v1/tenants/{tenant_id}/role-assignments/{role_id}/{subject_kind}/{subject_id}", tag = "admin", security(("bearer" = [])),
     params(("tenant_id" = String, Path), ("role_id" = String, Path), ("subject_kind" = SubjectKind, Path), ("subject_id" = String, Path)),
     responses((status = 204), (status = 401), (status = 403), (status = 404)))]
@@ -754,6 +811,7 @@ pub async fn delete_assignment(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditParams {
     /// Only this tenant's events; tenant admins always get only their own tenant.
@@ -764,6 +822,9 @@ pub struct AuditParams {
     pub limit: Option<i64>,
 }
 
+/// Query the audit trail.
+///
+/// Hash-chained events in sequence order, paged with `after` and `limit`. Platform admins may filter by `tenant_id`; tenant admins always get only their own tenant's events.
 #[utoipa::path(get, path = "/v1/audit", tag = "admin", security(("bearer" = [])), params(AuditParams),
     responses((status = 200, body = [AuditEvent]), (status = 400), (status = 401), (status = 403)))]
 pub async fn query_audit(

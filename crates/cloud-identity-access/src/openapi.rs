@@ -11,7 +11,7 @@ use crate::model::{
 
 #[derive(Debug, OpenApi)]
 #[openapi(
-    info(title = "cloud-identity-access", description = "Multi-tenant OAuth 2.1 / OpenID Connect provider: admin API and OAuth endpoints.", license(name = "Apache-2.0", identifier = "Apache-2.0")),
+    info(title = "cloud-identity-access", description = "Multi-tenant OAuth 2.1 / OpenID Connect provider: admin API and OAuth endpoints.", license(name = "Apache-2.0", identifier = "Apache-2.0"), contact(name = "cloud-platform maintainers", url = "https://github.com/cloud-platform/cloud-platform")),
     servers((url = "http://127.0.0.1:8081", description = "cloudctl up")),
     paths(
         admin::create_tenant, admin::list_tenants, admin::get_tenant,
@@ -112,14 +112,20 @@ pub mod docs {
     }
 
     /// OpenID Connect discovery document.
+    ///
+    /// OpenID Connect Discovery 1.0 metadata: the issuer, every endpoint URL, and the supported grants, scopes, PKCE method (`S256`) and signing algorithm (`EdDSA`).
     #[utoipa::path(get, path = "/.well-known/openid-configuration", tag = "oauth", responses((status = 200, description = "Discovery document", content_type = "application/json")))]
     pub fn discovery() {}
 
     /// JSON Web Key Set: next, active and retiring keys.
+    ///
+    /// Publishes the `next` key before it signs and the `retiring` key until its tokens expire, so a verifier with a cached key set never meets an unknown `kid`.
     #[utoipa::path(get, path = "/.well-known/jwks.json", tag = "oauth", responses((status = 200, description = "JWK set", content_type = "application/json")))]
     pub fn jwks() {}
 
     /// Authorization endpoint (code flow, PKCE S256 only): shows the hosted login page.
+    ///
+    /// Server-rendered HTML without JavaScript; the form posts back here with a CSRF token and, on success, redirects (303) to the exact registered `redirect_uri` with `code`, `state` and `iss`. `nonce` is required with the `openid` scope.
     #[utoipa::path(get, path = "/oauth2/authorize", tag = "oauth",
         params(("response_type" = String, Query), ("client_id" = String, Query), ("redirect_uri" = String, Query), ("scope" = Option<String>, Query),
             ("state" = Option<String>, Query), ("nonce" = Option<String>, Query), ("code_challenge" = String, Query), ("code_challenge_method" = String, Query)),
@@ -128,24 +134,32 @@ pub mod docs {
     pub fn authorize() {}
 
     /// Token endpoint.
+    ///
+    /// Grants `authorization_code` (with the PKCE `code_verifier`), `client_credentials`, `refresh_token` (rotated; a reused token revokes its family) and RFC 8693 token exchange. Access tokens are RFC 9068 JWTs; the `openid` scope adds an ID token.
     #[utoipa::path(post, path = "/oauth2/token", tag = "oauth", request_body(content = TokenRequest, content_type = "application/x-www-form-urlencoded"),
         security((), ("client" = [])),
         responses((status = 200, body = TokenResponse), (status = 400, body = OAuthErrorBody), (status = 401, body = OAuthErrorBody), (status = 415, body = OAuthErrorBody)))]
     pub fn token() {}
 
     /// Token introspection (RFC 7662), for confidential clients of the token's tenant.
+    ///
+    /// Answers `{"active": false}` for an expired, revoked, foreign-tenant or unknown token, and the token's claims otherwise.
     #[utoipa::path(post, path = "/oauth2/introspect", tag = "oauth", request_body(content = IntrospectRequest, content_type = "application/x-www-form-urlencoded"),
         security(("client" = [])),
         responses((status = 200, description = "Introspection response", content_type = "application/json"), (status = 400, body = OAuthErrorBody), (status = 401, body = OAuthErrorBody)))]
     pub fn introspect() {}
 
     /// Token revocation (RFC 7009).
+    ///
+    /// A refresh token revokes its whole family; an access token is revoked by its `jti`. Unknown tokens also answer 200, as the RFC requires.
     #[utoipa::path(post, path = "/oauth2/revoke", tag = "oauth", request_body(content = RevokeRequest, content_type = "application/x-www-form-urlencoded"),
         security((), ("client" = [])),
         responses((status = 200, description = "Revoked (or unknown)"), (status = 400, body = OAuthErrorBody), (status = 401, body = OAuthErrorBody)))]
     pub fn revoke() {}
 
     /// OpenID Connect userinfo.
+    ///
+    /// Claims about the user of a bearer access token that carries the `openid` scope (`sub`, plus `email` with the `email` scope).
     #[utoipa::path(get, path = "/oauth2/userinfo", tag = "oauth", security(("bearer" = [])),
         responses((status = 200, description = "Claims about the user", content_type = "application/json"), (status = 401), (status = 403)))]
     pub fn userinfo() {}
