@@ -1,18 +1,17 @@
 # syntax=docker/dockerfile:1.7
 # One image recipe for every service: `docker build --build-arg SERVICE=cloud-identity-access .`
-# The runtime recipe (static musl binary, uid 65532, read-only root, nothing but the binary) is
-# proven without a Docker engine by `cargo xtask ci --step image-runtime`; see docs/ci-cd.md.
+# The runtime recipe (a glibc binary on distroless/cc, uid 65532, read-only root, nothing added
+# but the binary) is proven without a Docker engine by `cargo xtask ci --step image-runtime`;
+# see docs/ci-cd.md.
 
 ARG RUST_VERSION=1.95.0
 
 # --- chef: the toolchain plus cargo-chef and cargo-auditable, shared by the next two stages ---
+# bookworm on purpose: the binary links against the builder's glibc (2.36), and the runtime
+# base below is Debian 12 too, so every glibc symbol the binary uses exists at run time.
 FROM rust:${RUST_VERSION}-bookworm AS chef
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends musl-tools=1.2.3-1 \
-    && rm -rf /var/lib/apt/lists/* \
-    && rustup target add x86_64-unknown-linux-musl \
-    && cargo install --locked cargo-chef@0.1.78 cargo-auditable@0.7.7
+RUN cargo install --locked cargo-chef@0.1.78 cargo-auditable@0.7.7
 WORKDIR /src
 
 # --- planner: reduce the workspace to the manifests that decide the dependency graph ---
@@ -25,18 +24,17 @@ FROM chef AS builder
 ARG SERVICE
 COPY --from=planner /src/recipe.json recipe.json
 RUN test -n "${SERVICE}" \
-    && cargo chef cook --release --locked --target x86_64-unknown-linux-musl \
-        --package "${SERVICE}" --recipe-path recipe.json
+    && cargo chef cook --release --locked --package "${SERVICE}" --recipe-path recipe.json
 COPY . .
 ARG GIT_SHA=unknown
 ENV CLOUD_GIT_SHA=${GIT_SHA}
-RUN cargo auditable build --release --locked --target x86_64-unknown-linux-musl \
-        --package "${SERVICE}" --bin "${SERVICE}" \
+RUN cargo auditable build --release --locked --package "${SERVICE}" --bin "${SERVICE}" \
     && mkdir -p /out \
-    && cp "target/x86_64-unknown-linux-musl/release/${SERVICE}" /out/service
+    && cp "target/release/${SERVICE}" /out/service
 
-# --- runtime: distroless static (no shell, no package manager), the binary and nothing else ---
-FROM gcr.io/distroless/static-debian12:nonroot
+# --- runtime: distroless cc (glibc, libgcc_s, libstdc++, libssl, CA bundle, tzdata; no shell,
+# no package manager), plus the binary and nothing else ---
+FROM gcr.io/distroless/cc-debian12:nonroot
 ARG SERVICE
 ARG VERSION=0.0.0-dev
 ARG GIT_SHA=unknown

@@ -25,8 +25,11 @@ pub const SPECTRAL: &str = "@stoplight/spectral-cli@6.16.3";
 pub const CARGO_DENY: &str = "cargo-deny@0.20.2";
 pub const CARGO_AUDITABLE: &str = "cargo-auditable@0.7.7";
 
-/// The Rust target the images are built for: static musl binaries on a distroless/static base.
-pub const IMAGE_TARGET: &str = "x86_64-unknown-linux-musl";
+/// The runtime base the image-runtime step emulates: the Rust host target
+/// (x86_64-unknown-linux-gnu) links against glibc, which this base provides without a shell.
+pub const EMULATED_BASE: &str = "gcr.io/distroless/cc-debian12";
+/// glibc's x86-64 dynamic loader, the ELF interpreter of every image binary.
+pub const IMAGE_INTERPRETER: &str = "/lib64/ld-linux-x86-64.so.2";
 /// Where the Dockerfile's builder stage leaves the service binary for the runtime stage.
 pub const BUILT_BINARY: &str = "/out/service";
 
@@ -76,11 +79,6 @@ impl Tools {
     /// Debian's shellcheck: actionlint runs it on every `run:` script.
     pub fn shellcheck(&self) -> Result<PathBuf> {
         self.apt(&["shellcheck"], "shellcheck")
-    }
-
-    /// Debian's musl-gcc: C code in dependencies (ring, SQLite) built for the musl target.
-    pub fn musl_gcc(&self) -> Result<PathBuf> {
-        self.apt(&["musl-tools"], "musl-gcc")
     }
 
     pub fn spectral(&self) -> Result<PathBuf> {
@@ -757,16 +755,23 @@ fn drift_test(ctx: &Ctx, spec: &Path) -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 
 /// Builds each service the way the Dockerfile does (`cargo auditable build --release` for the
-/// musl target), checks the binary is static and carries its dependency list, then runs it the
-/// way the image runs it: as uid/gid 65532, on a read-only root holding only what the base image
-/// and the Dockerfile's COPY provide, with an empty environment plus the image's ENV; `/healthz`
-/// must answer 200 and SIGTERM must stop it cleanly.
+/// host target, glibc), checks the binary carries its dependency list and needs nothing the
+/// distroless/cc base lacks, then runs it the way the image runs it: as uid/gid 65532, on a
+/// read-only root holding only what the base image (emulated from this Debian 12 machine's
+/// packages) and the Dockerfile's COPY provide, with an empty environment plus the image's ENV;
+/// `/healthz` must answer 200 and SIGTERM must stop it cleanly.
 pub fn image_runtime(ctx: &mut Ctx) -> Result<()> {
     let dockerfile = ctx.root.join("Dockerfile");
     let stage = parse_final_stage(
         &std::fs::read_to_string(&dockerfile).context("cannot read Dockerfile")?,
     )?;
     check_image_contract(&stage).context("Dockerfile")?;
+    if !stage.base.starts_with(EMULATED_BASE) {
+        bail!(
+            "the Dockerfile's runtime base is {}, but this step emulates {EMULATED_BASE}: teach it the new base",
+            stage.base
+        );
+    }
     if !is_root()? {
         if ctx.ci {
             bail!(
@@ -776,12 +781,14 @@ pub fn image_runtime(ctx: &mut Ctx) -> Result<()> {
         eprintln!("xtask: image-runtime skipped: it needs root for its mount namespace");
         return Ok(());
     }
+    ctx.tools.debian_packages(BASE_PACKAGES)?;
+    let libraries = base_libraries(&base_package_paths()?);
     let binaries = build_image_binaries(ctx)?;
     for (service, binary) in SERVICES.iter().zip(&binaries) {
-        check_static_and_audited(binary).with_context(|| binary.display().to_string())?;
+        check_image_binary(binary, &libraries).with_context(|| binary.display().to_string())?;
         let size = std::fs::metadata(binary)?.len();
         eprintln!(
-            "xtask: {} ({:.1} MiB)",
+            "xtask: {} is {size} bytes ({:.1} MiB)",
             binary.display(),
             size as f64 / 1_048_576.0
         );
@@ -843,42 +850,36 @@ fn is_root() -> Result<bool> {
     Ok(capture(Command::new("id").arg("-u"))?.trim() == "0")
 }
 
-/// `cargo auditable build --release --locked --target x86_64-unknown-linux-musl` for every
-/// service, as in the Dockerfile's builder stage. Returns the binaries in `SERVICES` order.
+/// `cargo auditable build --release --locked --package S --bin S` for each service, as in the
+/// Dockerfile's builder stage: the host target (x86_64-unknown-linux-gnu, linked against glibc),
+/// so nothing beyond the toolchain and crates.io is needed. One cargo run per service, like one
+/// image build per service, so each binary gets exactly its own feature set. Returns the
+/// binaries in `SERVICES` order.
 pub fn build_image_binaries(ctx: &mut Ctx) -> Result<Vec<PathBuf>> {
-    let installed = capture(Command::new("rustup").args(["target", "list", "--installed"]))?;
-    if !installed.lines().any(|l| l.trim() == IMAGE_TARGET) {
-        run_cmd(Command::new("rustup").args(["target", "add", IMAGE_TARGET]))?;
-    }
-    ctx.tools.musl_gcc()?;
     let auditable = ctx.tools.cargo_auditable()?;
     let bin_dir = auditable
         .parent()
         .context("cargo-auditable path has no parent")?;
-    let mut cmd = ctx.cargo();
-    cmd.args([
-        "auditable",
-        "build",
-        "--release",
-        "--locked",
-        "--target",
-        IMAGE_TARGET,
-    ]);
+    let path = prepend_path(bin_dir)?;
+    let release = cargo_target_dir(ctx)?.join("release");
+    let mut binaries = Vec::new();
     for s in &SERVICES {
-        cmd.args(["-p", s.package, "--bin", s.package]);
+        let started = Instant::now();
+        run_cmd(
+            ctx.cargo()
+                .args(["auditable", "build", "--release", "--locked"])
+                .args(["--package", s.package, "--bin", s.package])
+                .env("PATH", &path),
+        )
+        .with_context(|| format!("release build of {}", s.package))?;
+        eprintln!(
+            "xtask: release build of {} took {:.0} s",
+            s.package,
+            started.elapsed().as_secs_f64()
+        );
+        binaries.push(release.join(s.package));
     }
-    cmd.env("PATH", prepend_path(bin_dir)?);
-    run_cmd(&mut cmd)?;
-    let target_dir = cargo_target_dir(ctx)?;
-    Ok(SERVICES
-        .iter()
-        .map(|s| {
-            target_dir
-                .join(IMAGE_TARGET)
-                .join("release")
-                .join(s.package)
-        })
-        .collect())
+    Ok(binaries)
 }
 
 fn cargo_target_dir(ctx: &Ctx) -> Result<PathBuf> {
@@ -893,30 +894,59 @@ fn cargo_target_dir(ctx: &Ctx) -> Result<PathBuf> {
         .context("cargo metadata has no target_directory")
 }
 
-/// A static binary has no ELF interpreter; a `cargo auditable` one has a `.dep-v0` section.
-pub fn check_static_and_audited(binary: &Path) -> Result<()> {
-    let elf = std::fs::read(binary)?;
+/// What a service binary needs from the cc base at run time, and whether the base has it: the
+/// ELF interpreter must be glibc's x86-64 loader, every DT_NEEDED library must be one the base's
+/// packages ship (`base_libraries`), and the binary must carry the `.dep-v0` dependency list
+/// `cargo auditable` embeds (scanners such as Trivy and syft read it). Reports every problem.
+pub fn check_image_binary(binary: &Path, base_libraries: &BTreeSet<String>) -> Result<()> {
+    let elf = std::fs::read(binary).with_context(|| format!("cannot read {}", binary.display()))?;
     let info = elf_info(&elf)?;
-    if info.interpreter {
-        bail!(
-            "is dynamically linked (it has a PT_INTERP program header): the distroless/static base has no libc"
-        );
+    let mut errors = Vec::new();
+    match info.interpreter.as_deref() {
+        Some(IMAGE_INTERPRETER) => {}
+        Some(other) => errors.push(format!(
+            "its ELF interpreter is {other}, not {IMAGE_INTERPRETER} (glibc's x86-64 loader in the cc base)"
+        )),
+        None => errors.push(format!(
+            "it has no ELF interpreter: the image recipe builds glibc binaries loaded by {IMAGE_INTERPRETER}"
+        )),
+    }
+    let missing: Vec<&str> = info
+        .needed
+        .iter()
+        .filter(|lib| !base_libraries.contains(*lib))
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        errors.push(format!(
+            "it needs {}, which {EMULATED_BASE} does not provide (its libraries come from {})",
+            missing.join(", "),
+            BASE_PACKAGES.join(", ")
+        ));
     }
     if !info.sections.iter().any(|s| s == ".dep-v0") {
-        bail!(
-            "has no .dep-v0 section: it was not built with `cargo auditable`, so scanners cannot read its dependencies"
+        errors.push(
+            "it has no .dep-v0 section: it was not built with `cargo auditable`, so scanners cannot read its dependencies"
+                .to_string(),
         );
     }
-    Ok(())
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", errors.join("; "))
+    }
 }
 
 #[derive(Debug)]
 pub struct ElfInfo {
-    pub interpreter: bool,
+    /// The PT_INTERP path (the dynamic loader), if the binary is dynamically linked.
+    pub interpreter: Option<String>,
+    /// The DT_NEEDED sonames, in link order.
+    pub needed: Vec<String>,
     pub sections: Vec<String>,
 }
 
-/// Reads the program headers and section names of a little-endian ELF64 file.
+/// Reads the interpreter, needed libraries and section names of a little-endian ELF64 file.
 pub fn elf_info(elf: &[u8]) -> Result<ElfInfo> {
     let u16_at = |o: usize| -> Result<u64> {
         elf.get(o..o + 2)
@@ -934,6 +964,14 @@ pub fn elf_info(elf: &[u8]) -> Result<ElfInfo> {
             b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
         ]))
     };
+    let c_str = |o: usize| -> Result<String> {
+        let tail = elf.get(o..).context("string offset outside the ELF file")?;
+        let end = tail
+            .iter()
+            .position(|b| *b == 0)
+            .context("unterminated string in ELF")?;
+        Ok(String::from_utf8_lossy(&tail[..end]).into_owned())
+    };
     if elf.get(0..6) != Some(&[0x7f, b'E', b'L', b'F', 2, 1][..]) {
         bail!("not a little-endian ELF64 file");
     }
@@ -943,10 +981,12 @@ pub fn elf_info(elf: &[u8]) -> Result<ElfInfo> {
         idx(u16_at(0x36)?)?,
         idx(u16_at(0x38)?)?,
     );
-    let mut interpreter = false;
+    let mut interpreter = None;
     for i in 0..phnum {
-        if u32_at(phoff + i * phentsize)? == 3 {
-            interpreter = true;
+        let ph = phoff + i * phentsize;
+        // PT_INTERP: p_offset at +0x08 points at the NUL-terminated loader path.
+        if u32_at(ph)? == 3 {
+            interpreter = Some(c_str(idx(u64_at(ph + 0x08)?)?)?);
         }
     }
     let (shoff, shentsize, shnum, shstrndx) = (
@@ -955,29 +995,246 @@ pub fn elf_info(elf: &[u8]) -> Result<ElfInfo> {
         idx(u16_at(0x3c)?)?,
         idx(u16_at(0x3e)?)?,
     );
+    let section = |i: usize| shoff + i * shentsize;
     let mut sections = Vec::new();
+    let mut needed = Vec::new();
     if shnum > 0 && shstrndx < shnum {
-        let strtab = idx(u64_at(shoff + shstrndx * shentsize + 0x18)?)?;
+        let strtab = idx(u64_at(section(shstrndx) + 0x18)?)?;
         for i in 0..shnum {
-            let name_off = idx(u32_at(shoff + i * shentsize)?)?;
-            let start = strtab + name_off;
-            let end = elf[start.min(elf.len())..]
-                .iter()
-                .position(|b| *b == 0)
-                .map(|p| start + p)
-                .context("bad section name")?;
-            sections.push(String::from_utf8_lossy(&elf[start..end]).into_owned());
+            let sh = section(i);
+            sections.push(c_str(strtab + idx(u32_at(sh)?)?)?);
+            // SHT_DYNAMIC: 16-byte (d_tag, d_val) entries; sh_link names the string table
+            // that DT_NEEDED values index into.
+            if u32_at(sh + 4)? == 6 {
+                let (offset, size) = (idx(u64_at(sh + 0x18)?)?, idx(u64_at(sh + 0x20)?)?);
+                let link = idx(u32_at(sh + 0x28)?)?;
+                if link >= shnum {
+                    bail!("the dynamic section links to a section that does not exist");
+                }
+                let dynstr = idx(u64_at(section(link) + 0x18)?)?;
+                for entry in (offset..offset + size).step_by(16) {
+                    match u64_at(entry)? {
+                        0 => break,
+                        1 => needed.push(c_str(dynstr + idx(u64_at(entry + 8)?)?)?),
+                        _ => {}
+                    }
+                }
+            }
         }
     }
     Ok(ElfInfo {
         interpreter,
+        needed,
         sections,
     })
 }
 
-/// The parts of the distroless/static `nonroot` base a service may touch: users and groups,
-/// the CA bundle, /tmp and the nonroot home (tzdata and os-release are left out).
+/// Debian 12 packages that make up gcr.io/distroless/cc-debian12 (distroless/static's
+/// base-files, netbase and tzdata, plus the C and C++ runtime and OpenSSL). The sandbox root is
+/// built from this machine's copies of them, which is faithful because the host is Debian 12 too
+/// (checked). ca-certificates is left out on purpose: distroless ships only its generated bundle,
+/// which `base_image_files` copies.
+pub const BASE_PACKAGES: &[&str] = &[
+    "base-files",
+    "netbase",
+    "tzdata",
+    "libc6",
+    "libgcc-s1",
+    "libgomp1",
+    "libstdc++6",
+    "libssl3",
+];
+
+/// Documentation the packages list but an image does not need; everything else is copied.
+const SKIPPED_PACKAGE_PATHS: &[&str] = &[
+    "/usr/share/doc",
+    "/usr/share/doc-base",
+    "/usr/share/man",
+    "/usr/share/info",
+    "/usr/share/lintian",
+    "/usr/share/bug",
+    "/usr/share/common-licenses",
+];
+
+/// Directories the dynamic loader searches without an ld.so.cache (the base has none), so the
+/// library files in them are what the base provides to a binary's DT_NEEDED entries.
+const LOADER_DIRS: &[&str] = &[
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib64",
+    "/lib",
+    "/usr/lib",
+];
+
+impl Tools {
+    /// Installs whichever of the Debian packages are missing (the base image emulation copies
+    /// their files, and a stripped-down machine might lack libgomp1, say).
+    pub fn debian_packages(&self, packages: &[&str]) -> Result<()> {
+        let missing: Vec<&str> = packages
+            .iter()
+            .copied()
+            .filter(|p| !debian_package_installed(p))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        eprintln!("xtask: apt-get install {}", missing.join(" "));
+        let install = || {
+            run_cmd(
+                Command::new("apt-get")
+                    .args(["install", "-y", "-q", "--no-install-recommends"])
+                    .args(&missing)
+                    .env("DEBIAN_FRONTEND", "noninteractive")
+                    .stdout(Stdio::null()),
+            )
+        };
+        if install().is_err() {
+            run_cmd(
+                Command::new("apt-get")
+                    .args(["update", "-q"])
+                    .stdout(Stdio::null()),
+            )?;
+            install()?;
+        }
+        Ok(())
+    }
+}
+
+fn debian_package_installed(package: &str) -> bool {
+    capture(Command::new("dpkg-query").args(["-W", "-f", "${Status}", package]))
+        .is_ok_and(|status| status.trim() == "install ok installed")
+}
+
+/// The paths `dpkg -L` lists for the base packages, without documentation. Refuses to run on
+/// anything but Debian 12: another release's libraries would not be the image's.
+pub fn base_package_paths() -> Result<Vec<PathBuf>> {
+    let os_release = std::fs::read_to_string("/etc/os-release")
+        .context("cannot read /etc/os-release to check this machine is Debian 12")?;
+    let is_debian_12 = os_release.lines().any(|l| l == "ID=debian")
+        && os_release.lines().any(|l| l == "VERSION_ID=\"12\"");
+    if !is_debian_12 {
+        bail!(
+            "the image sandbox copies {EMULATED_BASE}'s packages from this machine, so it must be Debian 12 (bookworm); /etc/os-release says otherwise"
+        );
+    }
+    let mut paths = Vec::new();
+    for package in BASE_PACKAGES {
+        let list = capture(Command::new("dpkg").args(["-L", package])).with_context(|| {
+            format!("dpkg -L {package}: the package the image base ships is not installed")
+        })?;
+        // dpkg -L also prints diversion notes; only lines that are paths are files.
+        paths.extend(
+            list.lines()
+                .filter(|l| l.starts_with('/') && *l != "/.")
+                .filter(|l| {
+                    !SKIPPED_PACKAGE_PATHS
+                        .iter()
+                        .any(|s| l == s || l.strip_prefix(s).is_some_and(|r| r.starts_with('/')))
+                })
+                .map(PathBuf::from),
+        );
+    }
+    Ok(paths)
+}
+
+/// The file names the base puts where the loader looks: what a DT_NEEDED entry can resolve to.
+pub fn base_libraries(paths: &[PathBuf]) -> BTreeSet<String> {
+    paths
+        .iter()
+        .filter(|p| {
+            p.parent()
+                .is_some_and(|d| LOADER_DIRS.iter().any(|l| d == Path::new(l)))
+        })
+        .filter(|p| !p.is_dir())
+        .filter_map(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Makes the host directory `dir` exist under `rootfs` the way it exists on the host: a
+/// component that is a symlink here (Debian 12's merged /usr: /lib -> usr/lib,
+/// /lib64 -> usr/lib64, /bin, /sbin) becomes the same symlink there. Returns `dir` with every
+/// symlink resolved, so `rootfs` joined with it is a real directory: writing through a symlink
+/// from outside the chroot would follow absolute targets out of the rootfs into the host.
+fn mirror_dir(rootfs: &Path, dir: &Path, depth: u32) -> Result<PathBuf> {
+    if depth > 16 {
+        bail!("too many levels of symlinks resolving {}", dir.display());
+    }
+    let mut real = PathBuf::from("/");
+    for component in dir.components() {
+        match component {
+            std::path::Component::RootDir | std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                real.pop();
+            }
+            std::path::Component::Prefix(_) => bail!("{} is not a Unix path", dir.display()),
+            std::path::Component::Normal(name) => {
+                let host = real.join(name);
+                let inside = rootfs.join(host.strip_prefix("/")?);
+                let meta = std::fs::symlink_metadata(&host)
+                    .with_context(|| format!("cannot stat {}", host.display()))?;
+                if meta.is_symlink() {
+                    let target = std::fs::read_link(&host)?;
+                    if std::fs::symlink_metadata(&inside).is_err() {
+                        std::os::unix::fs::symlink(&target, &inside).with_context(|| {
+                            format!("cannot create the symlink {}", inside.display())
+                        })?;
+                    }
+                    real = mirror_dir(rootfs, &real.join(target), depth + 1)?;
+                } else if meta.is_dir() {
+                    if !inside.is_dir() {
+                        std::fs::create_dir(&inside).with_context(|| {
+                            format!("cannot create the directory {}", inside.display())
+                        })?;
+                    }
+                    real = host;
+                } else {
+                    bail!("{} is not a directory", host.display());
+                }
+            }
+        }
+    }
+    Ok(real)
+}
+
+/// Copies the base packages' files into `rootfs` at the paths they have on this machine:
+/// directories and symlinks as they are, regular files copied (with their modes).
+fn copy_base_packages(rootfs: &Path, paths: &[PathBuf]) -> Result<()> {
+    for path in paths {
+        // A listed path can be gone (e.g. a conffile deleted by the admin); the image would
+        // have it, but no service of ours reads one.
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            mirror_dir(rootfs, path, 0)?;
+            continue;
+        }
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            bail!("{} has no parent directory", path.display());
+        };
+        let dest = rootfs
+            .join(mirror_dir(rootfs, parent, 0)?.strip_prefix("/")?)
+            .join(name);
+        // Two listed paths can be one file through a directory symlink (/lib/x and /usr/lib/x).
+        if std::fs::symlink_metadata(&dest).is_ok() {
+            continue;
+        }
+        if meta.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(path)?, &dest)
+                .with_context(|| format!("cannot create the symlink {}", dest.display()))?;
+        } else if meta.is_file() {
+            std::fs::copy(path, &dest)
+                .with_context(|| format!("cannot copy {} to {}", path.display(), dest.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The distroless/cc-debian12 `nonroot` base: its packages' files, then what distroless writes
+/// itself (users and groups, the CA bundle, /tmp and the nonroot home).
 fn base_image_files(rootfs: &Path) -> Result<()> {
+    copy_base_packages(rootfs, &base_package_paths()?)?;
     let etc = rootfs.join("etc");
     std::fs::create_dir_all(etc.join("ssl/certs"))?;
     std::fs::write(
@@ -1615,16 +1872,45 @@ mod tests {
         assert_eq!(uncovered_steps(&ci, &all).unwrap(), Vec::<String>::new());
     }
 
+    /// The linkage check against the real cc base: a host binary linked to libraries the base
+    /// lacks is named with them; one whose libraries are all there still fails without the
+    /// `cargo auditable` section.
     #[test]
-    fn a_dynamic_binary_is_not_an_image_binary() {
-        let message = err(check_static_and_audited(Path::new("/bin/sh")));
-        assert!(message.contains("dynamically linked"), "{message}");
+    fn a_binary_the_cc_base_cannot_run_is_not_an_image_binary() {
+        let libraries = base_libraries(&base_package_paths().unwrap());
+        for present in [
+            "libc.so.6",
+            "libm.so.6",
+            "libgcc_s.so.1",
+            "ld-linux-x86-64.so.2",
+        ] {
+            assert!(
+                libraries.contains(present),
+                "{present} not in {libraries:?}"
+            );
+        }
+        // Debian's python3 links zlib and expat, neither of which distroless/cc ships.
+        let message = err(check_image_binary(
+            Path::new("/usr/bin/python3"),
+            &libraries,
+        ));
+        assert!(
+            message.contains("it needs libz.so.1, libexpat.so.1, which"),
+            "{message}"
+        );
+        assert!(message.contains("no .dep-v0 section"), "{message}");
+        // coreutils' true needs only libc: the one problem left is the missing .dep-v0.
+        let message = err(check_image_binary(Path::new("/usr/bin/true"), &libraries));
+        assert!(message.contains("no .dep-v0 section"), "{message}");
+        assert!(!message.contains("it needs"), "{message}");
+        assert!(!message.contains("interpreter"), "{message}");
         assert!(elf_info(b"#!/bin/sh\n").is_err());
     }
 
-    /// The sandbox itself: a probe built like the images (static musl) and run where the
-    /// service runs must see uid/gid 65532, a read-only root holding only the image's files, no
-    /// HOME and no shell. Needs root (mount namespace); skipped elsewhere unless CI=true.
+    /// The sandbox itself: a probe built like the images (host target, dynamically linked
+    /// against glibc) and run where the service runs must load from the emulated cc base alone
+    /// and see uid/gid 65532, a read-only root holding only the image's files, no HOME and no
+    /// shell. Needs root (mount namespace); skipped elsewhere unless CI=true.
     #[test]
     fn the_image_sandbox_is_read_only_non_root_and_minimal() {
         if !is_root().unwrap() {
@@ -1635,32 +1921,31 @@ mod tests {
             eprintln!("skipped: needs root");
             return;
         }
-        let installed =
-            capture(Command::new("rustup").args(["target", "list", "--installed"])).unwrap();
-        if !installed.lines().any(|l| l.trim() == IMAGE_TARGET) {
-            run_cmd(Command::new("rustup").args(["target", "add", IMAGE_TARGET])).unwrap();
-        }
+        tools().debian_packages(BASE_PACKAGES).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let probe = dir.path().join("probe");
         run_cmd(
             Command::new("rustc")
-                .args([
-                    "--edition",
-                    "2021",
-                    "--target",
-                    IMAGE_TARGET,
-                    "-C",
-                    "opt-level=0",
-                    "-o",
-                ])
+                .args(["--edition", "2021", "-C", "opt-level=0", "-o"])
                 .arg(&probe)
                 .arg(fixture("sandbox-probe.rs")),
         )
         .unwrap();
         let info = elf_info(&std::fs::read(&probe).unwrap()).unwrap();
-        assert!(!info.interpreter, "the musl probe must be static");
+        assert_eq!(
+            info.interpreter.as_deref(),
+            Some(IMAGE_INTERPRETER),
+            "the probe must be a dynamic glibc binary, like the services"
+        );
+        let libraries = base_libraries(&base_package_paths().unwrap());
+        assert!(
+            info.needed.iter().all(|l| libraries.contains(l)),
+            "{:?}",
+            info.needed
+        );
         let stage = parse_final_stage(&std::fs::read_to_string(root().join("Dockerfile")).unwrap())
             .unwrap();
+        assert!(stage.base.starts_with(EMULATED_BASE), "{}", stage.base);
         let files = vec![(probe.clone(), stage.copies[0].2.clone())];
         let mut sandbox = start_sandboxed(&stage, &files, &[]).unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -1679,7 +1964,8 @@ mod tests {
             "write /probe-write: Read-only file system",
             "write /usr/local/bin/probe-write: Read-only file system",
             "write /tmp/probe-write: Read-only file system",
-            "root: dev etc home proc tmp usr",
+            // base-files' top-level directories, libc6's /lib64, and the runtime's /dev, /proc.
+            "root: bin boot dev etc home lib lib64 proc root run sbin sys tmp usr var",
             "HOME: <unset>",
             "shell: false",
         ] {
