@@ -36,6 +36,9 @@ pub struct Config {
     pub routes_file: Option<PathBuf>,
     /// Backend-for-frontend endpoints.
     pub bff: BffConfig,
+    /// Feature flags: an Unleash server, a bootstrap file, or neither (every flag off). They pick
+    /// canary upstreams, gate routes and fill the `flags` of `GET /bff/v1/session`.
+    pub flags: cloud_flags::FlagsConfig,
     /// The main config file this was loaded from, re-read on SIGHUP.
     #[serde(skip)]
     pub source_file: Option<PathBuf>,
@@ -191,6 +194,10 @@ pub struct RouteConfig {
     /// Split traffic between two upstreams by a feature-flag variant.
     #[serde(default)]
     pub canary: Option<CanaryConfig>,
+    /// Gate the route by this feature flag, evaluated for the request's tenant and user: when
+    /// it is off the route answers 404 as if it did not exist.
+    #[serde(default)]
+    pub flag: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -289,7 +296,9 @@ pub struct HeaderRules {
     pub response_remove: Vec<String>,
 }
 
-/// `canary: { flag, variants: { stable: URL, canary: URL }, stickiness: tenant|user }`.
+/// `canary: { flag, variants: { stable: URL, canary: URL }, stickiness: tenant|user }`: the
+/// flag's variant for the request picks the upstream; `stable` when the flag is off, unknown,
+/// assigns no variant, or the request has no tenant (user) to be sticky by.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CanaryConfig {

@@ -96,6 +96,7 @@ impl Config {
                 headers: Default::default(),
                 max_body_bytes: None,
                 canary: None,
+                flag: None,
             },
         );
         Ok(self)

@@ -8,6 +8,7 @@ pub mod bff;
 pub mod breaker;
 pub mod config;
 pub mod demo;
+pub mod flags;
 pub mod proxy;
 pub mod ratelimit;
 pub mod routes;
@@ -24,7 +25,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
 pub use config::Config;
-pub use routes::{RouteTable, TableError, VariantResolver};
+pub use flags::FlagHooks;
+pub use routes::{FlagSubject, RouteTable, TableError, VariantResolver};
 
 use crate::auth::Validator;
 use crate::bff::{Aggregation, FrontendFlags};
@@ -43,12 +45,20 @@ pub enum BuildError {
     Redis(#[from] RedisUrlError),
     #[error("invalid configuration:\n{}", .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
     Config(Vec<String>),
+    #[error("cannot start the feature-flag client (config section `flags`): {0}")]
+    Flags(#[from] cloud_flags::FlagError),
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamLabels {
     route: String,
     outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CanaryLabels {
+    route: String,
+    variant: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -62,6 +72,7 @@ pub(crate) struct GatewayMetrics {
     upstream_requests: Family<UpstreamLabels, Counter>,
     pub(crate) auth_failures: Counter,
     reloads: Family<ReloadLabels, Counter>,
+    canary_requests: Family<CanaryLabels, Counter>,
 }
 
 impl GatewayMetrics {
@@ -77,10 +88,24 @@ impl GatewayMetrics {
             self.auth_failures.clone(),
         );
         registry.register(
+            "gateway_canary_requests",
+            "Requests of canary routes by route name and the variant that picked the upstream",
+            self.canary_requests.clone(),
+        );
+        registry.register(
             "gateway_route_reloads",
             "Route table reloads by result",
             self.reloads.clone(),
         );
+    }
+
+    pub(crate) fn canary(&self, route: &str, variant: &str) {
+        self.canary_requests
+            .get_or_create(&CanaryLabels {
+                route: route.to_string(),
+                variant: variant.to_string(),
+            })
+            .inc();
     }
 
     pub(crate) fn upstream(&self, route: &str, outcome: &str) {
@@ -106,12 +131,18 @@ pub(crate) struct AppState {
 }
 
 /// Optional integrations that are not configuration: the feature-flag hooks.
+///
+/// A hook left `None` is answered by the gateway's flag client: `client` when given, else one
+/// built from the config's `flags` section (no section: every flag off).
 #[derive(Debug, Clone, Default)]
 pub struct Hooks {
-    /// Picks canary variants for routes with a `canary` block.
+    /// Evaluates the flags of routes: `canary` variants and `flag` gates.
     pub variants: Option<Arc<dyn VariantResolver>>,
     /// Evaluates front-end flags for `GET /bff/v1/session`.
     pub flags: Option<Arc<dyn FrontendFlags>>,
+    /// A flag client to use instead of building one from `config.flags`, e.g. one shared by
+    /// several services in one process. Its metrics and readiness are still the gateway's.
+    pub client: Option<cloud_flags::FlagClient>,
 }
 
 /// Re-reads the config file (and its `routes_file`) and swaps in the new route table. An invalid
@@ -163,6 +194,9 @@ pub struct Application {
     state: Arc<AppState>,
     reload: ReloadHandle,
     listen_for_signals: bool,
+    flag_client: cloud_flags::FlagClient,
+    /// Whether the gateway built the flag client (and so stops it on shutdown).
+    owns_flag_client: bool,
 }
 
 /// Builds the service from its configuration and binds its listeners.
@@ -203,16 +237,34 @@ pub async fn build_with(config: Config, hooks: Hooks) -> Result<Application, Bui
     });
     let limiter = RateLimiter::new(&config.redis, limiter_metrics)?;
     let validator = Validator::new(config.identity.clone(), Arc::new(SystemClock));
+    let (flag_client, owns_flag_client) = match hooks.client {
+        Some(client) => (client, false),
+        None => (
+            cloud_flags::FlagClient::from_config(&config.flags, Arc::new(SystemClock)).await?,
+            true,
+        ),
+    };
+    metrics.register(|registry| flag_client.register_metrics(registry));
+    let flag_hooks = Arc::new(FlagHooks::new(flag_client.clone()));
     let state = Arc::new(AppState {
         table: ArcSwap::from_pointee(table),
         validator: validator.clone(),
         limiter: limiter.clone(),
         metrics: gateway_metrics,
-        variants: hooks.variants,
-        flags: hooks.flags,
+        variants: Some(
+            hooks
+                .variants
+                .unwrap_or_else(|| flag_hooks.clone() as Arc<dyn VariantResolver>),
+        ),
+        flags: Some(hooks.flags.unwrap_or(flag_hooks as Arc<dyn FrontendFlags>)),
         session: config.bff.session.clone(),
     });
     let readiness = Readiness::new();
+    // With a server, the client is not ready until a state is loaded (from the server, the
+    // last-known-good backup or the bootstrap file); without one it is ready from the start.
+    if config.flags.unleash.is_some() || !owns_flag_client {
+        readiness.add_check("feature-flags", flag_client.readiness_check());
+    }
     // The key set gates readiness only while something needs tokens: a gateway with only public
     // routes serves without identity.
     let needs_aggregation_tokens = !config.bff.aggregations.is_empty();
@@ -268,6 +320,8 @@ pub async fn build_with(config: Config, hooks: Hooks) -> Result<Application, Bui
         state,
         reload,
         listen_for_signals: true,
+        flag_client,
+        owns_flag_client,
     })
 }
 
@@ -283,6 +337,12 @@ impl Application {
     /// Triggers the same graceful shutdown as SIGTERM.
     pub fn shutdown_handle(&self) -> Shutdown {
         self.server.shutdown_handle()
+    }
+
+    /// The flag client the gateway evaluates with (built from `config.flags` or given in
+    /// [`Hooks::client`]).
+    pub fn flags(&self) -> &cloud_flags::FlagClient {
+        &self.flag_client
     }
 
     /// Reloads the route table, as SIGHUP does.
@@ -317,6 +377,10 @@ impl Application {
         refresher.abort();
         if let Some(h) = hangups {
             h.abort();
+        }
+        // Posts the last usage bucket to Unleash; a shared client is stopped by its owner.
+        if self.owns_flag_client {
+            self.flag_client.shutdown().await;
         }
         result
     }

@@ -82,6 +82,10 @@ fn problem_response(problem: Problem) -> Response {
     problem.into_response()
 }
 
+fn not_found(path: &str) -> Problem {
+    Problem::not_found(format!("no route for {path}"))
+}
+
 pub(crate) fn token_problem(err: &TokenError) -> Response {
     match err {
         TokenError::KeysUnavailable => Problem::service_unavailable(
@@ -136,10 +140,7 @@ pub(crate) async fn authenticate(
 pub(crate) async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let table = state.table.load_full();
     let Some(route) = table.find(request.uri().path()).cloned() else {
-        return problem_response(Problem::not_found(format!(
-            "no route for {}",
-            request.uri().path()
-        )));
+        return problem_response(not_found(request.uri().path()));
     };
     let origin = request.headers().get(header::ORIGIN).cloned();
     if let Some(cors) = &route.cors
@@ -231,6 +232,16 @@ async fn proxy(state: &AppState, route: &Route, request: Request) -> Response {
         Ok(c) => c,
         Err(response) => return response,
     };
+    // A route gated by a flag that is off for this tenant/user does not exist for them: the same
+    // 404 as an unmatched path (no fall-through to a shorter prefix, whose upstream never served
+    // these paths), checked before the rate limit so hidden routes spend no quota.
+    if !route.gate_open(
+        state.variants.as_deref(),
+        claims.as_deref().and_then(|c| c.tid.as_deref()),
+        claims.as_deref().map(|c| c.sub.as_str()),
+    ) {
+        return problem_response(not_found(request.uri().path()));
+    }
     let client_ip = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -514,11 +525,16 @@ async fn forward(
             let jitter = rand::rng().random_range(0.5..1.0);
             tokio::time::sleep(base.mul_f64(jitter)).await;
         }
-        let upstream = route.pick(
+        let (upstream, variant) = route.pick(
             state.variants.as_deref(),
             claims.and_then(|c| c.tid.as_deref()),
             claims.map(|c| c.sub.as_str()),
         );
+        if attempt == 0
+            && let Some(variant) = variant
+        {
+            state.metrics.canary(&route.name, variant);
+        }
         let Some(uri) = upstream_uri(upstream, route, &parts.uri) else {
             return Err(ForwardError::BadGateway);
         };

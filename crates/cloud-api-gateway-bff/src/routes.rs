@@ -28,10 +28,25 @@ pub type HttpClient = Client<HttpConnector, Body>;
 #[error("invalid route table:\n{}", .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
 pub struct TableError(pub Vec<String>);
 
-/// Picks a canary variant for a flag and a stickiness key (tenant or user id). Implemented by the
-/// feature-flag integration; without one, every request goes to the `stable` variant.
+/// Who a route's flag is evaluated for: the verified token's tenant (`tid`) and user (`sub`),
+/// and for a canary, which of them the split is sticky by.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlagSubject<'a> {
+    pub tenant: Option<&'a str>,
+    pub user: Option<&'a str>,
+    /// `Some` for a canary split: the unit that must always land on the same variant.
+    pub stickiness: Option<Stickiness>,
+}
+
+/// Evaluates the flags routes refer to: a canary's variant and a route's gate. Implemented by
+/// the feature-flag integration ([`crate::flags::FlagHooks`]); without one, canary routes use
+/// their `stable` upstream and flag-gated routes answer 404.
 pub trait VariantResolver: Send + Sync + std::fmt::Debug {
-    fn variant(&self, flag: &str, stickiness_key: &str) -> Option<String>;
+    /// The variant of `flag` for this subject; `None`, or a variant the route does not name,
+    /// means `stable`.
+    fn variant(&self, flag: &str, subject: &FlagSubject<'_>) -> Option<String>;
+    /// Whether `flag` is on for this subject (routes with `flag:`).
+    fn is_enabled(&self, flag: &str, subject: &FlagSubject<'_>) -> bool;
 }
 
 /// One upstream base: `scheme://authority/base-path`.
@@ -126,38 +141,76 @@ pub struct Route {
     pub headers: CompiledHeaders,
     pub max_body_bytes: u64,
     pub canary: Option<Canary>,
+    /// Only requests for which this flag is on see the route; for the others it does not exist.
+    pub flag: Option<String>,
     pub client: HttpClient,
     next: AtomicUsize,
 }
 
 impl Route {
-    /// The upstream for this request: the canary variant's when a resolver picks one, else the
-    /// next upstream round-robin.
+    /// The upstream for this request and the canary variant that chose it: the canary
+    /// variant's upstream when the resolver picks a variant the route names, else `stable`
+    /// (flag off or unknown, no resolver, or no tenant/user to be sticky by); routes without a
+    /// canary take the next upstream round-robin.
     pub fn pick(
         &self,
         resolver: Option<&dyn VariantResolver>,
         tenant: Option<&str>,
         user: Option<&str>,
-    ) -> &Upstream {
+    ) -> (&Upstream, Option<&str>) {
         if let Some(canary) = &self.canary {
             let key = match canary.stickiness {
                 Stickiness::Tenant => tenant,
                 Stickiness::User => user,
             };
+            let subject = FlagSubject {
+                tenant,
+                user,
+                stickiness: Some(canary.stickiness),
+            };
+            // Without the sticky key there is nothing to be sticky by: stable, never random.
             let variant = resolver
-                .zip(key)
-                .and_then(|(r, key)| r.variant(&canary.flag, key));
-            if let Some(upstream) = variant.as_deref().and_then(|v| canary.variants.get(v)) {
-                return upstream;
+                .filter(|_| key.is_some())
+                .and_then(|r| r.variant(&canary.flag, &subject));
+            if let Some((name, upstream)) = variant
+                .as_deref()
+                .and_then(|v| canary.variants.get_key_value(v))
+            {
+                return (upstream, Some(name.as_str()));
             }
-            if let Some(stable) = canary.variants.get("stable") {
-                return stable;
+            if let Some((name, stable)) = canary.variants.get_key_value(STABLE) {
+                return (stable, Some(name.as_str()));
             }
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.upstreams.len().max(1);
-        &self.upstreams[i.min(self.upstreams.len().saturating_sub(1))]
+        (
+            &self.upstreams[i.min(self.upstreams.len().saturating_sub(1))],
+            None,
+        )
+    }
+
+    /// Whether the route's `flag` (if any) lets this request through. Without a resolver every
+    /// flag is off, so a gated route stays hidden.
+    pub fn gate_open(
+        &self,
+        resolver: Option<&dyn VariantResolver>,
+        tenant: Option<&str>,
+        user: Option<&str>,
+    ) -> bool {
+        let Some(flag) = &self.flag else {
+            return true;
+        };
+        let subject = FlagSubject {
+            tenant,
+            user,
+            stickiness: None,
+        };
+        resolver.is_some_and(|r| r.is_enabled(flag, &subject))
     }
 }
+
+/// The variant every canary must name: used when the flag is off, unknown or has no variant.
+pub const STABLE: &str = "stable";
 
 /// The whole table, longest prefix first.
 #[derive(Debug, Default)]
@@ -393,6 +446,14 @@ fn compile_route(
     if config.max_body_bytes == Some(0) {
         err("max_body_bytes", "must be more than 0".into());
     }
+    if let Some(flag) = &config.flag
+        && flag.trim().is_empty()
+    {
+        err(
+            "flag",
+            "may not be empty (omit it for an ungated route)".into(),
+        );
+    }
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -411,6 +472,7 @@ fn compile_route(
         headers,
         max_body_bytes: config.max_body_bytes.unwrap_or(default_max_body),
         canary,
+        flag: config.flag.clone(),
         client: http_client(config.timeouts.connect),
         next: AtomicUsize::new(0),
     })
@@ -541,7 +603,7 @@ fn compile_canary(c: &CanaryConfig) -> Result<Canary, (&'static str, String)> {
     if c.flag.trim().is_empty() {
         return Err(("flag", "may not be empty".into()));
     }
-    if !c.variants.contains_key("stable") {
+    if !c.variants.contains_key(STABLE) {
         return Err((
             "variants",
             "must contain `stable` (used when the flag is off or unknown)".into(),
@@ -628,8 +690,11 @@ mod tests {
     #[derive(Debug)]
     struct Fixed;
     impl VariantResolver for Fixed {
-        fn variant(&self, _flag: &str, key: &str) -> Option<String> {
-            (key == "t-canary").then(|| "canary".to_string())
+        fn variant(&self, _flag: &str, subject: &FlagSubject<'_>) -> Option<String> {
+            (subject.tenant == Some("t-canary")).then(|| "canary".to_string())
+        }
+        fn is_enabled(&self, flag: &str, subject: &FlagSubject<'_>) -> bool {
+            flag == "on-for-t1" && subject.tenant == Some("t1")
         }
     }
 
@@ -640,21 +705,49 @@ mod tests {
         );
         let t = RouteTable::compile(&c).unwrap();
         let r = t.find("/a/x").unwrap();
+        let pick = |resolver: Option<&dyn VariantResolver>, tenant| {
+            let (upstream, variant) = r.pick(resolver, tenant, Some("u"));
+            (upstream.authority.to_string(), variant.map(str::to_string))
+        };
         assert_eq!(
-            r.pick(Some(&Fixed), Some("t-canary"), None)
-                .authority
-                .as_str(),
-            "127.0.0.1:2"
+            pick(Some(&Fixed), Some("t-canary")),
+            ("127.0.0.1:2".into(), Some("canary".into()))
         );
         assert_eq!(
-            r.pick(Some(&Fixed), Some("t-other"), None)
-                .authority
-                .as_str(),
-            "127.0.0.1:1"
+            pick(Some(&Fixed), Some("t-other")),
+            ("127.0.0.1:1".into(), Some("stable".into()))
         );
         assert_eq!(
-            r.pick(None, Some("t-canary"), None).authority.as_str(),
-            "127.0.0.1:1"
+            pick(None, Some("t-canary")),
+            ("127.0.0.1:1".into(), Some("stable".into()))
         );
+        // Tenant stickiness without a tenant: stable, whatever the resolver would say.
+        assert_eq!(
+            pick(Some(&Fixed), None),
+            ("127.0.0.1:1".into(), Some("stable".into()))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_flag_gates_the_route_per_subject_and_is_closed_without_flags() {
+        let c = config(
+            "routes:\n  a: {path_prefix: /a/, upstreams: [http://127.0.0.1:1], flag: on-for-t1}\n  b: {path_prefix: /b/, upstreams: [http://127.0.0.1:1]}\n",
+        );
+        let t = RouteTable::compile(&c).unwrap();
+        let a = t.find("/a/").unwrap();
+        assert!(a.gate_open(Some(&Fixed), Some("t1"), Some("u")));
+        assert!(!a.gate_open(Some(&Fixed), Some("t2"), Some("u")));
+        assert!(!a.gate_open(None, Some("t1"), Some("u")));
+        let b = t.find("/b/").unwrap();
+        assert!(b.gate_open(None, None, None));
+    }
+
+    #[test]
+    fn an_empty_gate_flag_is_refused() {
+        let c = config(
+            "routes:\n  a: {path_prefix: /a/, upstreams: [http://127.0.0.1:1], flag: \" \"}\n",
+        );
+        let err = RouteTable::compile(&c).unwrap_err().0.join("\n");
+        assert!(err.contains("routes.a.flag: may not be empty"), "{err}");
     }
 }

@@ -13,6 +13,9 @@ use common::*;
 struct Process {
     child: Child,
     port: u16,
+    admin_port: u16,
+    /// Every line the gateway logged so far.
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Drop for Process {
@@ -24,30 +27,47 @@ impl Drop for Process {
 
 impl Process {
     fn start(config: &std::path::Path) -> Self {
+        Self::start_with_env(config, &[])
+    }
+
+    fn start_with_env(config: &std::path::Path, env: &[(&str, String)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_cloud-api-gateway-bff"))
             .arg("--config")
             .arg(config)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let stderr = child.stderr.take().unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if !sent && line.contains("listening") {
-                    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-                    let _ = tx.send(v["fields"]["port"].as_u64().unwrap() as u16);
-                    sent = true;
+        std::thread::spawn({
+            let lines = lines.clone();
+            move || {
+                let mut sent = false;
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if !sent && line.contains("listening") {
+                        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+                        let port = v["fields"]["port"].as_u64().unwrap() as u16;
+                        let admin = v["fields"]["admin_port"].as_u64().unwrap() as u16;
+                        let _ = tx.send((port, admin));
+                        sent = true;
+                    }
+                    lines.lock().unwrap().push(line);
                 }
             }
         });
-        let port = rx
+        let (port, admin_port) = rx
             .recv_timeout(Duration::from_secs(20))
             .expect("the gateway did not log `listening`");
-        Self { child, port }
+        Self {
+            child,
+            port,
+            admin_port,
+            stderr: lines,
+        }
     }
 
     fn peak_rss_kib(&self) -> u64 {
@@ -210,4 +230,94 @@ async fn sighup_reloads_routes_without_dropping_connections_and_keeps_the_old_ta
         gw.child.try_wait().unwrap().is_none(),
         "SIGHUP must not stop the gateway"
     );
+}
+
+/// The `flags` section from `GATEWAY_FLAGS__*` variables, as the Helm chart sets them: with an
+/// Unleash server that cannot be reached and no bootstrap file the gateway is not ready (and
+/// its gated route is hidden); with `GATEWAY_FLAGS__BOOTSTRAP_PATH` it falls back to the file.
+/// The token is never logged.
+#[tokio::test]
+async fn flags_come_from_gateway_flags_env_vars_and_gate_readiness() {
+    let key = Key::ed25519("k1");
+    let identity = Identity::start(&[&key]).await;
+    let (upstream, _) = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &identity,
+        &format!(
+            "routes:\n  beta: {{path_prefix: /beta/, auth: public, strip_prefix: true, upstreams: [\"http://{upstream}\"], flag: beta.open}}\n"
+        ),
+    );
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let token = "default:development.do-not-log-this-token";
+    let server = [
+        ("GATEWAY_FLAGS__UNLEASH__URL", format!("http://{dead}/api")),
+        ("GATEWAY_FLAGS__UNLEASH__TOKEN", token.to_string()),
+        (
+            "GATEWAY_FLAGS__UNLEASH__APP_NAME",
+            "gateway-test".to_string(),
+        ),
+        ("GATEWAY_FLAGS__UNLEASH__REFRESH_INTERVAL", "1h".to_string()),
+    ];
+    let client = client();
+    let readyz = |gw: &Process| {
+        let url = format!("http://127.0.0.1:{}/readyz", gw.admin_port);
+        let client = client.clone();
+        async move {
+            let r = client.get(url).send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap(),
+            )
+        }
+    };
+    let beta = |gw: &Process| {
+        let url = format!("http://127.0.0.1:{}/beta/echo", gw.port);
+        let client = client.clone();
+        async move { client.get(url).send().await.unwrap().status().as_u16() }
+    };
+
+    let no_state = Process::start_with_env(&config, &server);
+    let (status, report) = readyz(&no_state).await;
+    assert_eq!(status, 503, "{report}");
+    assert!(
+        report["checks"]["feature-flags"]
+            .as_str()
+            .unwrap()
+            .starts_with("failing"),
+        "{report}"
+    );
+    assert_eq!(beta(&no_state).await, 404, "no state: every flag off");
+    drop(no_state);
+
+    let flags = dir.path().join("flags.json");
+    std::fs::write(
+        &flags,
+        r#"{"version": 2, "features": [{"name": "beta.open", "enabled": true, "strategies": [{"name": "default"}]}]}"#,
+    )
+    .unwrap();
+    let mut env = server.to_vec();
+    env.push(("GATEWAY_FLAGS__BOOTSTRAP_PATH", flags.display().to_string()));
+    let gw = Process::start_with_env(&config, &env);
+    cloud_test_support::wait_until_ok(
+        &format!("http://127.0.0.1:{}/readyz", gw.admin_port),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(readyz(&gw).await.1["checks"]["feature-flags"], "ok");
+    assert_eq!(
+        beta(&gw).await,
+        200,
+        "the bootstrap file turned the gate on"
+    );
+    let logged = gw.stderr.lock().unwrap().join("\n");
+    assert!(
+        logged.contains("Unleash server not reachable"),
+        "the fallback is logged:\n{logged}"
+    );
+    assert!(!logged.contains("do-not-log-this-token"), "{logged}");
 }

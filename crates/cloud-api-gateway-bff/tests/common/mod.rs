@@ -203,9 +203,21 @@ pub struct UpstreamState {
     pub broken: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// The header a [`named_upstream`] sets on every response, so a test can count who answered.
+pub const UPSTREAM_NAME_HEADER: &str = "x-upstream";
+
 /// A real upstream: `/echo` returns what it received, `/count` counts a streamed body,
 /// `/status/{code}`, `/slow/{ms}`, `/flaky`, `/unstable`, `/ws` (WebSocket echo).
 pub async fn upstream() -> (SocketAddr, UpstreamState) {
+    upstream_with(None).await
+}
+
+/// [`upstream`], answering every response with `x-upstream: <name>`.
+pub async fn named_upstream(name: &'static str) -> (SocketAddr, UpstreamState) {
+    upstream_with(Some(name)).await
+}
+
+async fn upstream_with(name: Option<&'static str>) -> (SocketAddr, UpstreamState) {
     let state = UpstreamState::default();
     let router = Router::new()
         .route("/ws", get(ws))
@@ -244,7 +256,18 @@ pub async fn upstream() -> (SocketAddr, UpstreamState) {
             }),
         )
         .fallback(echo)
-        .with_state(state.clone());
+        .with_state(state.clone())
+        .layer(axum::middleware::map_response(
+            move |mut response: axum::response::Response| async move {
+                if let Some(name) = name {
+                    response.headers_mut().insert(
+                        UPSTREAM_NAME_HEADER,
+                        axum::http::HeaderValue::from_static(name),
+                    );
+                }
+                response
+            },
+        ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await });
