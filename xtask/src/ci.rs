@@ -105,7 +105,7 @@ impl Tools {
         Ok(path)
     }
 
-    fn cargo_install(&self, name: &str, spec: &str, bin: &str) -> Result<PathBuf> {
+    pub(crate) fn cargo_install(&self, name: &str, spec: &str, bin: &str) -> Result<PathBuf> {
         std::fs::create_dir_all(self.root().join("cargo"))?;
         let dir = self.cached(&format!("cargo/{name}"), |tmp| {
             let build = tmp.join(".build");

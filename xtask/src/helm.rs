@@ -7,18 +7,17 @@
 //! - `helm-trivy`: `trivy config` on every render, zero HIGH/CRITICAL outside
 //!   `helm/trivy-exceptions.yaml`;
 //! - `helm-contract`: the container contract each service chart renders ([`contract`]);
-//! - `helm-binary` (not wired yet, see [`binary`]): the real binaries started with that contract.
+//! - `helm-binary`: the real binaries started with that contract, per environment, in
+//!   deployment order (identity's migration Job, identity, the gateway in front of it).
 //!
 //! Every check also runs on a broken example (under `xtask/fixtures/helm/`) and the step fails
 //! unless the check rejects it: a check that cannot fail is not a check.
 
-// The chart <-> binary step is not in `test_steps()` yet: the lead wires it once both service
-// binaries land. Run it by hand with `cargo test -p xtask -- --ignored chart_matches_binary`.
-#[allow(dead_code)]
 mod binary;
 mod contract;
 mod policy;
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -735,7 +734,7 @@ pub fn binary(ctx: &mut Ctx) -> Result<()> {
     let mut build = ctx.cargo();
     build.args(["build", "--locked"]);
     for chart in SERVICE_CHARTS {
-        build.args(["-p", chart]);
+        build.args(["-p", chart, "--bin", chart]);
     }
     crate::steps::run_cmd(&mut build)?;
     let target = match std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from) {
@@ -746,45 +745,14 @@ pub fn binary(ctx: &mut Ctx) -> Result<()> {
     let postgres = ctx.servers.postgres()?.to_string();
     let redis = ctx.servers.redis()?.to_string();
     let mut failures = Vec::new();
-    for r in renders
-        .iter()
-        .filter(|r| SERVICE_CHARTS.contains(&r.chart.as_str()))
-    {
-        let result = contract::extract(&r.objects).and_then(|c| {
-            // A test value for every ExternalSecret target the container reads.
-            let secrets = c
-                .env
-                .iter()
-                .filter_map(|(_, source)| match source {
-                    contract::EnvSource::Secret { name, .. } => Some(name.clone()),
-                    contract::EnvSource::Value(_) => None,
-                })
-                .map(|name| {
-                    let value = if name.ends_with("database-url") {
-                        postgres.clone()
-                    } else if name.ends_with("redis-url") {
-                        redis.clone()
-                    } else {
-                        format!("test-value-of-{name}-0123456789abcdef")
-                    };
-                    (name, value)
-                })
-                .collect();
-            binary::run(
-                &target.join("debug").join(&r.chart),
-                &c,
-                env_prefix(&r.chart)?,
-                &secrets,
-            )
-        });
-        match result {
-            Ok(report) => eprintln!("  ok: {}: {report}", r.id()),
-            Err(err) => failures.push(format!("{}: {err:#}", r.id())),
+    for env in ENVIRONMENTS {
+        if let Err(err) = binary_environment(&renders, env, &target, &postgres, &redis) {
+            failures.push(format!("{env}: {err:#}"));
         }
     }
     if !failures.is_empty() {
         bail!(
-            "{} service(s) do not match their chart:\n{}",
+            "{} environment(s) where a service does not match its chart:\n{}",
             failures.len(),
             failures.join("\n")
         );
@@ -792,20 +760,97 @@ pub fn binary(ctx: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    /// The chart <-> binary check, by hand until it is a step:
-    /// `cargo test -p xtask -- --ignored --nocapture chart_matches_binary`.
-    #[test]
-    #[ignore = "starts both service binaries; not a step yet: never seen passing (the identity chart calls a `migrate` subcommand the binary lacks)"]
-    fn chart_matches_binary() {
-        let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .unwrap()
-            .to_path_buf();
-        let mut ctx = crate::steps::Ctx::new(root, false).unwrap();
-        let result = super::binary(&mut ctx);
-        ctx.servers.stop_all();
-        result.unwrap();
+/// One environment, in deployment order: identity's PreSync migration Job, identity, then the
+/// gateway pointed at that identity (the in-cluster `cloud-identity-access:8080` it is
+/// configured with becomes the identity process started here), all from their renders.
+fn binary_environment(
+    renders: &[Render],
+    env: &str,
+    target: &Path,
+    postgres: &str,
+    redis: &str,
+) -> Result<()> {
+    let render = |chart: &str| {
+        renders
+            .iter()
+            .find(|r| r.chart == chart && r.env == env)
+            .with_context(|| format!("no render of {chart} for {env}"))
+    };
+    let identity = render(SERVICE_CHARTS[0])?;
+    let gateway = render(SERVICE_CHARTS[1])?;
+    // Each environment's identity gets its own database, as each environment has its own.
+    let database = crate::servers::create_database(postgres, &format!("helm_binary_{env}"))?;
+    let secrets = |c: &contract::Contract| -> BTreeMap<String, String> {
+        c.env
+            .iter()
+            .filter_map(|(_, source)| match source {
+                contract::EnvSource::Secret { name, .. } => Some(name.clone()),
+                contract::EnvSource::Value(_) => None,
+            })
+            .map(|name| {
+                let value = if name.ends_with("database-url") {
+                    database.clone()
+                } else if name.ends_with("redis-url") {
+                    redis.to_string()
+                } else {
+                    format!("test-value-of-{name}-0123456789abcdef")
+                };
+                (name, value)
+            })
+            .collect()
+    };
+    let binary = |chart: &str| target.join("debug").join(chart);
+
+    if let Some(job) = contract::extract_job(&identity.objects)? {
+        let report = binary::run_job(
+            &binary(&identity.chart),
+            &job,
+            env_prefix(&identity.chart)?,
+            &secrets(&job),
+        )
+        .context("identity migration Job")?;
+        eprintln!("  ok: {}: {report}", identity.id());
     }
+    let identity_contract = contract::extract(&identity.objects)?;
+    let mut identity_running = binary::start(
+        &binary(&identity.chart),
+        &identity_contract,
+        env_prefix(&identity.chart)?,
+        &secrets(&identity_contract),
+        &BTreeMap::new(),
+    )
+    .with_context(|| identity.id())?;
+    let report = binary::check_metrics(&mut identity_running, &identity_contract)
+        .with_context(|| identity.id())?;
+    eprintln!("  ok: {}: {report}", identity.id());
+
+    let gateway_contract = contract::extract(&gateway.objects)?;
+    let authorities = BTreeMap::from([(
+        format!(
+            "{}:{}",
+            identity.chart,
+            identity_http_port(&identity_contract)?
+        ),
+        format!("127.0.0.1:{}", identity_running.http),
+    )]);
+    let mut gateway_running = binary::start(
+        &binary(&gateway.chart),
+        &gateway_contract,
+        env_prefix(&gateway.chart)?,
+        &secrets(&gateway_contract),
+        &authorities,
+    )
+    .with_context(|| gateway.id())?;
+    let report = binary::check_metrics(&mut gateway_running, &gateway_contract)
+        .with_context(|| gateway.id())?;
+    eprintln!("  ok: {}: {report}", gateway.id());
+    Ok(())
+}
+
+/// The port identity's stable Service forwards to: its `http` container port.
+fn identity_http_port(c: &contract::Contract) -> Result<u16> {
+    c.ports
+        .get("http")
+        .copied()
+        .context("identity declares no http port")
 }

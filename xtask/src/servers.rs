@@ -47,6 +47,30 @@ impl Servers {
     }
 }
 
+/// Creates (or re-creates, empty) database `name` on the server at `server_url`
+/// (`postgres://postgres@127.0.0.1:PORT/...`) and returns its URL.
+pub fn create_database(server_url: &str, name: &str) -> Result<String> {
+    let port = server_url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.split('/').next())
+        .filter(|p| p.parse::<u16>().is_ok())
+        .with_context(|| format!("no port in the PostgreSQL URL {server_url}"))?;
+    let bin = postgres_bin_dir()?;
+    let connection = ["-h", "127.0.0.1", "-p", port, "-U", "postgres"];
+    run_cmd(
+        Command::new(bin.join("dropdb"))
+            .args(connection)
+            .args(["--if-exists", name]),
+    )?;
+    run_cmd(
+        Command::new(bin.join("createdb"))
+            .args(connection)
+            .arg(name),
+    )?;
+    Ok(format!("postgres://postgres@127.0.0.1:{port}/{name}"))
+}
+
 pub fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind a free loopback port")?;
     Ok(listener.local_addr()?.port())

@@ -213,6 +213,19 @@ impl Tools {
         })
     }
 
+    /// The load generators and the nginx anchor of the benchmarks under `bench/` (not needed by
+    /// `cargo xtask test`): Debian's nginx and wrk, and oha from crates.io.
+    pub fn bench_tools(&self) -> Result<Vec<(String, PathBuf)>> {
+        Ok(vec![
+            ("NGINX".into(), self.apt(&["nginx-light"], "nginx")?),
+            ("WRK".into(), self.apt(&["wrk"], "wrk")?),
+            (
+                "OHA".into(),
+                self.cargo_install("oha-1.16.0", "oha@1.16.0", "oha")?,
+            ),
+        ])
+    }
+
     pub fn helm(&self) -> Result<PathBuf> {
         Ok(self.kubectl_layer()?.join("helm/helm"))
     }

@@ -16,4 +16,9 @@ metadata:
 data:
   config.yaml: |
     {{- toYaml .root.Values.config | nindent 4 }}
+  {{- /* Files the config refers to, mounted beside it (e.g. the feature-flag bootstrap). */}}
+  {{- range $name, $content := .root.Values.configFiles }}
+  {{ $name }}: |
+    {{- $content | nindent 4 }}
+  {{- end }}
 {{- end -}}

@@ -112,11 +112,19 @@ spec:
           readOnly: true
         - name: tmp
           mountPath: /tmp
+        - name: state
+          mountPath: /var/lib/cloud
   volumes:
     - name: config
       configMap:
         name: {{ include "cloud-service.names.fullname" . }}
     - name: tmp
+      emptyDir:
+        sizeLimit: 64Mi
+    {{- /* The pod's own writable state under the read-only root: the feature-flag
+    last-known-good copy and audit log. It lives as long as the pod; the flag audit events also
+    go to the log stream, which outlives it. */}}
+    - name: state
       emptyDir:
         sizeLimit: 64Mi
 {{- end -}}

@@ -158,26 +158,115 @@ fn wait_for(port: u16, path: &str, running: &mut Running, timeout: Duration) -> 
     }
 }
 
-/// Starts `binary` with the rendered `contract` and checks probes and metrics.
-/// `secrets` maps each secretKeyRef name to its test value.
-pub fn run(
-    binary: &Path,
+/// A service binary started from its chart's contract, with its probes answering.
+#[derive(Debug)]
+pub struct Started {
+    running: Running,
+    pub http: u16,
+    pub admin: u16,
+    probes: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+/// Writes the plan's files and mount directories, and replaces in-cluster authorities
+/// (`cloud-identity-access:8080`) by where those services run on this machine.
+fn prepare(
     contract: &Contract,
+    prefix: &str,
+    dir: &Path,
+    secrets: &BTreeMap<String, String>,
+    authorities: &BTreeMap<String, String>,
+) -> Result<contract::LaunchPlan> {
+    let mut plan = contract::launch_plan(contract, prefix, dir, secrets)?;
+    for directory in &plan.directories {
+        std::fs::create_dir_all(directory)?;
+    }
+    for (path, content) in &mut plan.files {
+        for (cluster, local) in authorities {
+            *content = content.replace(&format!("//{cluster}"), &format!("//{local}"));
+        }
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(path, &*content)?;
+    }
+    Ok(plan)
+}
+
+fn spawn(binary: &Path, plan: &contract::LaunchPlan, dir: &Path, log: &Path) -> Result<Child> {
+    let log_file = std::fs::File::create(log)?;
+    Command::new(binary)
+        .args(&plan.args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(plan.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
+        .spawn()
+        .with_context(|| format!("cannot start {}", binary.display()))
+}
+
+/// Runs a Job's container (identity's `migrate`) to completion; it must exit 0.
+pub fn run_job(
+    binary: &Path,
+    job: &Contract,
     prefix: &str,
     secrets: &BTreeMap<String, String>,
 ) -> Result<String> {
     let dir = tempfile::tempdir()?;
-    let mut plan = contract::launch_plan(contract, prefix, dir.path(), secrets)?;
-    for (path, content) in &plan.files {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
+    let plan = prepare(job, prefix, dir.path(), secrets, &BTreeMap::new())?;
+    let log = dir.path().join("job.log");
+    let mut running = Running {
+        child: spawn(binary, &plan, dir.path(), &log)?,
+        log,
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(status) = running.exited() {
+            if !status.success() {
+                bail!(
+                    "{} {:?} exited with {status}:\n{}",
+                    job.workload,
+                    plan.args,
+                    running.log_tail()
+                );
+            }
+            return Ok(format!("{} {:?} exited 0", job.workload, plan.args));
         }
-        std::fs::write(path, content)?;
+        if Instant::now() > deadline {
+            bail!(
+                "{} did not finish within 120 s:\n{}",
+                job.workload,
+                running.log_tail()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Starts `binary` with the rendered `contract` (`secrets` maps each secretKeyRef name to its
+/// test value) and waits until every probe path answers 200 on its port.
+pub fn start(
+    binary: &Path,
+    contract: &Contract,
+    prefix: &str,
+    secrets: &BTreeMap<String, String>,
+    authorities: &BTreeMap<String, String>,
+) -> Result<Started> {
+    let dir = tempfile::tempdir()?;
+    let mut plan = prepare(contract, prefix, dir.path(), secrets, authorities)?;
+    let (Some(http_port), Some(admin_port)) = (plan.http_port, plan.admin_port) else {
+        bail!(
+            "{} declares no `http` and `admin` container ports",
+            contract.workload
+        );
+    };
     // Free ports instead of 8080/9090, which other processes on a shared machine may hold.
     let http = crate::servers::free_port()?;
     let admin = crate::servers::free_port()?;
-    let moved = BTreeMap::from([(plan.http_port, http), (plan.admin_port, admin)]);
+    let moved = BTreeMap::from([(http_port, http), (admin_port, admin)]);
     for (name, value) in &mut plan.env {
         if *name == format!("{prefix}_SERVER__PORT") {
             *value = http.to_string();
@@ -186,27 +275,30 @@ pub fn run(
         }
     }
     let log = dir.path().join("binary.log");
-    let log_file = std::fs::File::create(&log)?;
-    let child = Command::new(binary)
-        .args(&plan.args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(plan.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone()?)
-        .stderr(log_file)
-        .spawn()
-        .with_context(|| format!("cannot start {}", binary.display()))?;
-    let mut running = Running { child, log };
-    let mut report = Vec::new();
+    let mut running = Running {
+        child: spawn(binary, &plan, dir.path(), &log)?,
+        log,
+    };
+    let mut probes = Vec::new();
     for (path, port) in &plan.probes {
         let port = moved.get(port).copied().with_context(|| {
             format!("probe {path} is on port {port}, which the binary is not told to serve")
         })?;
         wait_for(port, path, &mut running, Duration::from_secs(60))?;
-        report.push(format!("{path} 200"));
+        probes.push(format!("{path} 200"));
     }
+    Ok(Started {
+        running,
+        http,
+        admin,
+        probes,
+        _dir: dir,
+    })
+}
+
+/// After traffic, every metric the AnalysisTemplates query is in `/metrics` with the labels the
+/// query uses.
+pub fn check_metrics(started: &mut Started, contract: &Contract) -> Result<String> {
     // Traffic on the API port: successes and a 404, so the RED metrics have series.
     for i in 0..20 {
         let path = if i % 5 == 0 {
@@ -214,15 +306,15 @@ pub fn run(
         } else {
             "/version"
         };
-        http_get(http, path).with_context(|| format!("GET {path} on the API port"))?;
+        http_get(started.http, path).with_context(|| format!("GET {path} on the API port"))?;
     }
-    let (status, exposition) = http_get(admin, "/metrics")?;
+    let (status, exposition) = http_get(started.admin, "/metrics")?;
     if status != 200 {
         bail!("/metrics answered {status}");
     }
     let problems = missing_metrics(&exposition, &contract.analysis_metrics);
     if !problems.is_empty() {
-        bail!("{}", problems.join("\n"));
+        bail!("{}\n{}", problems.join("\n"), started.running.log_tail());
     }
     let metrics: Vec<&str> = contract
         .analysis_metrics
@@ -231,7 +323,7 @@ pub fn run(
         .collect();
     Ok(format!(
         "{}; metrics present: {metrics:?}",
-        report.join(", ")
+        started.probes.join(", ")
     ))
 }
 

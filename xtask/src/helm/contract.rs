@@ -52,6 +52,8 @@ pub struct Contract {
     pub probes: Vec<Probe>,
     /// Files mounted from ConfigMaps: absolute path in the container -> content.
     pub files: BTreeMap<String, String>,
+    /// Every volumeMount path of the container (ConfigMaps and emptyDirs).
+    pub mounts: Vec<String>,
     pub analysis_metrics: Vec<MetricUse>,
 }
 
@@ -71,14 +73,43 @@ pub const BINARY_METRICS: [(&str, &[&str]); 2] = [
         &["method", "route", "status", "le"],
     ),
 ];
-/// The config keys the chart may set: cloud_kit::ServerConfig (less host and ports, which come
-/// from the environment) and cloud_kit::TelemetryConfig. Service-specific keys join as they land.
-pub const CONFIG_KEYS: [&str; 5] = [
-    "server.drain_period",
-    "server.shutdown_timeout",
-    "server.max_body_bytes",
-    "telemetry.log_format",
-    "telemetry.log_level",
+/// Config keys the chart must never put in its ConfigMap, with the reason: the listen address
+/// and ports come from the environment (the single source is `ports:` in values), and secrets
+/// come from ExternalSecrets. Whether every other key exists is proven by the `helm-binary`
+/// step: the real binary, whose Config structs deny unknown fields, starts with the file.
+pub const FORBIDDEN_CONFIG_KEYS: [(&str, &str); 8] = [
+    (
+        "server.host",
+        "the listen address comes from <PREFIX>_SERVER__HOST",
+    ),
+    (
+        "server.port",
+        "the ports come from <PREFIX>_SERVER__PORT (values `ports.http`)",
+    ),
+    (
+        "server.admin_port",
+        "the ports come from <PREFIX>_SERVER__ADMIN_PORT (values `ports.admin`)",
+    ),
+    (
+        "database.url",
+        "a secret: it comes from an ExternalSecret (values `secrets.items`)",
+    ),
+    (
+        "redis.url",
+        "a secret: it comes from an ExternalSecret (values `secrets.items`)",
+    ),
+    (
+        "flags.unleash.token",
+        "a secret: it comes from an ExternalSecret (values `secrets.items`)",
+    ),
+    (
+        "bootstrap.admin_client_secret",
+        "a secret: it comes from an ExternalSecret (values `secrets.items`)",
+    ),
+    (
+        "keys.encryption_key",
+        "a secret: it comes from an ExternalSecret (values `secrets.items`)",
+    ),
 ];
 
 fn s<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
@@ -87,13 +118,27 @@ fn s<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
 
 /// Reads the contract of the one Deployment or Rollout in a service chart's render.
 pub fn extract(objects: &[Value]) -> Result<Contract> {
+    extract_kind(objects, &["Deployment", "Rollout"])
+}
+
+/// The contract of the chart's one Job (identity's PreSync migration), if it renders one.
+pub fn extract_job(objects: &[Value]) -> Result<Option<Contract>> {
+    if objects.iter().any(|o| s(o, "/kind") == Some("Job")) {
+        extract_kind(objects, &["Job"]).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+fn extract_kind(objects: &[Value], kinds: &[&str]) -> Result<Contract> {
     let workloads: Vec<&Value> = objects
         .iter()
-        .filter(|o| matches!(s(o, "/kind"), Some("Deployment" | "Rollout")))
+        .filter(|o| s(o, "/kind").is_some_and(|k| kinds.contains(&k)))
         .collect();
     let [workload] = workloads.as_slice() else {
         bail!(
-            "expected exactly one Deployment or Rollout, found {}",
+            "expected exactly one {}, found {}",
+            kinds.join(" or "),
             workloads.len()
         );
     };
@@ -174,6 +219,7 @@ pub fn extract(objects: &[Value]) -> Result<Contract> {
         env.push((var, source));
     }
     let mut files = BTreeMap::new();
+    let mut mounts = Vec::new();
     for mount in container
         .get("volumeMounts")
         .and_then(Value::as_array)
@@ -183,6 +229,7 @@ pub fn extract(objects: &[Value]) -> Result<Contract> {
         let (Some(vol), Some(path)) = (s(mount, "/name"), s(mount, "/mountPath")) else {
             continue;
         };
+        mounts.push(path.trim_end_matches('/').to_string());
         let volume = pod
             .get("volumes")
             .and_then(Value::as_array)
@@ -243,6 +290,7 @@ pub fn extract(objects: &[Value]) -> Result<Contract> {
         ports,
         probes,
         files,
+        mounts,
         analysis_metrics,
     })
 }
@@ -366,8 +414,15 @@ pub fn check(c: &Contract, prefix: &str) -> Vec<String> {
     }
     match config_keys(c) {
         Ok(keys) => {
-            for k in keys.iter().filter(|k| !CONFIG_KEYS.contains(&k.as_str())) {
-                problems.push(format!("config file key {k} is not a key the binary is known to accept ({CONFIG_KEYS:?})"));
+            for k in &keys {
+                if let Some((_, why)) = FORBIDDEN_CONFIG_KEYS
+                    .iter()
+                    .find(|(key, _)| k == key || k.starts_with(&format!("{key}.")))
+                {
+                    problems.push(format!(
+                        "config file key {k} must not be in the ConfigMap: {why}"
+                    ));
+                }
             }
         }
         Err(err) => problems.push(format!("{err:#}")),
@@ -443,8 +498,11 @@ pub struct LaunchPlan {
     pub env: Vec<(String, String)>,
     /// Files to write before the start: path on this machine -> content.
     pub files: BTreeMap<PathBuf, String>,
-    pub http_port: u16,
-    pub admin_port: u16,
+    /// The mounts on this machine (emptyDirs start empty and writable, as in a pod).
+    pub directories: Vec<PathBuf>,
+    /// The declared `http` and `admin` container ports (a Job declares none).
+    pub http_port: Option<u16>,
+    pub admin_port: Option<u16>,
     pub probes: Vec<(String, u16)>,
 }
 
@@ -458,10 +516,28 @@ pub fn launch_plan(
     dir: &Path,
     secrets: &BTreeMap<String, String>,
 ) -> Result<LaunchPlan> {
+    // Paths under a mount (`/etc/cloud/...`, `/var/lib/cloud/...`) in the config files and env
+    // values point at the same mount under `dir`, so nothing touches this machine's own /etc or
+    // /var. Longest mount first, so a nested mount wins over its parent.
+    let mut by_length: Vec<&String> = c.mounts.iter().collect();
+    by_length.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    let relocate = |text: &str| -> String {
+        let mut out = text.to_string();
+        for m in &by_length {
+            let local = dir.join(m.trim_start_matches('/'));
+            out = out.replace(&format!("{m}/"), &format!("{}/", local.display()));
+        }
+        out
+    };
     let files: BTreeMap<PathBuf, String> = c
         .files
         .iter()
-        .map(|(path, content)| (dir.join(path.trim_start_matches('/')), content.clone()))
+        .map(|(path, content)| (dir.join(path.trim_start_matches('/')), relocate(content)))
+        .collect();
+    let directories = c
+        .mounts
+        .iter()
+        .map(|m| dir.join(m.trim_start_matches('/')))
         .collect();
     let args = c
         .args
@@ -480,7 +556,7 @@ pub fn launch_plan(
             EnvSource::Value(_) if *name == format!("{prefix}_SERVER__HOST") => {
                 "127.0.0.1".to_string()
             }
-            EnvSource::Value(v) => v.clone(),
+            EnvSource::Value(v) => relocate(v),
             EnvSource::Secret { name: secret, .. } => secrets
                 .get(secret)
                 .cloned()
@@ -488,18 +564,14 @@ pub fn launch_plan(
         };
         env.push((name.clone(), value));
     }
-    let port = |n: &str| {
-        c.ports
-            .get(n)
-            .copied()
-            .with_context(|| format!("the container declares no {n} port"))
-    };
+    let port = |n: &str| c.ports.get(n).copied();
     Ok(LaunchPlan {
         args,
         env,
         files,
-        http_port: port("http")?,
-        admin_port: port("admin")?,
+        directories,
+        http_port: port("http"),
+        admin_port: port("admin"),
         probes: c.probes.iter().map(|p| (p.path.clone(), p.port)).collect(),
     })
 }
@@ -541,6 +613,10 @@ mod tests {
         assert!(all.contains("readinessProbe probes 8080:/readyz"), "{all}");
         assert!(all.contains("IDENTITY_SERVER__ADMIN_PORT"), "{all}");
         assert!(all.contains("config file key server.port"), "{all}");
+        assert!(
+            all.contains("config file key database.url must not be in the ConfigMap: a secret"),
+            "{all}"
+        );
         assert!(all.contains("http_requests_count"), "{all}");
         assert!(all.contains("GATEWAY_REDIS__URL"), "{all}");
     }
