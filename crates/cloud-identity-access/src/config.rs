@@ -27,6 +27,9 @@ pub struct Config {
     pub tokens: TokensConfig,
     pub bootstrap: BootstrapConfig,
     pub login: LoginConfig,
+    /// Feature flags (`cloud_flags`): an Unleash server, a bootstrap file, or neither (every flag
+    /// off). `IDENTITY_FLAGS__BOOTSTRAP_PATH`, `IDENTITY_FLAGS__KILL_SWITCH_FILE`, ...
+    pub flags: cloud_flags::FlagsConfig,
 }
 
 impl Default for Config {
@@ -45,6 +48,7 @@ impl Default for Config {
             tokens: TokensConfig::default(),
             bootstrap: BootstrapConfig::default(),
             login: LoginConfig::default(),
+            flags: cloud_flags::FlagsConfig::default(),
         }
     }
 }

@@ -60,6 +60,8 @@ pub enum BuildError {
     EncryptionKeyRequired,
     #[error(transparent)]
     Password(#[from] crypto::PasswordError),
+    #[error("feature flags (flags.*): {0}")]
+    Flags(#[from] cloud_flags::FlagError),
 }
 
 /// The service with its listeners bound, ready to run.
@@ -185,6 +187,8 @@ pub async fn build_with_clock(
     let now = clock.now().unix_timestamp();
     keys.ensure(now).await?;
     bootstrap::run(store.as_ref(), &secrets, &config.bootstrap, now).await?;
+    // No `flags` section: an always-ready client with every flag off.
+    let flags = cloud_flags::FlagClient::from_config(&config.flags, clock.clone()).await?;
     let state = AppState(Arc::new(Inner {
         store: store.clone(),
         keys: keys.clone(),
@@ -196,10 +200,15 @@ pub async fn build_with_clock(
         login: config.login.clone(),
         throttle: login::Throttle::default(),
         csrf_key: crypto::random_bytes::<32>(),
+        flags: flags.clone(),
     }));
 
     let metrics = Metrics::new();
+    metrics.register(|registry| flags.register_metrics(registry));
     let readiness = Readiness::new();
+    // Ready once a flag state is loaded: at once without `flags` or with a bootstrap file; with
+    // a server, from it, its last-known-good backup or the bootstrap file.
+    readiness.add_check("feature_flags", flags.readiness_check());
     readiness.add_check("database", {
         let store = store.clone();
         move || {
@@ -313,6 +322,8 @@ impl Application {
         });
         let result = self.server.run_until_stopped().await;
         rotation.abort();
+        // Stops the flag client's polling and posts its last usage metrics.
+        self.state.flags.shutdown().await;
         result
     }
 }

@@ -22,7 +22,8 @@ use crate::model::{
 use crate::state::{AppState, secs};
 use crate::store::{CodeRedemption, RefreshRotation, StoreError};
 use crate::tokens::{
-    ACCESS_TOKEN_TYP, AccessClaims, Actor, ID_TOKEN_TYP, IdClaims, TokenError, verify_access_token,
+    ACCESS_TOKEN_TYP, AccessClaims, Actor, CLAIMS_LAYOUT_V2, ID_TOKEN_TYP, IdClaims, TokenError,
+    verify_access_token,
 };
 
 pub const TOKEN_TYPE_ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";
@@ -309,6 +310,14 @@ async fn issue_access_token(
         .grants(subject.tid, subject.kind, subject.sub)
         .await?;
     let now = state.now();
+    // Evaluated per token (in-process, no I/O): a flag change or kill switch applies to the
+    // next token issued, and the rollout is sticky per tenant.
+    let flag_context = cloud_flags::FlagContext::new()
+        .with_tenant_id(subject.tid)
+        .with_user_id(subject.sub);
+    let new_layout = state
+        .flags
+        .is_enabled(cloud_flags::platform::IDENTITY_NEW_CLAIMS, &flag_context);
     let claims = AccessClaims {
         iss: state.issuer().to_string(),
         sub: subject.sub.to_string(),
@@ -319,6 +328,9 @@ async fn issue_access_token(
         client_id: client.id.clone(),
         scope: scope.to_string(),
         tid: subject.tid.to_string(),
+        ver: new_layout.then_some(CLAIMS_LAYOUT_V2),
+        permissions_by_resource: new_layout
+            .then(|| crate::tokens::permissions_by_resource(&grants.permissions)),
         roles: grants.roles,
         permissions: grants.permissions,
         act: subject.act,

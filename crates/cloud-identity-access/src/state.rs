@@ -27,6 +27,8 @@ pub struct Inner {
     pub throttle: Throttle,
     /// Signs CSRF tokens of the hosted login page.
     pub csrf_key: [u8; 32],
+    /// Feature flags (every flag off without a `flags` config).
+    pub flags: cloud_flags::FlagClient,
 }
 
 impl std::ops::Deref for AppState {

@@ -1,5 +1,7 @@
 //! Access tokens (RFC 9068 JWTs, `typ: at+jwt`), ID tokens, and their validation.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -7,6 +9,8 @@ use crate::keys::{JwtError, KeySet};
 
 pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
 pub const ID_TOKEN_TYP: &str = "JWT";
+/// The `ver` of the claim layout 2 (feature flag `identity.new-claims`); layout 1 has no `ver`.
+pub const CLAIMS_LAYOUT_V2: u32 = 2;
 
 /// The claims of an access token (RFC 9068 section 2.2, plus `tid`, roles and permissions).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,6 +36,35 @@ pub struct AccessClaims {
     pub act: Option<Actor>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_time: Option<i64>,
+    /// The claim layout: absent in layout 1; `2` when the tenant has `identity.new-claims` on.
+    /// Layout 2 only adds claims, so verifiers of layout 1 (the gateway) keep working.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ver: Option<u32>,
+    /// Layout 2: `permissions` grouped by resource, `{"orders": ["read", "write"]}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permissions_by_resource: Option<BTreeMap<String, Vec<String>>>,
+}
+
+/// Groups `resource:action` permissions by resource (split at the first `:`, sorted, no
+/// duplicates). A permission without `:` is a resource with no actions: `{"audit": []}`.
+pub fn permissions_by_resource(permissions: &[String]) -> BTreeMap<String, Vec<String>> {
+    let mut grouped: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for permission in permissions {
+        match permission.split_once(':') {
+            Some((resource, action)) => grouped
+                .entry(resource.to_string())
+                .or_default()
+                .push(action.to_string()),
+            None => {
+                grouped.entry(permission.clone()).or_default();
+            }
+        }
+    }
+    for actions in grouped.values_mut() {
+        actions.sort();
+        actions.dedup();
+    }
+    grouped
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,4 +141,34 @@ pub fn verify_access_token(
 /// The claims of any token we signed, for introspection of other types.
 pub fn verify_any(keys: &KeySet, token: &str) -> Result<(Option<String>, Value), TokenError> {
     Ok(keys.verify(token)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permissions_are_grouped_by_resource() {
+        let permissions: Vec<String> = [
+            "orders:write",
+            "orders:read",
+            "orders:read",
+            "tenant:admin",
+            "audit",
+            "billing:invoices:read",
+        ]
+        .map(String::from)
+        .to_vec();
+        let grouped = serde_json::to_value(permissions_by_resource(&permissions));
+        assert_eq!(
+            grouped.ok(),
+            Some(serde_json::json!({
+                "audit": [],
+                "billing": ["invoices:read"],
+                "orders": ["read", "write"],
+                "tenant": ["admin"],
+            }))
+        );
+        assert!(permissions_by_resource(&[]).is_empty());
+    }
 }

@@ -154,6 +154,26 @@ impl TestApp {
             .await;
         assert_eq!(s, StatusCode::CREATED, "{tenant}");
         let tid = tenant["id"].as_str().unwrap().to_string();
+        self.fixture_in(admin, tid, name).await
+    }
+
+    /// [`Self::tenant_fixture`] with a tenant id chosen by the test (created through the store,
+    /// since the API generates ids): for flag constraints written before the service starts.
+    pub async fn tenant_fixture_with_id(&self, admin: &str, id: &str, name: &str) -> Fixture {
+        let tenant = cloud_identity_access::model::Tenant {
+            id: id.to_string(),
+            name: name.to_string(),
+            created_at: 0,
+        };
+        self.state
+            .store
+            .create_tenant(&cloud_identity_access::model::Actor::system(), &tenant, 0)
+            .await
+            .unwrap();
+        self.fixture_in(admin, id.to_string(), name).await
+    }
+
+    async fn fixture_in(&self, admin: &str, tid: String, name: &str) -> Fixture {
         let (s, role) = self
             .post_json(
                 admin,
