@@ -52,6 +52,12 @@ enum Command {
         #[arg(long)]
         bench: bool,
     },
+    /// Run the reliability drills (crates/cloud-drills) against real processes; prints the table
+    /// for docs/reliability.md. Arguments after `--` go to the drills, e.g. `-- --only redis`.
+    Drills {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -96,6 +102,37 @@ fn run(cli: Cli) -> Result<()> {
             {
                 println!("{}", tools.root().display());
             }
+            Ok(())
+        }
+        // Debug builds: the dev profile is what `cargo xtask test` already builds, so the drills
+        // reuse it instead of a release build with thin LTO (minutes on a small machine), and
+        // 200 req/s is far below what a debug build serves. The drills spawn the service binaries
+        // from the same target directory, so they are built first.
+        Command::Drills { args } => {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let packages = [
+                "cloud-identity-access",
+                "cloud-api-gateway-bff",
+                "cloud-drills",
+            ];
+            let mut build = std::process::Command::new(&cargo);
+            build.current_dir(&root).arg("build");
+            for p in packages {
+                build.args(["-p", p]);
+            }
+            anyhow::ensure!(
+                build.status()?.success(),
+                "cargo build of the drills failed"
+            );
+            let status = std::process::Command::new(&cargo)
+                .current_dir(&root)
+                .args(["run", "-q", "-p", "cloud-drills", "--"])
+                .args(&args)
+                .status()?;
+            anyhow::ensure!(
+                status.success(),
+                "the drills failed or found defects ({status})"
+            );
             Ok(())
         }
     }
