@@ -757,7 +757,38 @@ pub fn binary(ctx: &mut Ctx) -> Result<()> {
             failures.join("\n")
         );
     }
-    Ok(())
+    broken_binary_example(&renders, &target, &postgres)
+}
+
+/// The check must be able to fail: dev's identity contract with a config key the binary does
+/// not know must not start.
+fn broken_binary_example(renders: &[Render], target: &Path, postgres: &str) -> Result<()> {
+    let identity = renders
+        .iter()
+        .find(|r| r.chart == SERVICE_CHARTS[0] && r.env == ENVIRONMENTS[0])
+        .context("no dev render of identity")?;
+    let mut broken = contract::extract(&identity.objects)?;
+    let config = broken
+        .files
+        .get_mut("/etc/cloud/config.yaml")
+        .context("identity's contract has no /etc/cloud/config.yaml")?;
+    config.push_str("no_such_setting: true\n");
+    let database = crate::servers::create_database(postgres, "helm_binary_broken")?;
+    let secrets = test_secrets(&broken, &database, "redis://127.0.0.1:1");
+    match binary::start(
+        &target.join("debug").join(&identity.chart),
+        &broken,
+        env_prefix(&identity.chart)?,
+        &secrets,
+        &BTreeMap::new(),
+    ) {
+        Ok(_) => bail!("identity started with an unknown config key: helm-binary cannot fail"),
+        Err(err) if format!("{err:#}").contains("no_such_setting") => {
+            eprintln!("  ok: a config key the binary does not know stops it (no_such_setting)");
+            Ok(())
+        }
+        Err(err) => bail!("the broken example failed for another reason: {err:#}"),
+    }
 }
 
 /// One environment, in deployment order: identity's PreSync migration Job, identity, then the
@@ -780,25 +811,7 @@ fn binary_environment(
     let gateway = render(SERVICE_CHARTS[1])?;
     // Each environment's identity gets its own database, as each environment has its own.
     let database = crate::servers::create_database(postgres, &format!("helm_binary_{env}"))?;
-    let secrets = |c: &contract::Contract| -> BTreeMap<String, String> {
-        c.env
-            .iter()
-            .filter_map(|(_, source)| match source {
-                contract::EnvSource::Secret { name, .. } => Some(name.clone()),
-                contract::EnvSource::Value(_) => None,
-            })
-            .map(|name| {
-                let value = if name.ends_with("database-url") {
-                    database.clone()
-                } else if name.ends_with("redis-url") {
-                    redis.to_string()
-                } else {
-                    format!("test-value-of-{name}-0123456789abcdef")
-                };
-                (name, value)
-            })
-            .collect()
-    };
+    let secrets = |c: &contract::Contract| test_secrets(c, &database, redis);
     let binary = |chart: &str| target.join("debug").join(chart);
 
     if let Some(job) = contract::extract_job(&identity.objects)? {
@@ -845,6 +858,28 @@ fn binary_environment(
         .with_context(|| gateway.id())?;
     eprintln!("  ok: {}: {report}", gateway.id());
     Ok(())
+}
+
+/// A test value for every ExternalSecret target the container reads: the database and Redis
+/// URLs of this run's private servers, a random-looking string for the rest.
+fn test_secrets(c: &contract::Contract, database: &str, redis: &str) -> BTreeMap<String, String> {
+    c.env
+        .iter()
+        .filter_map(|(_, source)| match source {
+            contract::EnvSource::Secret { name, .. } => Some(name.clone()),
+            contract::EnvSource::Value(_) => None,
+        })
+        .map(|name| {
+            let value = if name.ends_with("database-url") {
+                database.to_string()
+            } else if name.ends_with("redis-url") {
+                redis.to_string()
+            } else {
+                format!("test-value-of-{name}-0123456789abcdef")
+            };
+            (name, value)
+        })
+        .collect()
 }
 
 /// The port identity's stable Service forwards to: its `http` container port.

@@ -28,7 +28,7 @@ app.kubernetes.io/component: {{ .job }}
 {{- $late := include "cloud-service.hookJob.annotations" (dict "wave" 0) | fromYaml -}}
 {{ include "cloud-service.serviceAccount" (dict "root" $root "name" $name "annotations" $early) }}
 ---
-{{ include "cloud-service.configMap" (dict "root" $root "name" $name "annotations" $early) }}
+{{ include "cloud-service.configMap" (dict "root" $root "name" $name "annotations" $early "omit" $v.configOmit "withFiles" false) }}
 {{- range $root.Values.secrets.items }}
 {{- if has .name $v.secrets }}
 ---

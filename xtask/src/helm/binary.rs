@@ -43,6 +43,9 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
+        if self.exited().is_some() {
+            return;
+        }
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())

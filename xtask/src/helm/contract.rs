@@ -521,11 +521,29 @@ pub fn launch_plan(
     // /var. Longest mount first, so a nested mount wins over its parent.
     let mut by_length: Vec<&String> = c.mounts.iter().collect();
     by_length.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    // One pass, so a relocated path (itself under /tmp) is never relocated again, and only at
+    // the start of a path (not `/etc/cloud/` inside `https://host/etc/cloud/`).
     let relocate = |text: &str| -> String {
-        let mut out = text.to_string();
-        for m in &by_length {
-            let local = dir.join(m.trim_start_matches('/'));
-            out = out.replace(&format!("{m}/"), &format!("{}/", local.display()));
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(ch) = rest.chars().next() {
+            let at_path_start = out
+                .chars()
+                .last()
+                .is_none_or(|p| !(p.is_alphanumeric() || "._-/:".contains(p)));
+            let hit = by_length
+                .iter()
+                .find(|m| at_path_start && rest.starts_with(&format!("{m}/")));
+            if let Some(m) = hit {
+                out.push_str(&format!(
+                    "{}/",
+                    dir.join(m.trim_start_matches('/')).display()
+                ));
+                rest = &rest[m.len() + 1..];
+            } else {
+                out.push(ch);
+                rest = &rest[ch.len_utf8()..];
+            }
         }
         out
     };
@@ -655,6 +673,40 @@ mod tests {
         assert!(
             launch_plan(&c, "IDENTITY", dir, &BTreeMap::new()).is_err(),
             "a missing secret value is an error"
+        );
+    }
+
+    #[test]
+    fn paths_under_mounts_are_relocated_once_and_only_at_a_path_start() {
+        let c = Contract {
+            workload: "Deployment/svc".into(),
+            image: "svc:1".into(),
+            args: vec!["--config".into(), "/etc/cloud/config.yaml".into()],
+            env: vec![(
+                "SVC_FLAGS__BACKUP".into(),
+                EnvSource::Value("/var/lib/cloud/flags/lkg.json".into()),
+            )],
+            ports: BTreeMap::new(),
+            probes: Vec::new(),
+            files: BTreeMap::from([(
+                "/etc/cloud/config.yaml".into(),
+                "a: /etc/cloud/boot.json\nb: /var/lib/cloud/audit.log\nc: https://h/etc/cloud/x\nd: /tmpfile\n".into(),
+            )]),
+            mounts: vec!["/etc/cloud".into(), "/tmp".into(), "/var/lib/cloud".into()],
+            analysis_metrics: Vec::new(),
+        };
+        let plan = launch_plan(&c, "SVC", Path::new("/tmp/run"), &BTreeMap::new()).unwrap();
+        assert_eq!(
+            plan.files[Path::new("/tmp/run/etc/cloud/config.yaml")],
+            "a: /tmp/run/etc/cloud/boot.json\nb: /tmp/run/var/lib/cloud/audit.log\nc: https://h/etc/cloud/x\nd: /tmpfile\n"
+        );
+        assert!(plan.env.contains(&(
+            "SVC_FLAGS__BACKUP".into(),
+            "/tmp/run/var/lib/cloud/flags/lkg.json".into()
+        )));
+        assert!(
+            plan.directories
+                .contains(&PathBuf::from("/tmp/run/var/lib/cloud"))
         );
     }
 }
