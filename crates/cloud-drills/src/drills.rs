@@ -890,9 +890,18 @@ pub async fn database_outage(settings: &Settings) -> Result<Row> {
         (
             out.status,
             format!(
-                "{} {}",
-                String::from_utf8_lossy(&out.stdout).trim(),
-                String::from_utf8_lossy(&out.stderr).trim()
+                "{}{}",
+                // One line: the JSON report, pretty-printed by the command.
+                String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                // Its stderr only when it failed: on success it holds sqlx's migration notices.
+                if out.status.success() {
+                    String::new()
+                } else {
+                    format!(" {}", String::from_utf8_lossy(&out.stderr).trim())
+                }
             ),
         )
     };
