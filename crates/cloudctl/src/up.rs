@@ -2,6 +2,10 @@
 //! (SQLite under a data dir, no external servers). It is the platform's main job on a laptop:
 //! the same `build(config)` the binaries and the tests use, started in order, each awaited until
 //! its readiness check passes.
+//!
+//! Feature flags come from the bootstrap file that ships with the repo
+//! (`crates/cloud-flags/bootstrap/local-flags.json`), unless the services' own `*_FLAGS__*`
+//! variables name an Unleash server; flag changes are audited to `<data-dir>/flags/audit.log`.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -48,6 +52,7 @@ pub fn run(args: UpArgs) -> Result<()> {
 async fn up(args: UpArgs) -> Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
+    let flags_dir = args.data_dir.join("flags");
     let telemetry = cloud_kit::TelemetryConfig {
         log_format: cloud_kit::config::LogFormat::Pretty,
         log_level: args.log_level.clone(),
@@ -56,12 +61,25 @@ async fn up(args: UpArgs) -> Result<()> {
     let shutdown = Shutdown::new();
     let mut tasks = Vec::new();
 
+    // Both services load the bundled bootstrap file, one after the other, into one audit log:
+    // identity records the load, the gateway finds the log already matching and adds nothing.
+    // That is safe because a bootstrap-only client never changes at runtime. A client polling
+    // an Unleash server does, and two writers of one hash chain would break it, so a service
+    // pointed at a server gets a log of its own.
+    let gateway_env_flags = gateway_env_flags()?;
+    let identity_env_flags = identity_env_flags()?;
     let identity_config = cloud_identity_access::Config {
         server: local_server(args.identity_port, args.identity_admin_port),
         telemetry: telemetry.clone(),
         data_dir: args.data_dir.join("identity"),
+        flags: local_flags(
+            identity_env_flags,
+            &flags_dir,
+            cloud_identity_access::SERVICE_NAME,
+        ),
         ..cloud_identity_access::Config::default()
     };
+    let identity_flags = identity_config.flags.clone();
     let started = progress(cloud_identity_access::SERVICE_NAME);
     let identity = cloud_identity_access::build(identity_config)
         .await
@@ -79,15 +97,25 @@ async fn up(args: UpArgs) -> Result<()> {
     ));
     wait_ready(cloud_identity_access::SERVICE_NAME, &identity_urls, started).await?;
 
-    let upstream = cloud_api_gateway_bff::demo::spawn_upstream(0, shutdown.clone())
+    let upstream = cloud_api_gateway_bff::demo::spawn_named_upstream("stable", 0, shutdown.clone())
         .await
         .context("cannot start the demo upstream")?;
+    let canary = cloud_api_gateway_bff::demo::spawn_named_upstream("canary", 0, shutdown.clone())
+        .await
+        .context("cannot start the demo canary upstream")?;
     let mut gateway_config = cloud_api_gateway_bff::Config::default()
         .with_demo_route(issuer.clone(), DEMO_AUDIENCE, upstream)
+        .and_then(|c| c.with_demo_canary(canary))
         .context("cannot configure the demo route")?;
     gateway_config.server = local_server(args.gateway_port, args.gateway_admin_port);
     gateway_config.telemetry = telemetry;
     gateway_config.identity.issuer_url = issuer.clone();
+    gateway_config.flags = local_flags(
+        gateway_env_flags,
+        &flags_dir,
+        cloud_api_gateway_bff::SERVICE_NAME,
+    );
+    let gateway_flags = gateway_config.flags.clone();
     let started = progress(cloud_api_gateway_bff::SERVICE_NAME);
     let gateway = cloud_api_gateway_bff::build(gateway_config)
         .await
@@ -152,6 +180,8 @@ async fn up(args: UpArgs) -> Result<()> {
         gateway_urls.api
     );
     println!();
+    print_flags_help(&gateway_urls, &identity_flags, &gateway_flags);
+    println!();
     println!("Press Ctrl-C to stop.");
 
     cloud_kit::shutdown::signal().await;
@@ -164,6 +194,99 @@ async fn up(args: UpArgs) -> Result<()> {
     }
     println!("Stopped.");
     Ok(())
+}
+
+/// The `flags` section from the `GATEWAY_FLAGS__*` variables the gateway binary reads, e.g.
+/// `GATEWAY_FLAGS__UNLEASH__URL` and `GATEWAY_FLAGS__UNLEASH__TOKEN` for a real Unleash server.
+fn gateway_env_flags() -> Result<cloud_flags::FlagsConfig> {
+    Ok(cloud_api_gateway_bff::Config::load(None)
+        .context("cannot read the gateway's GATEWAY_* environment variables")?
+        .flags)
+}
+
+/// The `flags` section from the `IDENTITY_FLAGS__*` variables the identity binary reads.
+fn identity_env_flags() -> Result<cloud_flags::FlagsConfig> {
+    Ok(cloud_identity_access::Config::load(None)
+        .context("cannot read identity's IDENTITY_* environment variables")?
+        .flags)
+}
+
+/// `flags` plus the local defaults: the bootstrap file that ships with the repo (the whole state
+/// without a server, the fallback of last resort with one) and the audit log under the data dir:
+/// the shared `audit.log`, or `<service>-audit.log` for a service polling an Unleash server.
+fn local_flags(
+    mut flags: cloud_flags::FlagsConfig,
+    flags_dir: &std::path::Path,
+    service: &str,
+) -> cloud_flags::FlagsConfig {
+    flags
+        .bootstrap_path
+        .get_or_insert_with(cloud_flags::bundled_bootstrap_path);
+    let log = if flags.unleash.is_some() {
+        format!("{service}-{AUDIT_LOG}")
+    } else {
+        AUDIT_LOG.to_string()
+    };
+    flags
+        .audit_log_path
+        .get_or_insert_with(|| flags_dir.join(log));
+    flags
+}
+
+/// The audit log's name in `<data-dir>/flags/`.
+const AUDIT_LOG: &str = "audit.log";
+
+fn flag_source(flags: &cloud_flags::FlagsConfig) -> String {
+    match (&flags.unleash, &flags.bootstrap_path) {
+        (Some(unleash), _) => format!("the Unleash server {}", unleash.url),
+        (None, Some(path)) => path.display().to_string(),
+        (None, None) => "nowhere (every flag off)".to_string(),
+    }
+}
+
+#[allow(clippy::print_stdout)]
+fn print_flags_help(
+    gateway: &Urls,
+    identity_flags: &cloud_flags::FlagsConfig,
+    gateway_flags: &cloud_flags::FlagsConfig,
+) {
+    let mut logs: Vec<&std::path::Path> = [identity_flags, gateway_flags]
+        .iter()
+        .filter_map(|f| f.audit_log_path.as_deref())
+        .collect();
+    logs.dedup();
+    let (identity_source, gateway_source) =
+        (flag_source(identity_flags), flag_source(gateway_flags));
+    if identity_source == gateway_source {
+        println!("Feature flags come from {gateway_source}:");
+    } else {
+        println!(
+            "Feature flags come from {identity_source} (identity) and {gateway_source} (gateway):"
+        );
+    }
+    println!(
+        "  curl -s -H \"Authorization: Bearer $TOKEN\" {}/bff/v1/session   # your frontend.* flags",
+        gateway.api
+    );
+    println!(
+        "  # /api/demo/ answers from the `stable` or `canary` upstream (header {}) by the variant of {} for your tenant",
+        cloud_api_gateway_bff::demo::UPSTREAM_HEADER,
+        cloud_flags::platform::GATEWAY_CANARY
+    );
+    for log in logs {
+        println!(
+            "  cargo run -p cloudctl -- flags audit --log {}   # what was loaded, and every change",
+            log.display()
+        );
+    }
+    println!("To use a real Unleash server instead, start again with its URL and a client token:");
+    println!(
+        "  GATEWAY_FLAGS__UNLEASH__URL=http://127.0.0.1:4242/api GATEWAY_FLAGS__UNLEASH__TOKEN='default:development.<client token>' \\"
+    );
+    println!(
+        "  IDENTITY_FLAGS__UNLEASH__URL=http://127.0.0.1:4242/api IDENTITY_FLAGS__UNLEASH__TOKEN='default:development.<client token>' \\"
+    );
+    println!("  cargo run -p cloudctl -- up");
 }
 
 fn local_server(port: u16, admin_port: u16) -> cloud_kit::ServerConfig {
