@@ -67,7 +67,10 @@ fn runbook_blocks(doc: &str) -> Vec<String> {
             (None, _) => {}
         }
     }
-    assert!(current.is_none(), "an unterminated ```sh block in the runbook");
+    assert!(
+        current.is_none(),
+        "an unterminated ```sh block in the runbook"
+    );
     blocks
 }
 
@@ -114,13 +117,13 @@ fn the_rollback_runbook_runs_word_for_word() {
     let work = tempfile::tempdir().unwrap();
     let drill = work.path().join("gitops-drill");
     let script = script
-        .replace(
-            SOURCE_LINE,
-            &format!("SOURCE={}", source.path().display()),
-        )
+        .replace(SOURCE_LINE, &format!("SOURCE={}", source.path().display()))
         .replace(
             CLOUDCTL_LINE,
-            &format!("cloudctl() {{ {} \"$@\"; }}", env!("CARGO_BIN_EXE_cloudctl")),
+            &format!(
+                "cloudctl() {{ {} \"$@\"; }}",
+                env!("CARGO_BIN_EXE_cloudctl")
+            ),
         )
         .replace(DRILL_DIR, &drill.display().to_string());
     let out = Command::new("bash")
@@ -151,8 +154,8 @@ fn the_rollback_runbook_runs_word_for_word() {
         assert!(rollback.contains(trailer), "{trailer} missing:\n{rollback}");
     }
     // Step 4: the rollback of the rollback restored 0.9.0 exactly, and `--to 0.9.0` was refused.
-    let prod = std::fs::read_to_string(drill.join("helm/cloud-identity-access/values-prod.yaml"))
-        .unwrap();
+    let prod =
+        std::fs::read_to_string(drill.join("helm/cloud-identity-access/values-prod.yaml")).unwrap();
     assert!(prod.contains("tag: \"0.9.0\""), "{prod}");
     assert!(all.contains("refused: already at 0.9.0"), "{all}");
     // Step 5: image updates paused by the dev rollback, resumed by the next promote.
