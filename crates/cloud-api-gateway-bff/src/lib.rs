@@ -263,7 +263,7 @@ pub async fn build_with(config: Config, hooks: Hooks) -> Result<Application, Bui
     // With a server, the client is not ready until a state is loaded (from the server, the
     // last-known-good backup or the bootstrap file); without one it is ready from the start.
     if config.flags.unleash.is_some() || !owns_flag_client {
-        readiness.add_check("feature-flags", flag_client.readiness_check());
+        readiness.add_check("feature_flags", flag_client.readiness_check());
     }
     // The key set gates readiness only while something needs tokens: a gateway with only public
     // routes serves without identity.

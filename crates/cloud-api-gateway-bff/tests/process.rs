@@ -285,7 +285,7 @@ async fn flags_come_from_gateway_flags_env_vars_and_gate_readiness() {
     let (status, report) = readyz(&no_state).await;
     assert_eq!(status, 503, "{report}");
     assert!(
-        report["checks"]["feature-flags"]
+        report["checks"]["feature_flags"]
             .as_str()
             .unwrap()
             .starts_with("failing"),
@@ -308,7 +308,7 @@ async fn flags_come_from_gateway_flags_env_vars_and_gate_readiness() {
         Duration::from_secs(10),
     )
     .await;
-    assert_eq!(readyz(&gw).await.1["checks"]["feature-flags"], "ok");
+    assert_eq!(readyz(&gw).await.1["checks"]["feature_flags"], "ok");
     assert_eq!(
         beta(&gw).await,
         200,
