@@ -124,7 +124,16 @@ fn run(cli: Cli) -> Result<()> {
                 build.status()?.success(),
                 "cargo build of the drills failed"
             );
-            let status = std::process::Command::new(&cargo)
+            let mut drills = std::process::Command::new(&cargo);
+            // The Unleash drill needs the pinned unleash-server from the tools cache; without
+            // it only that drill fails, with a message saying so.
+            match tools::Tools::new().and_then(|t| t.unleash_server()) {
+                Ok(prefix) => {
+                    drills.env("CLOUD_UNLEASH_SERVER", prefix);
+                }
+                Err(err) => eprintln!("xtask: unleash-server is not available: {err:#}"),
+            }
+            let status = drills
                 .current_dir(&root)
                 .args(["run", "-q", "-p", "cloud-drills", "--"])
                 .args(&args)

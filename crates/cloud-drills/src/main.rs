@@ -7,6 +7,7 @@
 mod drills;
 mod infra;
 mod load;
+mod unleash;
 
 use std::time::{Duration, Instant};
 
@@ -18,7 +19,7 @@ use drills::{Row, Settings, Verdict};
 #[derive(Debug, Parser)]
 #[command(about = "Reliability drills against real processes on loopback (issue 9)")]
 struct Cli {
-    /// Run only the drills whose name contains this text (repeatable): redis, identity, database.
+    /// Run only the drills whose name contains this text (repeatable): redis, identity, database, unleash.
     #[arg(long = "only")]
     only: Vec<String>,
     /// Requests per second of the steady load.
@@ -40,6 +41,7 @@ fn drill_list() -> Vec<(&'static str, DrillFn)> {
         ("redis", |s| Box::pin(drills::redis_outage(s))),
         ("identity", |s| Box::pin(drills::identity_outage(s))),
         ("database", |s| Box::pin(drills::database_outage(s))),
+        ("unleash", |s| Box::pin(unleash::unleash_outage(s))),
     ]
 }
 
