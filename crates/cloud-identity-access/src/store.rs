@@ -593,7 +593,7 @@ const REFRESH_COLUMNS: &str =
 
 /// The Store implementation, once per backend: the SQL is the same for both.
 macro_rules! sql_store {
-    ($store:ident, $db:ty, $migrations:expr, $backend:literal, $lock:literal) => {
+    ($store:ident, $db:ty, $migrations:expr, $backend:literal, $setup_lock:literal, $lock:literal) => {
         impl $store {
             /// Starts an audited transaction: bumps the chain head first (taking the write lock).
             async fn begin_audited(&self) -> StoreResult<(sqlx::Transaction<'static, $db>, i64, String)> {
@@ -655,9 +655,14 @@ macro_rules! sql_store {
         #[async_trait]
         impl Store for $store {
             async fn migrate(&self) -> StoreResult<MigrationReport> {
+                // Under the lock too: concurrent `CREATE TABLE IF NOT EXISTS` can fail on
+                // PostgreSQL (a unique violation in its catalog) when two runners race.
+                let mut tx = self.pool.begin().await?;
+                sqlx::query($setup_lock).execute(&mut *tx).await?;
                 sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)")
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await?;
+                tx.commit().await?;
                 let mut report = MigrationReport { backend: $backend, ..MigrationReport::default() };
                 for (version, name, sql) in $migrations {
                     let id = MigrationId { version: *version, name: (*name).to_string() };
@@ -1169,14 +1174,17 @@ macro_rules! sql_store {
     };
 }
 
-// The migration lock: SQLite has one writer, and a write takes it now (waiting on busy_timeout)
-// instead of failing to upgrade a read transaction later; PostgreSQL needs an explicit lock
-// (a transaction-scoped advisory lock, released at commit; the key is arbitrary but fixed).
+// The migration locks (before creating `schema_migrations`, then per migration): SQLite has one
+// writer, so creating the table needs nothing, and a first write takes the lock now (waiting on
+// busy_timeout) instead of failing to upgrade a read transaction later; PostgreSQL needs an
+// explicit lock (a transaction-scoped advisory lock, released at commit; the key is arbitrary
+// but fixed).
 sql_store!(
     SqliteStore,
     sqlx::Sqlite,
     SQLITE_MIGRATIONS,
     "sqlite",
+    "SELECT 1",
     "DELETE FROM schema_migrations WHERE version < 0"
 );
 sql_store!(
@@ -1184,6 +1192,7 @@ sql_store!(
     sqlx::Postgres,
     POSTGRES_MIGRATIONS,
     "postgres",
+    "SELECT pg_advisory_xact_lock(7261046385)",
     "SELECT pg_advisory_xact_lock(7261046385)"
 );
 

@@ -126,6 +126,51 @@ async fn migrate_applies_the_postgres_migrations_once_and_the_service_starts_on_
     assert_eq!(store.count_tenants().await.unwrap(), 0);
 }
 
+/// Runs `migrate` `n` times at once (the PreSync Job racing starting replicas) and checks that
+/// all succeed and every migration was applied by exactly one of them.
+fn concurrent_runs_apply_each_migration_once(env: &[(&str, &str)], known: usize) {
+    let reports: Vec<Value> = std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| report(&migrate(None, env))))
+            .collect();
+        runs.into_iter().map(|run| run.join().unwrap()).collect()
+    });
+    let mut applied: Vec<i64> = reports
+        .iter()
+        .flat_map(|r| versions(r, "applied"))
+        .collect();
+    applied.sort_unstable();
+    let expected: Vec<i64> = (1..=i64::try_from(known).unwrap()).collect();
+    assert_eq!(applied, expected, "each applied exactly once: {reports:?}");
+    for r in &reports {
+        assert_eq!(
+            versions(r, "applied").len() + versions(r, "already_present").len(),
+            known,
+            "{r}"
+        );
+    }
+}
+
+#[test]
+fn concurrent_sqlite_migrations_apply_each_migration_once() {
+    let dir = tempfile::tempdir().unwrap();
+    concurrent_runs_apply_each_migration_once(
+        &[("IDENTITY_DATA_DIR", dir.path().to_str().unwrap())],
+        cloud_identity_access::store::SQLITE_MIGRATIONS.len(),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_postgres_migrations_apply_each_migration_once() {
+    let Some(url) = cloud_test_support::fresh_postgres_database().await else {
+        return;
+    };
+    concurrent_runs_apply_each_migration_once(
+        &[("IDENTITY_DATABASE__URL", url.as_str())],
+        cloud_identity_access::store::POSTGRES_MIGRATIONS.len(),
+    );
+}
+
 #[test]
 fn a_bad_database_url_is_a_clear_error_without_the_secret() {
     let dir = tempfile::tempdir().unwrap();
