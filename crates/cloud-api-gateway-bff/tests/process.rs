@@ -232,10 +232,11 @@ async fn sighup_reloads_routes_without_dropping_connections_and_keeps_the_old_ta
     );
 }
 
-/// The `flags` section from `GATEWAY_FLAGS__*` variables, as the Helm chart sets them: with an
-/// Unleash server that cannot be reached and no bootstrap file the gateway is not ready (and
-/// its gated route is hidden); with `GATEWAY_FLAGS__BOOTSTRAP_PATH` it falls back to the file.
-/// The token is never logged.
+/// The `flags` section from the config file and `GATEWAY_FLAGS__*` variables (the token from
+/// `GATEWAY_FLAGS__UNLEASH__TOKEN`, as the Helm chart hands it): with an Unleash server that
+/// cannot be reached and no bootstrap file the gateway is not ready (and its gated route is
+/// hidden); with `GATEWAY_FLAGS__BOOTSTRAP_PATH` it falls back to the file. The token is never
+/// logged.
 #[tokio::test]
 async fn flags_come_from_gateway_flags_env_vars_and_gate_readiness() {
     let key = Key::ed25519("k1");
@@ -249,20 +250,21 @@ async fn flags_come_from_gateway_flags_env_vars_and_gate_readiness() {
             "routes:\n  beta: {{path_prefix: /beta/, auth: public, strip_prefix: true, upstreams: [\"http://{upstream}\"], flag: beta.open}}\n"
         ),
     );
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    // As the Helm chart does it: the server in the config file, the token from the environment.
+    let mut main = std::fs::read_to_string(&config).unwrap();
+    main.push_str(&format!(
+        "flags: {{unleash: {{url: \"http://{}/api/\", app_name: gateway-test, refresh_interval: 1h}}}}\n",
+        dead()
+    ));
+    std::fs::write(&config, main).unwrap();
     let token = "default:development.do-not-log-this-token";
-    let server = [
-        ("GATEWAY_FLAGS__UNLEASH__URL", format!("http://{dead}/api")),
-        ("GATEWAY_FLAGS__UNLEASH__TOKEN", token.to_string()),
-        (
-            "GATEWAY_FLAGS__UNLEASH__APP_NAME",
-            "gateway-test".to_string(),
-        ),
-        ("GATEWAY_FLAGS__UNLEASH__REFRESH_INTERVAL", "1h".to_string()),
-    ];
+    let server = [("GATEWAY_FLAGS__UNLEASH__TOKEN", token.to_string())];
     let client = client();
     let readyz = |gw: &Process| {
         let url = format!("http://127.0.0.1:{}/readyz", gw.admin_port);
@@ -301,6 +303,10 @@ async fn flags_come_from_gateway_flags_env_vars_and_gate_readiness() {
     )
     .unwrap();
     let mut env = server.to_vec();
+    env.push((
+        "GATEWAY_FLAGS__UNLEASH__URL",
+        format!("http://{}/api", dead()),
+    ));
     env.push(("GATEWAY_FLAGS__BOOTSTRAP_PATH", flags.display().to_string()));
     let gw = Process::start_with_env(&config, &env);
     cloud_test_support::wait_until_ok(
