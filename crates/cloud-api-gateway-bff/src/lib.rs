@@ -363,7 +363,9 @@ impl Application {
         self
     }
 
-    pub async fn run_until_stopped(self) -> Result<(), ServerError> {
+    pub async fn run_until_stopped(mut self) -> Result<(), ServerError> {
+        // Before announcing the ports: a SIGTERM sent right after must drain, not kill.
+        self.server.install_signal_handlers();
         tracing::info!(service = SERVICE_NAME, port = self.port(), admin_port = self.admin_port(), routes = ?self.state.table.load().names(), "listening");
         let shutdown = self.server.shutdown_handle();
         let refresher = tokio::spawn(self.state.validator.clone().run_refresher({

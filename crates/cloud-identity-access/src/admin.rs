@@ -129,6 +129,10 @@ fn store_problem(err: StoreError) -> Problem {
             Problem::conflict(format!("a conflicting {what} record already exists"))
         }
         StoreError::NotFound(what) => Problem::not_found(format!("{what} not found")),
+        err @ StoreError::Unavailable(_) => {
+            tracing::warn!(error = %err, "admin API: database unavailable");
+            Problem::service_unavailable("the database is temporarily unavailable; retry shortly")
+        }
         other => {
             tracing::error!(error = %other, "admin store operation failed");
             Problem::internal()

@@ -305,7 +305,9 @@ impl Application {
         self
     }
 
-    pub async fn run_until_stopped(self) -> Result<(), ServerError> {
+    pub async fn run_until_stopped(mut self) -> Result<(), ServerError> {
+        // Before announcing the ports: a SIGTERM sent right after must drain, not kill.
+        self.server.install_signal_handlers();
         tracing::info!(service = SERVICE_NAME, port = self.port(), admin_port = self.admin_port(), issuer = %self.issuer, "listening");
         let keys = self.state.keys.clone();
         let clock = self.state.clock.clone();

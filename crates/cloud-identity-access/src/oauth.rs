@@ -80,7 +80,17 @@ impl OAuthError {
 
 impl From<StoreError> for OAuthError {
     fn from(err: StoreError) -> Self {
-        Self::server_error(&err)
+        match err {
+            StoreError::Unavailable(_) => {
+                tracing::warn!(error = %err, "token endpoint: database unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "the service cannot reach its database; retry shortly",
+                )
+            }
+            other => Self::server_error(&other),
+        }
     }
 }
 
@@ -93,6 +103,9 @@ impl IntoResponse for OAuthError {
             .into_response();
         let headers = response.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(
                 header::WWW_AUTHENTICATE,
@@ -868,6 +881,11 @@ pub async fn userinfo(State(state): State<AppState>, headers: HeaderMap) -> Resp
         Ok(None) => {
             cloud_kit::Problem::unauthorized("the token's subject is not a user").into_response()
         }
+        Err(err @ StoreError::Unavailable(_)) => {
+            tracing::warn!(error = %err, "userinfo: database unavailable");
+            cloud_kit::Problem::service_unavailable("the user store is temporarily unavailable")
+                .into_response()
+        }
         Err(err) => {
             tracing::error!(error = %err, "userinfo lookup failed");
             cloud_kit::Problem::internal().into_response()
@@ -916,5 +934,27 @@ pub async fn jwks(State(state): State<AppState>) -> Response {
         None => {
             cloud_kit::Problem::service_unavailable("signing keys are not loaded").into_response()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_database_is_a_503_to_retry_not_a_500() {
+        for err in [sqlx::Error::PoolTimedOut, sqlx::Error::PoolClosed] {
+            let store = StoreError::from(err);
+            assert!(matches!(store, StoreError::Unavailable(_)), "{store:?}");
+            let response = OAuthError::from(store).into_response();
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        }
+        let other = StoreError::from(sqlx::Error::RowNotFound);
+        assert!(matches!(other, StoreError::Database(_)), "{other:?}");
+        assert_eq!(
+            OAuthError::from(other).into_response().status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
     }
 }

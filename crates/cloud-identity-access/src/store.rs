@@ -33,6 +33,10 @@ pub enum StoreError {
     /// sqlx errors name the failing operation, never the connection URL.
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
+    /// The database cannot be reached (no pool connection within the acquire timeout, a broken
+    /// connection, a server shutting down): the request may succeed when retried.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
     #[error("unsupported database URL scheme (expected sqlite: or postgres:)")]
     UnsupportedUrl,
 }
@@ -44,7 +48,24 @@ impl From<sqlx::Error> for StoreError {
         {
             return Self::Conflict(db.table().unwrap_or("record").to_string());
         }
-        Self::Database(err)
+        let unreachable = match &err {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => true,
+            // SQLSTATE class 08 (connection exception) and 57P (the server shutting down or
+            // not yet accepting connections).
+            sqlx::Error::Database(db) => db
+                .code()
+                .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+            _ => false,
+        };
+        if unreachable {
+            Self::Unavailable(err)
+        } else {
+            Self::Database(err)
+        }
     }
 }
 
@@ -268,7 +289,10 @@ pub async fn connect_and_migrate(
     } else if raw.starts_with("postgres:") || raw.starts_with("postgresql:") {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
-            .acquire_timeout(Duration::from_secs(5))
+            // A request waits at most this long for a connection while the database is down,
+            // then gets a 503: short enough not to hang clients, and inside the 2 s readiness
+            // probe timeout of the chart.
+            .acquire_timeout(Duration::from_secs(2))
             .connect(raw)
             .await?;
         let store = PostgresStore { pool };

@@ -89,8 +89,11 @@ impl Problem {
     pub fn unprocessable(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY).with_detail(detail)
     }
+    /// A 503 with `Retry-After: 1`: the cause is expected to pass (a dependency is down).
     pub fn service_unavailable(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE).with_detail(detail)
+        Self::new(StatusCode::SERVICE_UNAVAILABLE)
+            .with_detail(detail)
+            .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
     }
     /// A 500 that says nothing about the cause: details go to the log, never to the client.
     pub fn internal() -> Self {

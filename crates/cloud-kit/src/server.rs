@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{self, Readiness};
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
-use crate::shutdown::{self, Shutdown};
+use crate::shutdown::{Shutdown, Signals};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -41,6 +41,7 @@ pub struct Server {
     drain_period: Duration,
     shutdown_timeout: Duration,
     listen_for_signals: bool,
+    signals: Option<Signals>,
 }
 
 impl Server {
@@ -82,6 +83,7 @@ impl Server {
             drain_period: config.drain_period,
             shutdown_timeout: config.shutdown_timeout,
             listen_for_signals: true,
+            signals: None,
         })
     }
 
@@ -118,9 +120,19 @@ impl Server {
         self
     }
 
+    /// Installs the SIGTERM/SIGINT handlers now, unless [`Self::without_signals`] was called.
+    /// Call it before announcing that the service listens: from then on a SIGTERM drains the
+    /// service instead of killing it. `run_until_stopped` installs them if this was not called.
+    pub fn install_signal_handlers(&mut self) {
+        if self.listen_for_signals && self.signals.is_none() {
+            self.signals = Some(Signals::install());
+        }
+    }
+
     /// Stops only on the shutdown handle, not on process signals (embedding, tests).
     pub fn without_signals(mut self) -> Self {
         self.listen_for_signals = false;
+        self.signals = None;
         self
     }
 
@@ -139,7 +151,10 @@ impl Server {
             drain_period,
             shutdown_timeout,
             listen_for_signals,
+            signals,
         } = self;
+        // Before the listeners serve anything: see `install_signal_handlers`.
+        let signals = listen_for_signals.then(|| signals.unwrap_or_else(Signals::install));
         let stop_app = CancellationToken::new();
         let stop_admin = CancellationToken::new();
         let admin_router = admin::router(readiness.clone(), metrics);
@@ -163,10 +178,9 @@ impl Server {
             }
         });
         let signals = async {
-            if listen_for_signals {
-                shutdown::signal().await;
-            } else {
-                std::future::pending::<()>().await;
+            match signals {
+                Some(signals) => signals.recv().await,
+                None => std::future::pending::<()>().await,
             }
         };
         tokio::select! {

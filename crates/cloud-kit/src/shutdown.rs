@@ -37,30 +37,65 @@ impl Shutdown {
     }
 }
 
+/// SIGTERM and SIGINT handlers, installed when this is created. Until a process installs
+/// them, SIGTERM kills it outright; so a service installs them before it announces that it
+/// listens, and a SIGTERM sent the moment it does starts the graceful shutdown instead.
+#[derive(Debug)]
+pub struct Signals {
+    #[cfg(unix)]
+    terminate: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    /// Installs the handlers now. Needs a tokio runtime.
+    pub fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let listen = |kind: SignalKind, name: &str| match signal(kind) {
+                Ok(stream) => Some(stream),
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot listen for {name}");
+                    None
+                }
+            };
+            Self {
+                terminate: listen(SignalKind::terminate(), "SIGTERM"),
+                interrupt: listen(SignalKind::interrupt(), "SIGINT"),
+            }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// Resolves on the first SIGTERM or SIGINT.
+    pub async fn recv(self) {
+        #[cfg(unix)]
+        {
+            async fn next(stream: Option<tokio::signal::unix::Signal>) {
+                match stream {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            tokio::select! {
+                () = next(self.interrupt) => tracing::info!("received SIGINT"),
+                () = next(self.terminate) => tracing::info!("received SIGTERM"),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("received Ctrl-C");
+        }
+    }
+}
+
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
 pub async fn signal() {
-    let ctrl_c = async {
-        if let Err(err) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %err, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut sig) => {
-                sig.recv().await;
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("received SIGINT"),
-        () = terminate => tracing::info!("received SIGTERM"),
-    }
+    Signals::install().recv().await;
 }
