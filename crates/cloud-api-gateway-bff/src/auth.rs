@@ -202,6 +202,11 @@ struct Inner {
     fetch_lock: tokio::sync::Mutex<Option<Instant>>,
     fetches: AtomicU64,
     tokens: Vec<std::sync::Mutex<HashMap<Box<str>, CachedToken>>>,
+    /// Failed refreshes: while identity is unreachable this climbs and the gateway validates
+    /// with the last good key set.
+    refresh_failures: prometheus_client::metrics::counter::Counter,
+    /// When the key set was last fetched successfully (Unix seconds; 0 = never).
+    last_refresh: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl Validator {
@@ -225,8 +230,26 @@ impl Validator {
                 fetch_lock: tokio::sync::Mutex::new(None),
                 fetches: AtomicU64::new(0),
                 tokens,
+                refresh_failures: Default::default(),
+                last_refresh: Default::default(),
             }),
         }
+    }
+
+    /// `gateway_jwks_refresh_failures_total` and `gateway_jwks_last_refresh_timestamp_seconds`:
+    /// an alert on `time() - gateway_jwks_last_refresh_timestamp_seconds` says how long the
+    /// gateway has been validating with a key set identity could not refresh.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "gateway_jwks_refresh_failures",
+            "Failed refreshes of the identity key set (the last good set stays in use)",
+            self.inner.refresh_failures.clone(),
+        );
+        registry.register(
+            "gateway_jwks_last_refresh_timestamp_seconds",
+            "When the identity key set was last fetched successfully (Unix time; 0 = never)",
+            self.inner.last_refresh.clone(),
+        );
     }
 
     /// Whether a key set has been loaded at least once.
@@ -292,7 +315,14 @@ impl Validator {
     async fn fetch_now(&self) -> Result<(), FetchError> {
         let mut last = self.inner.fetch_lock.lock().await;
         *last = Some(Instant::now());
-        self.fetch_locked().await
+        let result = self.fetch_locked().await;
+        if result.is_ok() {
+            let now = self.inner.clock.now().unix_timestamp();
+            self.inner.last_refresh.set(now);
+        } else {
+            self.inner.refresh_failures.inc();
+        }
+        result
     }
 
     async fn fetch_locked(&self) -> Result<(), FetchError> {

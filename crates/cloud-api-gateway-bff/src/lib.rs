@@ -237,6 +237,7 @@ pub async fn build_with(config: Config, hooks: Hooks) -> Result<Application, Bui
     });
     let limiter = RateLimiter::new(&config.redis, limiter_metrics)?;
     let validator = Validator::new(config.identity.clone(), Arc::new(SystemClock));
+    metrics.register(|registry| validator.register_metrics(registry));
     let (flag_client, owns_flag_client) = match hooks.client {
         Some(client) => (client, false),
         None => (
@@ -280,9 +281,25 @@ pub async fn build_with(config: Config, hooks: Hooks) -> Result<Application, Bui
         }
     });
     if limiter.uses_redis() {
+        // Redis gates readiness until it has answered once: a replica that has never reached
+        // it is misconfigured or cut off. After that an outage is handled by failing open to
+        // in-process limits (log line, `gateway_ratelimit_redis_fallback`), not by readiness,
+        // which would take every replica out of its Service at once and turn a Redis outage
+        // into a full one.
+        let reached = Arc::new(std::sync::atomic::AtomicBool::new(false));
         readiness.add_check("redis", move || {
             let limiter = limiter.clone();
-            async move { limiter.ping().await }
+            let reached = reached.clone();
+            async move {
+                if reached.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Ok(());
+                }
+                limiter
+                    .ping()
+                    .await
+                    .map(|()| reached.store(true, std::sync::atomic::Ordering::Relaxed))
+                    .map_err(|e| format!("{e} (not reached since start)"))
+            }
         });
     }
     let mut router: Router<Arc<AppState>> = Router::new();

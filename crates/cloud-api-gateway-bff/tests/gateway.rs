@@ -317,9 +317,29 @@ async fn starts_before_identity_and_becomes_ready_once_the_keys_load() {
         .unwrap();
     assert_eq!(r.status(), 503, "keys not loaded yet: 503, not 401 or 500");
     assert!(problem(r.headers().get("content-type")));
+    let metric = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    };
+    let before = gw.metrics().await;
+    assert!(
+        metric(&before, "gateway_jwks_refresh_failures_total") >= 1.0,
+        "an unreachable identity shows in the metrics: {before}"
+    );
+    assert_eq!(
+        metric(&before, "gateway_jwks_last_refresh_timestamp_seconds"),
+        0.0
+    );
     let _identity =
         Identity::serve(tokio::net::TcpListener::bind(addr).await.unwrap(), &[&key]).await;
     gw.ready().await;
+    let after = gw.metrics().await;
+    assert!(
+        metric(&after, "gateway_jwks_last_refresh_timestamp_seconds") > 1.7e9,
+        "a successful refresh records when: {after}"
+    );
 }
 
 #[tokio::test]

@@ -221,7 +221,24 @@ async fn killing_redis_fails_open_without_5xx() {
     let ready = reqwest::get(format!("{}/readyz", gw.admin)).await.unwrap();
     assert_eq!(
         ready.status(),
-        503,
-        "readiness reports Redis as unreachable"
+        200,
+        "a Redis outage after start must not take the replica out of its Service: it fails open"
     );
+}
+
+#[tokio::test]
+async fn a_gateway_that_never_reached_redis_is_not_ready() {
+    let key = Key::ed25519("k1");
+    let identity = Identity::start(&[&key]).await;
+    let (upstream, _) = upstream().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("redis://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let gw = start(config(&identity, &routes(upstream, &dead, 100, "200ms"))).await;
+    // Long enough for the key set to load, so only Redis can hold readiness back.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let ready = reqwest::get(format!("{}/readyz", gw.admin)).await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body = ready.text().await.unwrap();
+    assert!(body.contains("not reached since start"), "{body}");
 }

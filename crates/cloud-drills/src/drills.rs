@@ -484,11 +484,13 @@ pub async fn identity_outage(settings: &Settings) -> Result<Row> {
     let s = Summary::of(&records);
     let s_after = Summary::of(&after_kill);
     let m = metrics(&client, &gateway).await?;
+    // The metric must say that refreshes fail, not merely exist.
     let identity_metric = m
         .lines()
         .filter(|l| {
-            !l.starts_with('#')
-                && (l.contains("jwks") || l.contains("identity") || l.contains("key_set"))
+            l.strip_prefix("gateway_jwks_refresh_failures_total ")
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .is_some_and(|v| v > 0.0)
         })
         .map(str::to_string)
         .collect::<Vec<_>>();
@@ -527,7 +529,7 @@ pub async fn identity_outage(settings: &Settings) -> Result<Row> {
     if identity_metric.is_empty() {
         findings.push(
             "the gateway exports no metric for an unreachable identity / stale key set (its \
-             /metrics has no jwks, key-set or identity series); issue 9 drill 4 asks for a metric \
+             gateway_jwks_refresh_failures_total did not rise); issue 9 drill 4 asks for a metric \
              and a log line, and only the log line exists"
                 .to_string(),
         );
