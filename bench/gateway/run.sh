@@ -9,8 +9,8 @@
 # nginx's max, for all three; "added" latency = proxy percentile minus the direct percentile.
 #
 # Usage: bench/gateway/run.sh            (DURATION=10 CONNECTIONS=64 THREADS=2 to change)
-# Needs: nginx + wrk (apt-get install nginx-light wrk), openssl, python3, and oha
-#        (cargo install oha@1.16.0 --locked --root ~/.cache/cloud-platform/tools/v1/oha-1.16.0).
+# Needs: nginx, wrk and oha, which `cargo xtask tools --bench` installs (Debian's nginx-light and
+#        wrk, oha 1.16.0 from crates.io) and this script calls; openssl, python3, curl.
 # Everything listens on 127.0.0.1, on free ports, in a temp dir that is removed afterwards.
 set -euo pipefail
 
@@ -18,8 +18,10 @@ DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-OHA=${OHA:-$HOME/.cache/cloud-platform/tools/v1/oha-1.16.0/bin/oha}
-TARGET=${CARGO_TARGET_DIR:-$HOME/.cache/cloud-platform/target-gateway}
+TARGET=${CARGO_TARGET_DIR:-$HOME/.cache/cloud-platform/target}
+# NGINX_BIN, WRK_BIN, OHA: installed on first use, then cached.
+eval "$(cd "$ROOT" && cargo xtask tools --bench)"
+PATH="$(dirname "$NGINX_BIN"):$(dirname "$WRK_BIN"):$PATH"
 for tool in nginx wrk openssl python3 "$OHA"; do
   command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 1; }
 done
@@ -34,7 +36,7 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 did not open" >&2; exit 1; }
+wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 did not open" >&2; tail -n 20 "$WORK"/*/logs/error.log "$WORK"/gateway.log >&2; exit 1; }
 b64url() { basenc --base64url -w0 | tr -d '='; }
 
 UP=$(free_port); NGX=$(free_port); GW=$(free_port); GW_ADMIN=$(free_port)
@@ -95,7 +97,7 @@ cat > "$WORK/gateway.yaml" <<EOF
 server: {port: $GW, admin_port: $GW_ADMIN, drain_period: 0s}
 telemetry: {log_level: warn, log_format: json}
 identity: {issuer_url: "$ISSUER"}
-rate_limits: {bench: {requests: 100000000, period: 1s}}
+rate_limits: {bench: {requests: 500000, period: 1s}}
 routes:
   api: {path_prefix: /, auth: token, rate_limit: bench, upstreams: ["http://127.0.0.1:$UP"]}
 EOF

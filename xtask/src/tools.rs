@@ -214,11 +214,12 @@ impl Tools {
     }
 
     /// The load generators and the nginx anchor of the benchmarks under `bench/` (not needed by
-    /// `cargo xtask test`): Debian's nginx and wrk, and oha from crates.io.
+    /// `cargo xtask test`): Debian's nginx and wrk, and oha from crates.io. (`NGINX_BIN`, not
+    /// `NGINX`: nginx reads `NGINX` as a list of inherited sockets.)
     pub fn bench_tools(&self) -> Result<Vec<(String, PathBuf)>> {
         Ok(vec![
-            ("NGINX".into(), self.apt(&["nginx-light"], "nginx")?),
-            ("WRK".into(), self.apt(&["wrk"], "wrk")?),
+            ("NGINX_BIN".into(), self.apt(&["nginx-light"], "nginx")?),
+            ("WRK_BIN".into(), self.apt(&["wrk"], "wrk")?),
             (
                 "OHA".into(),
                 self.cargo_install("oha-1.16.0", "oha@1.16.0", "oha")?,

@@ -92,12 +92,14 @@ impl FlagEngine for YggdrasilEngine {
     fn variant(&self, flag: &str, ctx: &FlagContext) -> Option<EngineVariant> {
         let context = enriched(flag, ctx);
         let variant = self.state.check_variant(&context)?;
-        let feature_enabled = self.state.check_enabled(&context).unwrap_or(false);
+        // A variant is only handed out while the feature is on, so the second evaluation is
+        // needed only for the `disabled` answer: feature off, or on without variants.
+        let feature_enabled =
+            variant.enabled || self.state.check_enabled(&context).unwrap_or(false);
         Some(EngineVariant {
             name: variant.name,
             enabled: variant.enabled,
-            // A variant can only be handed out while the feature is on.
-            feature_enabled: feature_enabled || variant.enabled,
+            feature_enabled,
             payload: variant.payload.map(|p| (p.payload_type, p.value)),
         })
     }
