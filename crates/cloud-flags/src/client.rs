@@ -869,7 +869,7 @@ impl FlagClient {
         }
     }
 
-    /// A readiness check for `cloud_kit::Readiness::add_check("feature-flags", ...)`: ready
+    /// A readiness check for `cloud_kit::Readiness::add_check("feature_flags", ...)`: ready
     /// once a state is loaded.
     pub fn readiness_check(
         &self,
