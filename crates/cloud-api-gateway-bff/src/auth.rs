@@ -252,7 +252,7 @@ impl Validator {
         );
     }
 
-    /// Whether a key set has been loaded at least once.
+    /// Whether a key set has been loaded at least once (the readiness check waits for it).
     pub fn is_loaded(&self) -> bool {
         self.inner.keys.load().loaded
     }
