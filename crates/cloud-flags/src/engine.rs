@@ -5,7 +5,9 @@
 //! used only in this module. Replacing it means implementing [`FlagEngine`] again; nothing else
 //! in the crate names a yggdrasil type.
 
-use unleash_types::client_features::ClientFeatures;
+use std::collections::HashSet;
+
+use unleash_types::client_features::{ClientFeature, ClientFeatures};
 use unleash_yggdrasil::EngineState;
 use unleash_yggdrasil::state::{EnrichedContext, PropertiesRef};
 
@@ -36,9 +38,35 @@ pub struct EngineVariant {
     pub payload: Option<(String, String)>,
 }
 
+/// Whether, for this flag, "the feature is on" implies "a variant is handed out", so that the
+/// `disabled` variant answers "off" without a second evaluation. True when every strategy has
+/// weighted variants (the strategy that matched picks one), or when no strategy has variants and
+/// the flag has weighted top-level variants (the fallback picks one). Flags with dependencies
+/// are left out: a parent decides them, not their own strategies.
+fn variant_decides_enabled(feature: &ClientFeature) -> bool {
+    if feature.dependencies.as_ref().is_some_and(|d| !d.is_empty()) {
+        return false;
+    }
+    let strategies = feature.strategies.as_deref().unwrap_or_default();
+    let weighted = |weights: &mut dyn Iterator<Item = i32>| weights.map(i64::from).sum::<i64>() > 0;
+    let strategy_variants = |s: &unleash_types::client_features::Strategy| {
+        weighted(&mut s.variants.iter().flatten().map(|v| v.weight))
+    };
+    let any_strategy_variants = strategies
+        .iter()
+        .any(|s| s.variants.as_ref().is_some_and(|v| !v.is_empty()));
+    if !strategies.is_empty() && strategies.iter().all(strategy_variants) {
+        return true;
+    }
+    !any_strategy_variants && weighted(&mut feature.variants.iter().flatten().map(|v| v.weight))
+}
+
 /// [`FlagEngine`] on `unleash-yggdrasil`.
 pub struct YggdrasilEngine {
     state: EngineState,
+    /// Flags whose `disabled` variant always means the feature is off (see
+    /// [`variant_decides_enabled`]): for them one evaluation answers both questions.
+    variant_decides: HashSet<String>,
 }
 
 impl std::fmt::Debug for YggdrasilEngine {
@@ -76,13 +104,30 @@ fn enriched<'a>(flag: &'a str, ctx: &'a FlagContext) -> EnrichedContext<'a> {
 impl FlagEngine for YggdrasilEngine {
     fn compile(features: &ClientFeatures) -> (Self, Vec<String>) {
         let state = EngineState::default();
-        let warnings = state
+        let warned: Vec<(String, String)> = state
             .apply_client_features(features.clone())
             .unwrap_or_default()
             .into_iter()
-            .map(|w| format!("{}: {}", w.toggle_name, w.message))
+            .map(|w| (w.toggle_name, w.message))
             .collect();
-        (Self { state }, warnings)
+        let variant_decides = features
+            .features
+            .iter()
+            .filter(|f| !warned.iter().any(|(name, _)| *name == f.name))
+            .filter(|f| variant_decides_enabled(f))
+            .map(|f| f.name.clone())
+            .collect();
+        let warnings = warned
+            .into_iter()
+            .map(|(name, message)| format!("{name}: {message}"))
+            .collect();
+        (
+            Self {
+                state,
+                variant_decides,
+            },
+            warnings,
+        )
     }
 
     fn is_enabled(&self, flag: &str, ctx: &FlagContext) -> Option<bool> {
@@ -94,13 +139,80 @@ impl FlagEngine for YggdrasilEngine {
         let variant = self.state.check_variant(&context)?;
         // A variant is only handed out while the feature is on, so the second evaluation is
         // needed only for the `disabled` answer: feature off, or on without variants.
-        let feature_enabled =
-            variant.enabled || self.state.check_enabled(&context).unwrap_or(false);
+        let feature_enabled = variant.enabled
+            || (!self.variant_decides.contains(flag)
+                && self.state.check_enabled(&context).unwrap_or(false));
         Some(EngineVariant {
             name: variant.name,
             enabled: variant.enabled,
             feature_enabled,
             payload: variant.payload.map(|p| (p.payload_type, p.value)),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Skipping the second evaluation must not change an answer: for every flag shape, the
+    /// variant's `feature_enabled` equals "a variant was handed out, or the flag is on".
+    #[test]
+    fn one_evaluation_answers_like_two() {
+        let doc = serde_json::json!({"version": 2, "features": [
+            {"name": "strategy-variants", "enabled": true, "strategies": [
+                {"name": "flexibleRollout", "parameters": {"rollout": "40", "stickiness": "tenantId", "groupId": "a"},
+                 "variants": [{"name": "x", "weight": 500, "stickiness": "tenantId"}, {"name": "y", "weight": 500, "stickiness": "tenantId"}]}]},
+            {"name": "mixed", "enabled": true, "strategies": [
+                {"name": "flexibleRollout", "parameters": {"rollout": "30", "stickiness": "tenantId", "groupId": "b"},
+                 "variants": [{"name": "x", "weight": 1000, "stickiness": "tenantId"}]},
+                {"name": "flexibleRollout", "parameters": {"rollout": "50", "stickiness": "userId", "groupId": "c"}}]},
+            {"name": "top-level", "enabled": true, "strategies": [
+                {"name": "flexibleRollout", "parameters": {"rollout": "50", "stickiness": "userId", "groupId": "d"}}],
+             "variants": [{"name": "z", "weight": 1000, "weightType": "variable", "stickiness": "default"}]},
+            {"name": "no-variants", "enabled": true, "strategies": [
+                {"name": "flexibleRollout", "parameters": {"rollout": "50", "stickiness": "userId", "groupId": "e"}}]},
+            {"name": "off", "enabled": false, "strategies": [{"name": "default", "variants": [{"name": "x", "weight": 1}]}]}
+        ]});
+        let features: ClientFeatures = serde_json::from_value(doc).unwrap();
+        let (engine, warnings) = YggdrasilEngine::compile(&features);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let decided: Vec<&str> = [
+            "strategy-variants",
+            "mixed",
+            "top-level",
+            "no-variants",
+            "off",
+        ]
+        .into_iter()
+        .filter(|f| engine.variant_decides.contains(*f))
+        .collect();
+        assert_eq!(decided, ["strategy-variants", "top-level", "off"]);
+        let mut seen_on_without_variant = false;
+        for i in 0..400 {
+            let ctx = FlagContext::new()
+                .with_user_id(format!("user-{i}"))
+                .with_tenant_id(format!("tenant-{}", i / 3));
+            for flag in [
+                "strategy-variants",
+                "mixed",
+                "top-level",
+                "no-variants",
+                "off",
+            ] {
+                let variant = engine.variant(flag, &ctx).unwrap();
+                let enabled = engine.is_enabled(flag, &ctx).unwrap();
+                assert_eq!(
+                    variant.feature_enabled,
+                    variant.enabled || enabled,
+                    "{flag} for {i}: {variant:?}"
+                );
+                seen_on_without_variant |= enabled && !variant.enabled;
+            }
+        }
+        assert!(
+            seen_on_without_variant,
+            "the mixed/no-variants shapes must exercise the second evaluation"
+        );
     }
 }
