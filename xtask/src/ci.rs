@@ -806,23 +806,10 @@ fn secret_env(ctx: &mut Ctx, service: &Service) -> Result<Vec<(String, String)>>
     Ok(match service.package {
         "cloud-identity-access" => {
             let server = ctx.servers.postgres()?.to_string();
-            let database = format!("image_runtime_{}", std::process::id());
-            let port = server
-                .rsplit(':')
-                .next()
-                .and_then(|p| p.split('/').next())
-                .context("PostgreSQL URL has no port")?;
-            let createdb = crate::servers::postgres_bin_dir()?.join("createdb");
-            run_cmd(Command::new(createdb).args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                port,
-                "-U",
-                "postgres",
-                &database,
-            ]))?;
-            let url = format!("postgres://postgres@127.0.0.1:{port}/{database}");
+            let url = crate::servers::create_database(
+                &server,
+                &format!("image_runtime_{}", std::process::id()),
+            )?;
             vec![
                 ("IDENTITY_DATABASE__URL".into(), url),
                 (

@@ -6,45 +6,15 @@
 //! the runbook promises are checked, so a doc that drifts from the CLI fails here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers outside #[test] fns
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{copy_dir, git, repo_root};
 use std::process::Command;
 
 const SECTION: &str = "## Rollback runbook";
 const SOURCE_LINE: &str = "SOURCE=https://github.com/cloud-platform/cloud-platform.git";
 const CLOUDCTL_LINE: &str = "cloudctl() { cargo run -q -p cloudctl -- \"$@\"; }";
 const DRILL_DIR: &str = "/tmp/gitops-drill";
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let dest = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &dest);
-        } else {
-            std::fs::copy(entry.path(), &dest).unwrap();
-        }
-    }
-}
-
-fn git(root: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(root)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// The `sh` blocks of the runbook section, in document order.
 fn runbook_blocks(doc: &str) -> Vec<String> {

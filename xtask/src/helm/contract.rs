@@ -529,7 +529,7 @@ pub fn launch_plan(
         while let Some(ch) = rest.chars().next() {
             let at_path_start = out
                 .chars()
-                .last()
+                .next_back()
                 .is_none_or(|p| !(p.is_alphanumeric() || "._-/:".contains(p)));
             let hit = by_length
                 .iter()
