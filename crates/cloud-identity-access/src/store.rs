@@ -242,6 +242,40 @@ pub struct RotationPlan {
     pub new_keys: Vec<SigningKeyRecord>,
 }
 
+/// How long opening a SQLite file waits for another process that is switching it to WAL: the
+/// same bound as the busy timeout that every other lock wait gets.
+const SQLITE_OPEN_WAIT: Duration = Duration::from_secs(5);
+
+/// Opens a SQLite pool, retrying while the file is locked by another process's first open.
+///
+/// Switching a new file to WAL takes an exclusive lock that SQLite does not wait for with the
+/// busy timeout (sqlx documents this beside its `journal_mode` pragma), so processes opening
+/// the same new file at once (the migrate Job racing starting replicas) get SQLITE_BUSY
+/// straight away. That is transient: the winner's switch takes milliseconds.
+async fn connect_sqlite_waiting_for_the_wal_switch(
+    pool_options: SqlitePoolOptions,
+    options: SqliteConnectOptions,
+) -> Result<SqlitePool, sqlx::Error> {
+    let deadline = tokio::time::Instant::now() + SQLITE_OPEN_WAIT;
+    loop {
+        match pool_options.clone().connect_with(options.clone()).await {
+            Err(sqlx::Error::Database(db))
+                if is_sqlite_busy(db.code().as_deref())
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// SQLITE_BUSY, or one of its extended codes (the low byte is the primary code).
+fn is_sqlite_busy(code: Option<&str>) -> bool {
+    code.and_then(|c| c.parse::<i32>().ok())
+        .is_some_and(|c| c & 0xff == 5)
+}
+
 /// Opens the store named by `url` and applies migrations.
 pub async fn connect(
     url: &SecretString,
@@ -268,7 +302,7 @@ pub async fn connect_and_migrate(
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
         // An in-memory database lives as long as its one connection.
-        let pool = SqlitePoolOptions::new()
+        let pool_options = SqlitePoolOptions::new()
             .max_connections(if in_memory { 1 } else { max_connections.max(1) })
             .min_connections(if in_memory { 1 } else { 0 })
             .idle_timeout(if in_memory {
@@ -280,9 +314,8 @@ pub async fn connect_and_migrate(
                 None
             } else {
                 Some(Duration::from_secs(1800))
-            })
-            .connect_with(options)
-            .await?;
+            });
+        let pool = connect_sqlite_waiting_for_the_wal_switch(pool_options, options).await?;
         let store = SqliteStore { pool };
         let report = store.migrate().await?;
         Ok((std::sync::Arc::new(store), report))

@@ -160,6 +160,40 @@ fn concurrent_sqlite_migrations_apply_each_migration_once() {
     );
 }
 
+/// Regression (CI, 2026-11-26): the switch of a new file to WAL takes an exclusive lock that
+/// SQLite does not wait for with the busy timeout, so a `migrate` racing another process's
+/// first open failed at once with "database is locked". Here the other process is played
+/// deterministically: a connection holds the write (RESERVED) lock on the new file for 300 ms,
+/// which is when SQLite answers the WAL switch with SQLITE_BUSY at once (waiting could
+/// deadlock), whatever the busy timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_migrate_waits_for_another_process_holding_the_new_file() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("identity.db");
+    let mut holder = sqlx::SqliteConnection::connect(&format!(
+        "sqlite://{}?mode=rwc",
+        file.display()
+    ))
+    .await
+    .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let data_dir = dir.path().to_str().unwrap().to_owned();
+    let run = std::thread::spawn(move || migrate(None, &[("IDENTITY_DATA_DIR", &data_dir)]));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!run.is_finished(), "migrate must wait for the lock, not fail");
+    sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+    holder.close().await.unwrap();
+    let applied = versions(&report(&run.join().unwrap()), "applied");
+    assert_eq!(
+        applied.len(),
+        cloud_identity_access::store::SQLITE_MIGRATIONS.len()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_postgres_migrations_apply_each_migration_once() {
     let Some(url) = cloud_test_support::fresh_postgres_database().await else {
