@@ -18,7 +18,7 @@ use rand::Rng;
 
 use crate::AppState;
 use crate::auth::{Claims, TokenError};
-use crate::config::AuthMode;
+use crate::config::{AuthMode, RetryConfig};
 use crate::ratelimit::Decision;
 use crate::routes::{Route, Upstream};
 
@@ -515,15 +515,13 @@ async fn forward(
         Body::empty()
     });
     let mut last_err = ForwardError::Unreachable;
+    // `timeouts.request` bounds what the client waits for response headers, retries included:
+    // a retry starts only if its backoff ends before the deadline, and gets what is left.
+    let deadline = tokio::time::Instant::now() + route.timeouts.request;
+    let mut backoff = Duration::ZERO;
     for attempt in 0..attempts {
         if attempt > 0 {
-            let base = route
-                .retries
-                .backoff
-                .saturating_mul(1 << (attempt - 1).min(16))
-                .min(route.retries.max_backoff);
-            let jitter = rand::rng().random_range(0.5..1.0);
-            tokio::time::sleep(base.mul_f64(jitter)).await;
+            tokio::time::sleep(backoff).await;
         }
         let (upstream, variant) = route.pick(
             state.variants.as_deref(),
@@ -542,8 +540,10 @@ async fn forward(
         *outgoing.method_mut() = parts.method.clone();
         *outgoing.uri_mut() = uri;
         *outgoing.headers_mut() = headers.clone();
-        let last = attempt + 1 == attempts;
-        match tokio::time::timeout(route.timeouts.request, route.client.request(outgoing)).await {
+        let result = tokio::time::timeout_at(deadline, route.client.request(outgoing)).await;
+        backoff = retry_backoff(&route.retries, attempt + 1);
+        let last = attempt + 1 == attempts || tokio::time::Instant::now() + backoff >= deadline;
+        match result {
             Err(_) => last_err = ForwardError::Timeout,
             Ok(Err(err)) => {
                 if is_length_limit(&err) {
@@ -598,8 +598,21 @@ async fn forward(
                 return Ok(Response::from_parts(parts, Body::new(incoming)));
             }
         }
+        if last {
+            break;
+        }
     }
     Err(last_err)
+}
+
+/// The wait before retry number `retry` (1 = the first): doubled each time up to
+/// `max_backoff`, with jitter so that clients do not retry in lockstep.
+fn retry_backoff(retries: &RetryConfig, retry: u32) -> Duration {
+    let base = retries
+        .backoff
+        .saturating_mul(1 << retry.saturating_sub(1).min(16))
+        .min(retries.max_backoff);
+    base.mul_f64(rand::rng().random_range(0.5..1.0))
 }
 
 fn strip_response_headers(headers: &mut HeaderMap) {

@@ -752,3 +752,50 @@ async fn reload_swaps_the_table_and_keeps_it_when_the_new_one_is_invalid() {
         "the old table stays"
     );
 }
+
+/// Found by the upstream-faults drill (crates/cloud-drills/src/upstream_faults.rs): each retry
+/// used to get a full `timeouts.request` of its own, so a slow upstream made a GET wait
+/// (1 + attempts) times the timeout, and hit the upstream 1 + attempts times, before its 504.
+#[tokio::test]
+async fn retries_stay_within_the_route_timeout() {
+    let key = Key::ed25519("k1");
+    let identity = Identity::start(&[&key]).await;
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let counter = hits.clone();
+    let slow = axum::Router::new().fallback(move || {
+        let counter = counter.clone();
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            "late"
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, slow).await });
+    let gw = start(config(
+        &identity,
+        &format!(
+            "routes:\n  api: {{path_prefix: /api/, auth: public, upstreams: [\"http://{upstream}\"], \
+             timeouts: {{request: 300ms}}, retries: {{attempts: 2, backoff: 10ms}}}}\n"
+        ),
+    ))
+    .await;
+    let started = std::time::Instant::now();
+    let r = client()
+        .get(format!("{}/api/x", gw.url))
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(r.status(), 504);
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(550),
+        "the 504 took {took:?}; timeouts.request is 300 ms, retries included"
+    );
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "no retry once the timeout is spent"
+    );
+}

@@ -54,7 +54,7 @@ pub struct Settings {
     pub outage: Duration,
 }
 
-const BOOTSTRAP_CLIENT: &str = "platform-admin";
+pub(crate) const BOOTSTRAP_CLIENT: &str = "platform-admin";
 const AUDIENCE: &str = "cloud-platform";
 
 fn secret() -> String {
@@ -65,22 +65,22 @@ fn secret() -> String {
     )
 }
 
-fn secs(d: Duration) -> String {
+pub(crate) fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
 
 /// An identity process with the bootstrap admin client.
-struct Identity {
-    process: ServiceProcess,
-    issuer: String,
-    admin_secret: String,
+pub(crate) struct Identity {
+    pub(crate) process: ServiceProcess,
+    pub(crate) issuer: String,
+    pub(crate) admin_secret: String,
     env: Vec<(String, String)>,
     _data: tempfile::TempDir,
 }
 
 impl Identity {
     /// `database_url`: `None` for embedded SQLite in a temp dir.
-    async fn start(bin: &Binaries, database_url: Option<String>) -> Result<Self> {
+    pub(crate) async fn start(bin: &Binaries, database_url: Option<String>) -> Result<Self> {
         let data = tempfile::Builder::new()
             .prefix("cloud-drills-identity-")
             .tempdir()?;
@@ -116,7 +116,7 @@ impl Identity {
     }
 
     /// A `client_credentials` access token of the bootstrap admin client (tenant `platform`).
-    async fn admin_token(&self, client: &reqwest::Client) -> Result<String> {
+    pub(crate) async fn admin_token(&self, client: &reqwest::Client) -> Result<String> {
         let response = client
             .post(format!("{}/oauth2/token", self.issuer))
             .basic_auth(BOOTSTRAP_CLIENT, Some(&self.admin_secret))
@@ -135,7 +135,7 @@ impl Identity {
 
 /// A gateway with one token-protected route `/api/` to `upstream`, a generous rate limit (the
 /// load must never be limited: a 429 would be a failure), and an optional Redis.
-async fn start_gateway(
+pub(crate) async fn start_gateway(
     bin: &Binaries,
     issuer: &str,
     upstream: std::net::SocketAddr,
@@ -168,7 +168,7 @@ async fn start_gateway(
     .await
 }
 
-async fn start_service_with_args(
+pub(crate) async fn start_service_with_args(
     binary: &std::path::Path,
     env_prefix: &'static str,
     env: Vec<(String, String)>,
@@ -222,7 +222,7 @@ fn metric_value(text: &str, name: &str) -> Option<f64> {
     })
 }
 
-fn describe(s: &Summary) -> String {
+pub(crate) fn describe(s: &Summary) -> String {
     format!(
         "sent {} ok {} 4xx {} (429: {}) 5xx {} other {} lost {}, slowest {}",
         s.sent,
@@ -237,7 +237,7 @@ fn describe(s: &Summary) -> String {
 }
 
 /// The distinct non-2xx answers (status and the start of the body), with counts.
-fn failure_samples(records: &[Record]) -> Vec<String> {
+pub(crate) fn failure_samples(records: &[Record]) -> Vec<String> {
     let mut seen: Vec<(String, u64)> = Vec::new();
     for r in records {
         let key = match (&r.outcome, &r.body) {

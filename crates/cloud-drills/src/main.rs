@@ -5,9 +5,12 @@
 //! Run it with `cargo xtask drills` (which builds the service binaries first).
 
 mod drills;
+mod hostile;
 mod infra;
 mod load;
+mod procstat;
 mod unleash;
+mod upstream_faults;
 
 use std::time::{Duration, Instant};
 
@@ -19,7 +22,7 @@ use drills::{Row, Settings, Verdict};
 #[derive(Debug, Parser)]
 #[command(about = "Reliability drills against real processes on loopback (issue 9)")]
 struct Cli {
-    /// Run only the drills whose name contains this text (repeatable): redis, identity, database, unleash.
+    /// Run only the drills whose name contains this text (repeatable): redis, identity, database, unleash, upstream, hostile.
     #[arg(long = "only")]
     only: Vec<String>,
     /// Requests per second of the steady load.
@@ -42,6 +45,10 @@ fn drill_list() -> Vec<(&'static str, DrillFn)> {
         ("identity", |s| Box::pin(drills::identity_outage(s))),
         ("database", |s| Box::pin(drills::database_outage(s))),
         ("unleash", |s| Box::pin(unleash::unleash_outage(s))),
+        ("upstream", |s| {
+            Box::pin(upstream_faults::upstream_faults(s))
+        }),
+        ("hostile", |s| Box::pin(hostile::hostile_input(s))),
     ]
 }
 

@@ -96,6 +96,17 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
+    /// How long a client may take to send a request's head (request line and headers), counted
+    /// from the moment the server waits for it: from the connection's start, and on a
+    /// keep-alive connection from the end of the previous response, so it also closes idle
+    /// keep-alive connections after this long. Slower clients are disconnected (slowloris);
+    /// without it each one holds a connection, a task and a file descriptor forever. Put a
+    /// proxy's upstream keep-alive timeout below it.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line and headers), in bytes; larger ones get 431. At
+    /// least 8192 (hyper's smallest buffer).
+    pub max_header_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -107,6 +118,8 @@ impl Default for ServerConfig {
             drain_period: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(30),
             max_body_bytes: 1024 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 32 * 1024,
         }
     }
 }

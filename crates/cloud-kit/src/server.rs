@@ -4,8 +4,15 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
-use tokio::net::TcpListener;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 
 use crate::admin::{self, Readiness};
 use crate::config::ServerConfig;
@@ -40,6 +47,7 @@ pub struct Server {
     shutdown: Shutdown,
     drain_period: Duration,
     shutdown_timeout: Duration,
+    limits: ConnectionLimits,
     listen_for_signals: bool,
     signals: Option<Signals>,
 }
@@ -82,6 +90,10 @@ impl Server {
             shutdown: Shutdown::new(),
             drain_period: config.drain_period,
             shutdown_timeout: config.shutdown_timeout,
+            limits: ConnectionLimits {
+                header_read_timeout: config.header_read_timeout,
+                max_header_bytes: config.max_header_bytes,
+            },
             listen_for_signals: true,
             signals: None,
         })
@@ -150,6 +162,7 @@ impl Server {
             shutdown,
             drain_period,
             shutdown_timeout,
+            limits,
             listen_for_signals,
             signals,
         } = self;
@@ -158,25 +171,13 @@ impl Server {
         let stop_app = CancellationToken::new();
         let stop_admin = CancellationToken::new();
         let admin_router = admin::router(readiness.clone(), metrics);
-        let mut app_task = tokio::spawn({
-            let stop = stop_app.clone();
-            async move {
-                axum::serve(
-                    app_listener,
-                    app.into_make_service_with_connect_info::<SocketAddr>(),
-                )
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-            }
-        });
-        let mut admin_task = tokio::spawn({
-            let stop = stop_admin.clone();
-            async move {
-                axum::serve(admin_listener, admin_router)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await
-            }
-        });
+        let mut app_task = tokio::spawn(serve(app_listener, app, limits, stop_app.clone()));
+        let mut admin_task = tokio::spawn(serve(
+            admin_listener,
+            admin_router,
+            limits,
+            stop_admin.clone(),
+        ));
         let signals = async {
             match signals {
                 Some(signals) => signals.recv().await,
@@ -219,5 +220,124 @@ fn serve_result(
             what,
             source: std::io::Error::other(join.to_string()),
         }),
+    }
+}
+
+/// What bounds one client connection.
+#[derive(Debug, Clone, Copy)]
+struct ConnectionLimits {
+    header_read_timeout: Duration,
+    max_header_bytes: usize,
+}
+
+/// hyper refuses a smaller read buffer (it panics).
+const MIN_HEADER_BYTES: usize = 8192;
+
+/// The HTTP/2 connection preface; a client sending it speaks h2c.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Accepts and serves connections (HTTP/1.1 with upgrades, and h2c) until `stop`, then lets
+/// every open connection finish gracefully. Instead of `axum::serve`, which installs no timer, so
+/// hyper's header-read timeout never runs and a client that sends its head slowly (or nothing)
+/// holds its connection forever.
+async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: ConnectionLimits,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    let connections = TaskTracker::new();
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    if !is_connection_error(&err) {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %err, "accepting a connection failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    continue;
+                }
+            },
+            () = stop.cancelled() => break,
+        };
+        connections.spawn(serve_connection(
+            stream,
+            remote,
+            app.clone(),
+            limits,
+            stop.clone(),
+        ));
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+    Ok(())
+}
+
+fn is_connection_error(err: &std::io::Error) -> bool {
+    matches!(
+        err.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    remote: SocketAddr,
+    app: Router,
+    limits: ConnectionLimits,
+    stop: CancellationToken,
+) {
+    // hyper-util reads the first bytes to choose HTTP/1 or HTTP/2 before hyper's header timer
+    // starts, so that wait needs its own bound; a shutdown does not wait for it either.
+    tokio::select! {
+        known = tokio::time::timeout(limits.header_read_timeout, protocol_known(&stream)) => {
+            if !matches!(known, Ok(Ok(()))) {
+                return;
+            }
+        }
+        () = stop.cancelled() => return,
+    }
+    let service = app.map_request(move |mut request: http::Request<Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(remote));
+        request
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BYTES));
+    let connection = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service));
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(err) = result {
+                tracing::trace!(error = %err, "connection ended with an error");
+            }
+        }
+        () = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
+}
+
+/// Waits until the bytes received tell HTTP/1 from HTTP/2, without consuming them.
+async fn protocol_known(stream: &TcpStream) -> std::io::Result<()> {
+    let mut buf = [0u8; 24];
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 || n >= H2_PREFACE.len() || buf[..n] != H2_PREFACE[..n] {
+            return Ok(());
+        }
+        // A strict prefix of the preface: `peek` would return the same bytes at once, so wait
+        // for more instead of spinning.
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
