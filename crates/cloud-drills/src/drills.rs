@@ -55,9 +55,9 @@ pub struct Settings {
 }
 
 pub(crate) const BOOTSTRAP_CLIENT: &str = "platform-admin";
-const AUDIENCE: &str = "cloud-platform";
+pub(crate) const AUDIENCE: &str = "cloud-platform";
 
-fn secret() -> String {
+pub(crate) fn secret() -> String {
     format!(
         "{}{}",
         uuid::Uuid::new_v4().simple(),
@@ -98,6 +98,10 @@ impl Identity {
                 "IDENTITY_TELEMETRY__LOG_LEVEL".to_string(),
                 "info".to_string(),
             ),
+            (
+                "IDENTITY_SERVER__HEADER_READ_TIMEOUT".to_string(),
+                format!("{}s", DRILL_HEADER_READ_TIMEOUT.as_secs()),
+            ),
         ];
         if let Some(url) = database_url {
             env.push(("IDENTITY_DATABASE__URL".to_string(), url));
@@ -133,6 +137,12 @@ impl Identity {
     }
 }
 
+/// `server.header_read_timeout` of the services the drills start: the hostile-input drill waits
+/// for it to disconnect slow clients, and the 75 s default would make that wait long. A load
+/// balancer in front of them (the rolling-update drill's nginx) must keep idle upstream
+/// connections for less than this.
+pub(crate) const DRILL_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A gateway with one token-protected route `/api/` to `upstream`, a generous rate limit (the
 /// load must never be limited: a 429 would be a failure), and an optional Redis.
 pub(crate) async fn start_gateway(
@@ -155,10 +165,16 @@ pub(crate) async fn start_gateway(
     );
     let path = dir.join("gateway.yaml");
     std::fs::write(&path, yaml).context("cannot write the gateway config")?;
-    let env = vec![(
-        "GATEWAY_TELEMETRY__LOG_LEVEL".to_string(),
-        "info".to_string(),
-    )];
+    let env = vec![
+        (
+            "GATEWAY_TELEMETRY__LOG_LEVEL".to_string(),
+            "info".to_string(),
+        ),
+        (
+            "GATEWAY_SERVER__HEADER_READ_TIMEOUT".to_string(),
+            format!("{}s", DRILL_HEADER_READ_TIMEOUT.as_secs()),
+        ),
+    ];
     start_service_with_args(
         &bin.gateway,
         "GATEWAY",

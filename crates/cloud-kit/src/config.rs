@@ -100,8 +100,14 @@ pub struct ServerConfig {
     /// from the moment the server waits for it: from the connection's start, and on a
     /// keep-alive connection from the end of the previous response, so it also closes idle
     /// keep-alive connections after this long. Slower clients are disconnected (slowloris);
-    /// without it each one holds a connection, a task and a file descriptor forever. Put a
-    /// proxy's upstream keep-alive timeout below it.
+    /// without it each one holds a connection, a task and a file descriptor forever.
+    ///
+    /// The default, 75 s, is longer than the upstream keep-alive timeout of the proxies that
+    /// sit in front of a service (ingress-nginx and AWS ALB: 60 s), so the proxy always closes
+    /// an idle connection first; the other way round, a request the proxy sends on a
+    /// connection this server is closing fails with no answer, and a POST is not retried.
+    /// nginx's own `client_header_timeout` is 60 s. Behind a proxy with a longer keep-alive
+    /// (GCP load balancers: 600 s), raise it above that.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
     /// Largest request head (request line and headers), in bytes; larger ones get 431. At
@@ -118,7 +124,7 @@ impl Default for ServerConfig {
             drain_period: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(30),
             max_body_bytes: 1024 * 1024,
-            header_read_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(75),
             max_header_bytes: 32 * 1024,
         }
     }
