@@ -207,10 +207,21 @@ struct Inner {
     refresh_failures: prometheus_client::metrics::counter::Counter,
     /// When the key set was last fetched successfully (Unix seconds; 0 = never).
     last_refresh: prometheus_client::metrics::gauge::Gauge,
+    /// Set by [`Validator::with_key_set`]: the key set was given, so nothing is ever fetched.
+    fixed_keys: bool,
 }
 
 impl Validator {
     pub fn new(config: IdentityConfig, clock: Arc<dyn Clock>) -> Self {
+        Self::with_keys(config, clock, KeySet::default(), false)
+    }
+
+    fn with_keys(
+        config: IdentityConfig,
+        clock: Arc<dyn Clock>,
+        keys: KeySet,
+        fixed_keys: bool,
+    ) -> Self {
         let issuer = config.issuer_url.as_str().trim_end_matches('/').to_string();
         let http = reqwest::Client::builder()
             .timeout(config.fetch_timeout)
@@ -225,15 +236,47 @@ impl Validator {
                 issuer,
                 http,
                 clock,
-                keys: ArcSwap::from_pointee(KeySet::default()),
+                keys: ArcSwap::from_pointee(keys),
                 discovery: ArcSwap::from_pointee(None),
                 fetch_lock: tokio::sync::Mutex::new(None),
                 fetches: AtomicU64::new(0),
                 tokens,
                 refresh_failures: Default::default(),
                 last_refresh: Default::default(),
+                fixed_keys,
             }),
         }
+    }
+
+    /// A validator whose key set is `jwks` (a JWK set document, parsed exactly as a fetched one)
+    /// and that never fetches: an unknown `kid` is refused at once. For tests and the token fuzz
+    /// target (`fuzz/fuzz_targets/gateway_token.rs`), which must run [`Self::validate`] without
+    /// an identity service.
+    pub fn with_key_set(
+        config: IdentityConfig,
+        clock: Arc<dyn Clock>,
+        jwks: &[u8],
+    ) -> Result<Self, FetchError> {
+        let set: JwkSet = serde_json::from_slice(jwks).map_err(|e| FetchError::Http {
+            what: "key set",
+            url: "(given)".into(),
+            reason: format!("invalid JSON: {e}"),
+        })?;
+        let keys: HashMap<String, Arc<VerifyKey>> = set
+            .keys
+            .into_iter()
+            .filter_map(parse_jwk)
+            .map(|(kid, key)| (kid, Arc::new(key)))
+            .collect();
+        if keys.is_empty() {
+            return Err(FetchError::NoUsableKeys("(given)".into()));
+        }
+        let keys = KeySet {
+            keys,
+            generation: 1,
+            loaded: true,
+        };
+        Ok(Self::with_keys(config, clock, keys, true))
     }
 
     /// `gateway_jwks_refresh_failures_total` and `gateway_jwks_last_refresh_timestamp_seconds`:
@@ -395,6 +438,9 @@ impl Validator {
             if let Some(key) = set.keys.get(kid) {
                 return Ok((key.clone(), set.generation));
             }
+        }
+        if self.inner.fixed_keys {
+            return Err(TokenError::UnknownKey);
         }
         let mut last = self.inner.fetch_lock.lock().await;
         // Another request may have refreshed the set while this one waited for the lock.
@@ -610,4 +656,77 @@ pub fn bearer(value: Option<&http::HeaderValue>) -> Result<&str, TokenError> {
         return Err(TokenError::Malformed("empty or oversized token"));
     }
     Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use ring::signature::{Ed25519KeyPair, KeyPair};
+
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn b64(bytes: &[u8]) -> String {
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    fn fixed() -> (Validator, Ed25519KeyPair) {
+        let key = Ed25519KeyPair::from_seed_unchecked(&[7; 32]).unwrap();
+        let jwks = serde_json::json!({"keys": [{
+            "kty": "OKP", "crv": "Ed25519", "kid": "k1", "use": "sig", "alg": "EdDSA",
+            "x": b64(key.public_key().as_ref()),
+        }]});
+        let clock = Arc::new(cloud_kit::ManualClock::new(
+            time::OffsetDateTime::from_unix_timestamp(NOW).unwrap(),
+        ));
+        let validator = Validator::with_key_set(
+            IdentityConfig::default(),
+            clock,
+            jwks.to_string().as_bytes(),
+        )
+        .unwrap();
+        (validator, key)
+    }
+
+    fn sign(key: &Ed25519KeyPair, header: &str, claims: &str) -> String {
+        let signed = format!("{}.{}", b64(header.as_bytes()), b64(claims.as_bytes()));
+        let signature = key.sign(signed.as_bytes());
+        format!("{signed}.{}", b64(signature.as_ref()))
+    }
+
+    #[tokio::test]
+    async fn a_given_key_set_validates_tokens_and_never_fetches() {
+        let (validator, key) = fixed();
+        assert!(validator.is_loaded());
+        let claims = format!(
+            r#"{{"iss":"http://127.0.0.1:8081","sub":"svc","aud":"cloud-platform","exp":{}}}"#,
+            NOW + 300
+        );
+        let good = sign(
+            &key,
+            r#"{"alg":"EdDSA","kid":"k1","typ":"at+jwt"}"#,
+            &claims,
+        );
+        assert_eq!(validator.validate(&good).await.unwrap().sub, "svc");
+        let unknown = sign(&key, r#"{"alg":"EdDSA","kid":"k2"}"#, &claims);
+        assert_eq!(
+            validator.validate(&unknown).await.unwrap_err(),
+            TokenError::UnknownKey
+        );
+        assert_eq!(validator.fetch_count(), 0);
+    }
+
+    #[test]
+    fn a_key_set_without_usable_keys_is_refused() {
+        let clock = Arc::new(cloud_kit::SystemClock);
+        let err = Validator::with_key_set(
+            IdentityConfig::default(),
+            clock,
+            br#"{"keys":[{"kty":"RSA","kid":"r","n":"AQAB","e":"AQAB"}]}"#,
+        )
+        .unwrap_err();
+        assert!(matches!(err, FetchError::NoUsableKeys(_)), "{err}");
+    }
 }

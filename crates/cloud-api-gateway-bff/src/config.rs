@@ -411,16 +411,28 @@ impl Config {
             check_routes_file_keys(routes_file)?;
             figment = figment.merge(Yaml::file_exact(routes_file));
         }
-        let mut config: Config = figment.merge(env).extract().map_err(|err| {
-            let lines: Vec<String> = err
-                .into_iter()
-                .map(|e| format!("  - {}", describe(&e)))
-                .collect();
-            ConfigError::Invalid(lines.join("\n"))
-        })?;
+        let mut config: Config = figment.merge(env).extract().map_err(invalid)?;
         config.source_file = file.map(Path::to_path_buf);
         Ok(config)
     }
+
+    /// The config in `yaml` over the defaults, deserialized as [`Self::load`] does a file, but
+    /// without `routes_file` or environment variables: for the config fuzz target
+    /// (`fuzz/fuzz_targets/gateway_config.rs`) and tests.
+    pub fn from_yaml_str(yaml: &str) -> Result<Self, ConfigError> {
+        Figment::new()
+            .merge(Yaml::string(yaml))
+            .extract()
+            .map_err(invalid)
+    }
+}
+
+fn invalid(err: figment::Error) -> ConfigError {
+    let lines: Vec<String> = err
+        .into_iter()
+        .map(|e| format!("  - {}", describe(&e)))
+        .collect();
+    ConfigError::Invalid(lines.join("\n"))
 }
 
 fn readable(path: &Path) -> Result<(), ConfigError> {
@@ -533,6 +545,24 @@ mod tests {
         let main = file(&format!("routes_file: {}\n", routes.path().display()));
         let err = Config::load(Some(main.path())).unwrap_err().to_string();
         assert!(err.contains("server: not allowed in routes_file"), "{err}");
+    }
+
+    #[test]
+    fn a_config_text_is_read_like_a_file_without_env_or_routes_file() {
+        let config = Config::from_yaml_str(
+            "routes:\n  demo: {path_prefix: /api/demo/, upstreams: [http://127.0.0.1:2], auth: public}\n",
+        )
+        .unwrap();
+        assert_eq!(config.routes["demo"].auth, AuthMode::Public);
+        assert_eq!(config.identity.audience, "cloud-platform");
+        let err =
+            Config::from_yaml_str("routes:\n  demo: {path_prefix: /x/, upstream: http://a}\n")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("routes.demo") && err.contains("upstream"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -204,9 +204,12 @@ pub async fn build(config: Config) -> Result<Application, BuildError> {
     build_with(config, Hooks::default()).await
 }
 
-/// [`build`] with feature-flag hooks.
-pub async fn build_with(config: Config, hooks: Hooks) -> Result<Application, BuildError> {
-    let table = RouteTable::compile(&config)?;
+/// The checks [`build`] makes on a loaded config before it creates anything: the route table,
+/// the identity settings and the aggregations. (The Redis URL and the `flags` section are
+/// checked as their clients are built.) Public so that the config fuzz target
+/// (`fuzz/fuzz_targets/gateway_config.rs`) runs exactly this code.
+pub fn validate(config: &Config) -> Result<RouteTable, BuildError> {
+    let table = RouteTable::compile(config)?;
     let mut errors = Vec::new();
     if config.identity.clock_skew > std::time::Duration::from_secs(300) {
         errors.push(format!(
@@ -217,17 +220,29 @@ pub async fn build_with(config: Config, hooks: Hooks) -> Result<Application, Bui
     if config.identity.audience.trim().is_empty() {
         errors.push("identity.audience: may not be empty".to_string());
     }
-    let mut aggregations = Vec::new();
     for (name, aggregation) in &config.bff.aggregations {
         errors.extend(bff::validate(name, aggregation));
-        aggregations.push(Arc::new(Aggregation {
-            name: name.clone(),
-            config: aggregation.clone(),
-        }));
     }
     if !errors.is_empty() {
         return Err(BuildError::Config(errors));
     }
+    Ok(table)
+}
+
+/// [`build`] with feature-flag hooks.
+pub async fn build_with(config: Config, hooks: Hooks) -> Result<Application, BuildError> {
+    let table = validate(&config)?;
+    let aggregations: Vec<Arc<Aggregation>> = config
+        .bff
+        .aggregations
+        .iter()
+        .map(|(name, aggregation)| {
+            Arc::new(Aggregation {
+                name: name.clone(),
+                config: aggregation.clone(),
+            })
+        })
+        .collect();
     let metrics = Metrics::new();
     let gateway_metrics = GatewayMetrics::default();
     let limiter_metrics = LimiterMetrics::default();
