@@ -174,7 +174,7 @@ fn valid_name(name: &str) -> bool {
 ///
 /// Platform admins only (`platform:admin` in a token of the `platform` tenant). The name is 1-64 characters of a-z, 0-9 and `-`, unique across the platform. Audited as `tenant.create`.
 #[utoipa::path(post, path = "/v1/tenants", tag = "admin", request_body = CreateTenant, security(("bearer" = [])),
-    responses((status = 201, body = Tenant), (status = 400), (status = 401), (status = 403), (status = 409)))]
+    responses((status = 201, body = Tenant), (status = 400), (status = 401), (status = 403), (status = 409), (status = 415), (status = 422)))]
 pub async fn create_tenant(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -245,7 +245,7 @@ pub struct CreateUser {
 ///
 /// The email is unique within the tenant and stored lower-cased; the password is hashed with Argon2id and never returned. Audited as `user.create`.
 #[utoipa::path(post, path = "/v1/tenants/{tenant_id}/users", tag = "admin", request_body = CreateUser, security(("bearer" = [])),
-    params(("tenant_id" = String, Path)), responses((status = 201, body = User), (status = 401), (status = 403), (status = 404), (status = 409), (status = 422)))]
+    params(("tenant_id" = String, Path)), responses((status = 201, body = User), (status = 400), (status = 401), (status = 403), (status = 404), (status = 409), (status = 415), (status = 422)))]
 pub async fn create_user(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -340,7 +340,7 @@ pub struct UpdateUser {
 ///
 /// `active`, `disabled` or `locked`; a user that is not active cannot log in or refresh tokens. Audited as `user.update`.
 #[utoipa::path(patch, path = "/v1/tenants/{tenant_id}/users/{user_id}", tag = "admin", request_body = UpdateUser, security(("bearer" = [])),
-    params(("tenant_id" = String, Path), ("user_id" = String, Path)), responses((status = 200, body = User), (status = 401), (status = 403), (status = 404)))]
+    params(("tenant_id" = String, Path), ("user_id" = String, Path)), responses((status = 200, body = User), (status = 400), (status = 401), (status = 403), (status = 404), (status = 415), (status = 422)))]
 pub async fn update_user(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -396,7 +396,7 @@ pub struct CreateRole {
 ///
 /// A named set of permission strings such as `orders:read`. A tenant admin cannot grant `platform:*` permissions. Audited as `role.create`.
 #[utoipa::path(post, path = "/v1/tenants/{tenant_id}/roles", tag = "admin", request_body = CreateRole, security(("bearer" = [])),
-    params(("tenant_id" = String, Path)), responses((status = 201, body = Role), (status = 401), (status = 403), (status = 404), (status = 409), (status = 422)))]
+    params(("tenant_id" = String, Path)), responses((status = 201, body = Role), (status = 400), (status = 401), (status = 403), (status = 404), (status = 409), (status = 415), (status = 422)))]
 pub async fn create_role(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -583,7 +583,7 @@ pub fn validate_client(body: &CreateClient) -> Result<(), String> {
 ///
 /// Confidential clients get a service-generated secret (256 bits), returned once in this response and stored only as a keyed hash; public clients have none. Redirect URIs are matched exactly. Audited as `client.create`.
 #[utoipa::path(post, path = "/v1/tenants/{tenant_id}/clients", tag = "admin", request_body = CreateClient, security(("bearer" = [])),
-    params(("tenant_id" = String, Path)), responses((status = 201, body = CreatedClient), (status = 401), (status = 403), (status = 404), (status = 422)))]
+    params(("tenant_id" = String, Path)), responses((status = 201, body = CreatedClient), (status = 400), (status = 401), (status = 403), (status = 404), (status = 415), (status = 422)))]
 pub async fn create_client(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -702,7 +702,7 @@ pub struct CreateAssignment {
 ///
 /// Gives a user or a client of the same tenant a role; its permissions appear in tokens issued afterwards. Audited as `role_assignment.create`.
 #[utoipa::path(post, path = "/v1/tenants/{tenant_id}/role-assignments", tag = "admin", request_body = CreateAssignment, security(("bearer" = [])),
-    params(("tenant_id" = String, Path)), responses((status = 201, body = RoleAssignment), (status = 401), (status = 403), (status = 404), (status = 409), (status = 422)))]
+    params(("tenant_id" = String, Path)), responses((status = 201, body = RoleAssignment), (status = 400), (status = 401), (status = 403), (status = 404), (status = 409), (status = 415), (status = 422)))]
 pub async fn create_assignment(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -146,7 +146,7 @@ pub mod docs {
     /// Answers `{"active": false}` for an expired, revoked, foreign-tenant or unknown token, and the token's claims otherwise.
     #[utoipa::path(post, path = "/oauth2/introspect", tag = "oauth", request_body(content = IntrospectRequest, content_type = "application/x-www-form-urlencoded"),
         security(("client" = [])),
-        responses((status = 200, description = "Introspection response", content_type = "application/json"), (status = 400, body = OAuthErrorBody), (status = 401, body = OAuthErrorBody)))]
+        responses((status = 200, description = "Introspection response", content_type = "application/json"), (status = 400, body = OAuthErrorBody), (status = 401, body = OAuthErrorBody), (status = 415, body = OAuthErrorBody)))]
     pub fn introspect() {}
 
     /// Token revocation (RFC 7009).
@@ -154,7 +154,7 @@ pub mod docs {
     /// A refresh token revokes its whole family; an access token is revoked by its `jti`. Unknown tokens also answer 200, as the RFC requires.
     #[utoipa::path(post, path = "/oauth2/revoke", tag = "oauth", request_body(content = RevokeRequest, content_type = "application/x-www-form-urlencoded"),
         security((), ("client" = [])),
-        responses((status = 200, description = "Revoked (or unknown)"), (status = 400, body = OAuthErrorBody), (status = 401, body = OAuthErrorBody)))]
+        responses((status = 200, description = "Revoked (or unknown)"), (status = 400, body = OAuthErrorBody), (status = 401, body = OAuthErrorBody), (status = 415, body = OAuthErrorBody)))]
     pub fn revoke() {}
 
     /// OpenID Connect userinfo.
