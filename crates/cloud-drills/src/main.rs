@@ -5,10 +5,12 @@
 //! Run it with `cargo xtask drills` (which builds the service binaries first).
 
 mod drills;
+mod fuzz;
 mod hostile;
 mod infra;
 mod load;
 mod procstat;
+mod schemathesis;
 mod unleash;
 mod upstream_faults;
 
@@ -49,6 +51,8 @@ fn drill_list() -> Vec<(&'static str, DrillFn)> {
             Box::pin(upstream_faults::upstream_faults(s))
         }),
         ("hostile", |s| Box::pin(hostile::hostile_input(s))),
+        ("fuzz", |s| Box::pin(fuzz::fuzz(s))),
+        ("schemathesis", |s| Box::pin(schemathesis::schemathesis(s))),
     ]
 }
 
