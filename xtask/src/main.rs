@@ -4,6 +4,7 @@
 mod ci;
 mod gitops;
 mod helm;
+mod previous_release;
 mod servers;
 mod steps;
 mod tools;
@@ -110,6 +111,25 @@ fn run(cli: Cli) -> Result<()> {
         // from the same target directory, so they are built first.
         Command::Drills { args } => {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let ci = steps::running_in_ci();
+            // The rolling drill's OLD binaries, before this checkout's build: the old build
+            // writes the same file names into the shared target directory.
+            let previous = if previous_release::wanted(&args) {
+                match previous_release::binaries(&root, &cargo) {
+                    Ok(dir) => Some(dir),
+                    Err(err) if ci => {
+                        return Err(
+                            err.context("CI=true: the rolling drill needs the previous release")
+                        );
+                    }
+                    Err(err) => {
+                        eprintln!("xtask: the previous release is not available: {err:#}");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
             let packages = [
                 "cloud-identity-access",
                 "cloud-api-gateway-bff",
@@ -132,6 +152,19 @@ fn run(cli: Cli) -> Result<()> {
                     drills.env("CLOUD_UNLEASH_SERVER", prefix);
                 }
                 Err(err) => eprintln!("xtask: unleash-server is not available: {err:#}"),
+            }
+            // The rolling drill's load balancer, from the tools cache (a hard requirement in CI).
+            match tools::Tools::new().and_then(|t| t.nginx()) {
+                Ok(bin) => {
+                    drills.env("CLOUD_NGINX", bin);
+                }
+                Err(err) if ci => {
+                    return Err(err.context("CI=true: the drills need nginx from the tools cache"));
+                }
+                Err(err) => eprintln!("xtask: nginx is not available: {err:#}"),
+            }
+            if let Some(dir) = previous {
+                drills.env("CLOUD_DRILLS_PREVIOUS_BIN_DIR", dir);
             }
             for (var, path) in tools::drill_tools(&args, steps::running_in_ci())? {
                 drills.env(var, path);

@@ -220,13 +220,57 @@ impl Tools {
     /// `NGINX`: nginx reads `NGINX` as a list of inherited sockets.)
     pub fn bench_tools(&self) -> Result<Vec<(String, PathBuf)>> {
         Ok(vec![
-            ("NGINX_BIN".into(), self.apt(&["nginx-light"], "nginx")?),
+            ("NGINX_BIN".into(), self.nginx()?),
             ("WRK_BIN".into(), self.apt(&["wrk"], "wrk")?),
             (
                 "OHA".into(),
                 self.cargo_install("oha-1.16.0", "oha@1.16.0", "oha")?,
             ),
         ])
+    }
+
+    /// Debian's nginx (the `nginx` package, which Debian's `nginx-light` now only depends on),
+    /// unpacked into the cache with `apt-get download` + `dpkg-deb -x`: no root install, nothing
+    /// outside the cache changes. Its libraries (OpenSSL, PCRE2, zlib) are on every Debian
+    /// machine. Run it with `-p DIR -c FILE -e LOG`: its compiled-in paths point under /etc and
+    /// /var, which this install does not create.
+    pub fn nginx(&self) -> Result<PathBuf> {
+        let dir = self.cached("deb/nginx", |tmp| {
+            let download = || {
+                run_cmd(
+                    Command::new("apt-get")
+                        .args(["download", "-q", "nginx"])
+                        .current_dir(tmp)
+                        .stdout(Stdio::null()),
+                )
+            };
+            if download().is_err() {
+                run_cmd(
+                    Command::new("apt-get")
+                        .args(["update", "-q"])
+                        .stdout(Stdio::null()),
+                )?;
+                download()?;
+            }
+            let deb = std::fs::read_dir(tmp)?
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|x| x == "deb"))
+                .context("apt-get download left no .deb")?;
+            run_cmd(
+                Command::new("dpkg-deb")
+                    .arg("-x")
+                    .arg(&deb)
+                    .arg(tmp.join("root")),
+            )?;
+            std::fs::remove_file(&deb)?;
+            Ok(())
+        })?;
+        let bin = dir.join("root/usr/sbin/nginx");
+        if !bin.is_file() {
+            bail!("{} is missing (a broken cache entry?)", bin.display());
+        }
+        Ok(bin)
     }
 
     /// cargo-fuzz from crates.io, for the `fuzz` drill (run it as `cargo-fuzz fuzz ...`, which is

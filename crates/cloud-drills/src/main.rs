@@ -9,7 +9,9 @@ mod fuzz;
 mod hostile;
 mod infra;
 mod load;
+mod nginx;
 mod procstat;
+mod rolling;
 mod schemathesis;
 mod unleash;
 mod upstream_faults;
@@ -51,6 +53,7 @@ fn drill_list() -> Vec<(&'static str, DrillFn)> {
             Box::pin(upstream_faults::upstream_faults(s))
         }),
         ("hostile", |s| Box::pin(hostile::hostile_input(s))),
+        ("rolling", |s| Box::pin(rolling::rolling_update(s))),
         ("fuzz", |s| Box::pin(fuzz::fuzz(s))),
         ("schemathesis", |s| Box::pin(schemathesis::schemathesis(s))),
     ]

@@ -6,7 +6,7 @@ use std::any::Any;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::http::header::CONNECTION;
 use axum::http::{HeaderName, HeaderValue, StatusCode, Version};
 use axum::middleware::Next;
@@ -14,11 +14,18 @@ use axum::response::{IntoResponse, Response};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 
+use crate::admin::Readiness;
 use crate::metrics::Metrics;
 use crate::problem::Problem;
 
 /// Wraps `router` in the standard stack. Apply after all routes (and any fallback) are added.
-pub fn apply(router: Router, metrics: Metrics, max_body_bytes: usize) -> Router {
+/// `readiness` tells when the service drains (see [`close_while_draining`]).
+pub fn apply(
+    router: Router,
+    metrics: Metrics,
+    max_body_bytes: usize,
+    readiness: Readiness,
+) -> Router {
     router
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(CatchPanicLayer::custom(panic_to_problem))
@@ -28,6 +35,10 @@ pub fn apply(router: Router, metrics: Metrics, max_body_bytes: usize) -> Router 
         ))
         .layer(axum::middleware::from_fn(crate::trace_context::propagate))
         .layer(axum::middleware::from_fn(close_after_unread_body))
+        .layer(axum::middleware::from_fn_with_state(
+            readiness,
+            close_while_draining,
+        ))
         .layer(SetResponseHeaderLayer::if_not_present(
             HeaderName::from_static("x-content-type-options"),
             HeaderValue::from_static("nosniff"),
@@ -48,6 +59,30 @@ async fn close_after_unread_body(request: Request, next: Next) -> Response {
     let http1 = request.version() < Version::HTTP_2;
     let mut response = next.run(request).await;
     if http1 && response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// While the service drains (after SIGTERM: readiness fails, the listener still serves), every
+/// HTTP/1 response says `Connection: close`, and hyper closes the connection after it. A
+/// keep-alive client (a proxy's upstream pool, a pooled client behind an L4 Service) then opens a
+/// new connection for its next request instead of reusing this one, so when the listener closes
+/// at the end of the drain it holds no connection that races hyper closing it. Without this, a
+/// request sent on such a connection at that moment gets no response, and a proxy does not retry
+/// a POST it has sent: the rolling-update drill saw nginx log "upstream prematurely closed
+/// connection" for a request sent to a replica as its drain ended.
+async fn close_while_draining(
+    State(readiness): State<Readiness>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let http1 = request.version() < Version::HTTP_2;
+    let mut response = next.run(request).await;
+    // Checked after the handler: a request in flight when the drain began closes too.
+    if http1 && readiness.is_draining() {
         response
             .headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));

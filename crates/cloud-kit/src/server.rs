@@ -79,7 +79,12 @@ impl Server {
                     addr: admin_addr,
                     source,
                 })?;
-        let app = crate::http_layers::apply(router, metrics.clone(), config.max_body_bytes);
+        let app = crate::http_layers::apply(
+            router,
+            metrics.clone(),
+            config.max_body_bytes,
+            readiness.clone(),
+        );
         Ok(Self {
             name,
             app,
@@ -171,12 +176,19 @@ impl Server {
         let stop_app = CancellationToken::new();
         let stop_admin = CancellationToken::new();
         let admin_router = admin::router(readiness.clone(), metrics);
-        let mut app_task = tokio::spawn(serve(app_listener, app, limits, stop_app.clone()));
+        let mut app_task = tokio::spawn(serve(
+            app_listener,
+            app,
+            limits,
+            stop_app.clone(),
+            Some(readiness.clone()),
+        ));
         let mut admin_task = tokio::spawn(serve(
             admin_listener,
             admin_router,
             limits,
             stop_admin.clone(),
+            None,
         ));
         let signals = async {
             match signals {
@@ -240,11 +252,20 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// every open connection finish gracefully. Instead of `axum::serve`, which installs no timer, so
 /// hyper's header-read timeout never runs and a client that sends its head slowly (or nothing)
 /// holds its connection forever.
+///
+/// A connection accepted while `draining` is not cut at `stop`: it was accepted to serve a
+/// request, and its response (which says `Connection: close` during the drain) ends it. A load
+/// balancer that learns about the shutdown only when the listener closes (nginx's passive health
+/// checks) keeps opening connections until then; cutting the last ones at `stop`, before hyper
+/// has read the request already sent on them, answers that request with a closed connection,
+/// which a proxy does not retry for a POST. The header-read timeout and `shutdown_timeout` still
+/// bound such a connection.
 async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ConnectionLimits,
     stop: CancellationToken,
+    draining: Option<Readiness>,
 ) -> std::io::Result<()> {
     let connections = TaskTracker::new();
     loop {
@@ -262,13 +283,12 @@ async fn serve(
             },
             () = stop.cancelled() => break,
         };
-        connections.spawn(serve_connection(
-            stream,
-            remote,
-            app.clone(),
-            limits,
-            stop.clone(),
-        ));
+        let stop = if draining.as_ref().is_some_and(Readiness::is_draining) {
+            CancellationToken::new()
+        } else {
+            stop.clone()
+        };
+        connections.spawn(serve_connection(stream, remote, app.clone(), limits, stop));
     }
     drop(listener);
     connections.close();

@@ -1,0 +1,192 @@
+//! The previous release's service binaries for the rolling-update drill: the commit named in
+//! crates/cloud-drills/previous-release.txt, built once with `git worktree add` + `cargo build`
+//! and cached by its SHA under `<cache>/cloud-platform/previous-release/<sha>/`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+use crate::steps::{path_str, run_cmd};
+
+const BINARIES: [&str; 2] = ["cloud-identity-access", "cloud-api-gateway-bff"];
+
+/// The SHA in previous-release.txt: its first line that is neither empty nor a `#` comment.
+pub fn sha(root: &Path) -> Result<String> {
+    let file = root.join("crates/cloud-drills/previous-release.txt");
+    let text = std::fs::read_to_string(&file)
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    let sha = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .with_context(|| format!("{} names no commit", file.display()))?;
+    if sha.len() != 40 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
+        bail!("{}: {sha:?} is not a full 40-digit SHA", file.display());
+    }
+    Ok(sha.to_string())
+}
+
+fn cache_dir() -> Result<PathBuf> {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .context("neither XDG_CACHE_HOME nor HOME is set")?;
+    Ok(cache.join("cloud-platform").join("previous-release"))
+}
+
+/// The Cargo target directory the main workspace builds into, so that the old build shares its
+/// compiled dependencies.
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
+}
+
+/// The directory holding the previous release's two binaries, building them first when the
+/// cache has none for its SHA. Call it before building this checkout's binaries: the old build
+/// writes the same file names into the shared target directory (see below).
+pub fn binaries(root: &Path, cargo: &str) -> Result<PathBuf> {
+    let sha = sha(root)?;
+    let dir = cache_dir()?.join(&sha);
+    if BINARIES.iter().all(|b| dir.join(b).is_file()) {
+        return Ok(dir);
+    }
+    let present = Command::new("git")
+        .current_dir(root)
+        .args(["cat-file", "-e", &format!("{sha}^{{commit}}")])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !present {
+        bail!(
+            "the previous release {sha} (crates/cloud-drills/previous-release.txt) is not in this \
+             clone; fetch the full history (`git fetch --unshallow`)"
+        );
+    }
+    let parent = cache_dir()?;
+    std::fs::create_dir_all(&parent)
+        .with_context(|| format!("cannot create {}", parent.display()))?;
+    let work = tempfile::Builder::new()
+        .prefix("cloud-previous-release-")
+        .tempdir()?;
+    let tree = work.path().join("src");
+    eprintln!(
+        "xtask: building the previous release {sha} (the rolling drill's OLD binaries) in {}",
+        tree.display()
+    );
+    let started = Instant::now();
+    // A worktree left by an interrupted run would make `worktree add` refuse its path.
+    let _ = Command::new("git")
+        .current_dir(root)
+        .args(["worktree", "prune"])
+        .status();
+    run_cmd(Command::new("git").current_dir(root).args([
+        "worktree",
+        "add",
+        "--detach",
+        "--quiet",
+        path_str(&tree)?,
+        &sha,
+    ]))?;
+    let built = build(root, cargo, &tree);
+    let _ = Command::new("git")
+        .current_dir(root)
+        .args(["worktree", "remove", "--force", path_str(&tree)?])
+        .status();
+    let staged = built?;
+    // Staged next to the destination, then renamed: a half-copied cache entry is never used.
+    let staging = tempfile::Builder::new()
+        .prefix(".staging-")
+        .tempdir_in(&parent)?;
+    for b in BINARIES {
+        std::fs::copy(staged.join(b), staging.path().join(b))
+            .with_context(|| format!("cannot copy {b} into the cache"))?;
+    }
+    std::fs::write(
+        staging.path().join("built.txt"),
+        format!("{sha}\nbuilt in {:.0} s\n", started.elapsed().as_secs_f64()),
+    )?;
+    let staging = staging.keep();
+    if let Err(err) = std::fs::rename(&staging, &dir) {
+        let _ = std::fs::remove_dir_all(&staging);
+        if !BINARIES.iter().all(|b| dir.join(b).is_file()) {
+            return Err(err)
+                .with_context(|| format!("cannot move the build into {}", dir.display()));
+        }
+    }
+    eprintln!(
+        "xtask: previous release {sha} built in {:.0} s, cached in {}",
+        started.elapsed().as_secs_f64(),
+        dir.display()
+    );
+    Ok(dir)
+}
+
+/// `cargo build` of the two binaries in the worktree, into the main workspace's target
+/// directory; returns the directory the binaries are in.
+///
+/// The worktree gets this checkout's Cargo.lock: the same dependency versions, so only the
+/// workspace's own crates are compiled anew (the old commit's lock predates entries the lead
+/// committed later). Path crates are hashed by their path relative to the workspace root, so the
+/// old crates' artifacts take the same file names as the new ones': the next build of this
+/// checkout recompiles its own crates once, and the binaries are copied out before that.
+///
+/// `/version` reports the SHA: cloud-kit's build script asks git, which answers from the
+/// worktree. (Not `CLOUD_GIT_SHA`: changing it would also re-run the build script of this
+/// checkout's next build, which shares the script's output directory.)
+fn build(root: &Path, cargo: &str, tree: &Path) -> Result<PathBuf> {
+    std::fs::copy(root.join("Cargo.lock"), tree.join("Cargo.lock"))
+        .context("cannot copy Cargo.lock into the worktree")?;
+    let target = target_dir(root);
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(tree)
+        .arg("build")
+        .args(["--target-dir", path_str(&target)?]);
+    for b in BINARIES {
+        cmd.args(["-p", b]);
+    }
+    run_cmd(&mut cmd)?;
+    Ok(target.join("debug"))
+}
+
+/// Whether `cargo xtask drills -- <args>` would run the rolling drill: yes unless `--only` names
+/// only other drills (the drills match `--only` by substring of their names).
+pub fn wanted(args: &[String]) -> bool {
+    let mut only = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--only" {
+            if let Some(v) = it.next() {
+                only.push(v.as_str());
+            }
+        } else if let Some(v) = a.strip_prefix("--only=") {
+            only.push(v);
+        }
+    }
+    only.is_empty() || only.iter().any(|o| "rolling".contains(o))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_rolling_drill_is_wanted_unless_only_names_others() {
+        assert!(wanted(&args(&[])));
+        assert!(wanted(&args(&["--rate", "100"])));
+        assert!(wanted(&args(&["--only", "rolling"])));
+        assert!(wanted(&args(&["--only", "redis", "--only=roll"])));
+        assert!(!wanted(&args(&["--only", "redis"])));
+        assert!(!wanted(&args(&["--only=database"])));
+    }
+
+    #[test]
+    fn the_committed_file_names_a_commit() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        assert_eq!(sha(root).unwrap().len(), 40);
+    }
+}
