@@ -24,7 +24,7 @@ use crate::infra::start_service;
 const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance";
 const SPEC: &str = "openapi/cloud-identity-access.yaml";
 const ADMIN_CLIENT: &str = "platform-admin";
-const DEFAULT_MAX_EXAMPLES: u32 = 25;
+const DEFAULT_MAX_EXAMPLES: u32 = 50;
 const DEFAULT_TIME_LIMIT_SECS: u64 = 420;
 
 /// Failures that are not defects, each with its reason. Empty: every failure found so far was
