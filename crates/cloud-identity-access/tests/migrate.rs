@@ -171,12 +171,10 @@ async fn sqlite_migrate_waits_for_another_process_holding_the_new_file() {
     use sqlx::Connection;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("identity.db");
-    let mut holder = sqlx::SqliteConnection::connect(&format!(
-        "sqlite://{}?mode=rwc",
-        file.display()
-    ))
-    .await
-    .unwrap();
+    let mut holder =
+        sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=rwc", file.display()))
+            .await
+            .unwrap();
     sqlx::query("BEGIN IMMEDIATE")
         .execute(&mut holder)
         .await
@@ -184,7 +182,10 @@ async fn sqlite_migrate_waits_for_another_process_holding_the_new_file() {
     let data_dir = dir.path().to_str().unwrap().to_owned();
     let run = std::thread::spawn(move || migrate(None, &[("IDENTITY_DATA_DIR", &data_dir)]));
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert!(!run.is_finished(), "migrate must wait for the lock, not fail");
+    assert!(
+        !run.is_finished(),
+        "migrate must wait for the lock, not fail"
+    );
     sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
     holder.close().await.unwrap();
     let applied = versions(&report(&run.join().unwrap()), "applied");

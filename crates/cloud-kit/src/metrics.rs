@@ -2,6 +2,7 @@
 //! mix their numbers), and the RED layer: `http_requests_total` and
 //! `http_request_duration_seconds`, labelled by method, route template and status.
 
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -22,11 +23,13 @@ pub const LATENCY_BUCKETS: [f64; 14] = [
 /// The route label for requests that matched no route: raw paths would explode cardinality.
 pub const UNMATCHED_ROUTE: &str = "unmatched";
 
+// Borrowed where the value is static (the standard methods) and a number for the status: this
+// is built for every request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
-    pub method: String,
+    pub method: Cow<'static, str>,
     pub route: String,
-    pub status: String,
+    pub status: u16,
 }
 
 #[derive(Clone, Debug)]
@@ -93,7 +96,10 @@ pub fn new_latency_histogram() -> Histogram {
 /// Middleware recording RED metrics. Install with `Router::layer` so `MatchedPath` is known.
 pub async fn record(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().as_str().to_string();
+    let method = static_method(request.method()).map_or_else(
+        || Cow::Owned(request.method().as_str().to_string()),
+        Cow::Borrowed,
+    );
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -103,8 +109,22 @@ pub async fn record(State(metrics): State<Metrics>, request: Request, next: Next
     let labels = HttpLabels {
         method,
         route,
-        status: response.status().as_u16().to_string(),
+        status: response.status().as_u16(),
     };
     metrics.observe(&labels, started.elapsed().as_secs_f64());
     response
+}
+
+fn static_method(method: &axum::http::Method) -> Option<&'static str> {
+    use axum::http::Method;
+    Some(match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => return None,
+    })
 }

@@ -80,8 +80,15 @@ fn non_zero<const N: usize>(mut make: impl FnMut() -> [u8; N]) -> [u8; N] {
     }
 }
 
+/// Lowercase hex in one allocation (this runs for every request's span).
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
 }
 
 fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
