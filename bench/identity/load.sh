@@ -96,9 +96,18 @@ wrk.headers["Authorization"] = "Basic $basic"
 $lua_done
 LUA
 
+# The service's CPU time (user + system, in clock ticks) from /proc: per request it is a cost
+# that a load generator sharing the cores does not blur the way it blurs req/s.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
 run() { # name path script
   echo "== $1: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency POST $2"
+  local before after
+  before="$(cpu_ticks)"
   wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/$3" "$base$2" | tee "$work/$3.out"
+  after="$(cpu_ticks)"
+  awk -v ticks=$((after - before)) -v hz="$(getconf CLK_TCK)" \
+    '/ requests in / {printf "service CPU per request: %.1f us\n", ticks / hz * 1e6 / $1}' \
+    "$work/$3.out" | tee -a "$work/$3.out"
 }
 run client_credentials /oauth2/token token.lua
 run introspection /oauth2/introspect introspect.lua
@@ -108,8 +117,9 @@ rps() { awk '/^Requests\/sec:/ {print $2}' "$work/$1.out"; }
 failed() { awk '/^failed requests:/ {print $3}' "$work/$1.out"; }
 echo
 echo "== summary (wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $(nproc) cores shared with wrk)"
-echo "client_credentials tokens/s: $(rps token.lua) (failed: $(failed token.lua))"
-echo "introspections/s:            $(rps introspect.lua) (failed: $(failed introspect.lua))"
+cpu() { awk '/^service CPU per request:/ {print $5}' "$work/$1.out"; }
+echo "client_credentials tokens/s: $(rps token.lua) (failed: $(failed token.lua); service CPU $(cpu token.lua) us/request)"
+echo "introspections/s:            $(rps introspect.lua) (failed: $(failed introspect.lua); service CPU $(cpu introspect.lua) us/request)"
 echo "idle RSS:                    $((idle_rss_kb / 1024)) MiB ($idle_rss_kb kB)"
 echo "RSS after load:              $((loaded_rss_kb / 1024)) MiB ($loaded_rss_kb kB)"
 if [ "$(failed token.lua)" != 0 ] || [ "$(failed introspect.lua)" != 0 ]; then

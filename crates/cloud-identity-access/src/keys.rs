@@ -116,6 +116,56 @@ pub struct KeySet {
     verifying: HashMap<String, VerifyingKey>,
     pub jwks: Value,
     pub active_since: i64,
+    verified: VerifiedTokens,
+}
+
+/// Tokens whose signature this key set verified, with what the verification returned.
+///
+/// The Ed25519 verification was a third of the CPU of an introspection, and resource servers
+/// introspect the same token again and again. A signature check is a pure function of the
+/// token and the published keys, so the cache lives in the key set and goes with it when a
+/// rotation loads a new one; expiry, issuer and revocation are still checked on every call.
+/// Only tokens that verified are kept, so only tokens this service signed can fill it.
+#[derive(Default)]
+struct VerifiedTokens {
+    shards: [std::sync::Mutex<HashMap<Box<str>, Verified>>; VERIFIED_SHARDS],
+}
+
+type Verified = (Option<String>, Value);
+
+const VERIFIED_SHARDS: usize = 16;
+/// At most this many tokens are remembered (a few MiB); a full shard is emptied.
+const VERIFIED_CAPACITY: usize = 4096;
+
+impl VerifiedTokens {
+    fn shard(&self, token: &str) -> &std::sync::Mutex<HashMap<Box<str>, Verified>> {
+        // The signature's last bytes are as good as random.
+        let index = token.bytes().rev().take(4).fold(0usize, |acc, b| {
+            acc.wrapping_mul(31).wrapping_add(usize::from(b))
+        }) % VERIFIED_SHARDS;
+        &self.shards[index]
+    }
+
+    fn get(&self, token: &str) -> Option<Verified> {
+        self.shard(token).lock().ok()?.get(token).cloned()
+    }
+
+    fn insert(&self, token: &str, verified: &Verified) {
+        if let Ok(mut shard) = self.shard(token).lock() {
+            if shard.len() >= VERIFIED_CAPACITY / VERIFIED_SHARDS {
+                shard.clear();
+            }
+            shard.insert(token.into(), verified.clone());
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
+            .sum()
+    }
 }
 
 impl std::fmt::Debug for KeySet {
@@ -164,6 +214,15 @@ impl KeySet {
     /// Verifies the signature against a published key; returns the header `typ` and the claims.
     /// Claim checks (exp, iss, aud) are the caller's.
     pub fn verify(&self, token: &str) -> Result<(Option<String>, Value), JwtError> {
+        if let Some(verified) = self.verified.get(token) {
+            return Ok(verified);
+        }
+        let verified = self.verify_signature(token)?;
+        self.verified.insert(token, &verified);
+        Ok(verified)
+    }
+
+    fn verify_signature(&self, token: &str) -> Result<Verified, JwtError> {
         let mut parts = token.split('.');
         let (Some(h), Some(p), Some(s), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -321,6 +380,7 @@ impl KeyManager {
             verifying,
             jwks: serde_json::json!({ "keys": jwks }),
             active_since: active.state_changed_at,
+            verified: VerifiedTokens::default(),
         });
         self.current.store(Arc::new(Some(set.clone())));
         Ok(set)
@@ -407,5 +467,45 @@ mod tests {
                 .is_err()
         );
         assert!(!sealed.contains("private"));
+    }
+
+    fn key_set(signing: SigningKey) -> KeySet {
+        let kid = "k1".to_string();
+        KeySet {
+            verifying: HashMap::from([(kid.clone(), signing.verifying_key())]),
+            active_kid: kid,
+            signing,
+            jwks: Value::Null,
+            active_since: 0,
+            verified: VerifiedTokens::default(),
+        }
+    }
+
+    #[test]
+    fn a_verified_token_is_remembered_and_a_forged_one_is_not() {
+        let keys = key_set(SigningKey::from_bytes(&[7; 32]));
+        let token = keys.sign("at+jwt", &serde_json::json!({ "sub": "s", "exp": 9 }));
+        let first = keys.verify(&token).unwrap();
+        assert_eq!(first.0.as_deref(), Some("at+jwt"));
+        assert_eq!(first.1["sub"], "s");
+        assert_eq!(keys.verified.len(), 1);
+        assert_eq!(keys.verify(&token).unwrap(), first, "the remembered answer");
+        assert_eq!(keys.verified.len(), 1);
+
+        // A different signature over the same header and claims (another key signed it).
+        let other = key_set(SigningKey::from_bytes(&[8; 32]));
+        let forged = other.sign("at+jwt", &serde_json::json!({ "sub": "s", "exp": 9 }));
+        assert_ne!(forged, token);
+        for _ in 0..2 {
+            assert_eq!(keys.verify(&forged), Err(JwtError::Signature));
+        }
+        assert_eq!(keys.verified.len(), 1, "a failed verification is not kept");
+
+        // The bound holds: far more tokens than the capacity leave at most the capacity.
+        for n in 0..VERIFIED_CAPACITY * 2 {
+            let t = keys.sign("at+jwt", &serde_json::json!({ "n": n }));
+            assert!(keys.verify(&t).is_ok());
+        }
+        assert!(keys.verified.len() <= VERIFIED_CAPACITY);
     }
 }
