@@ -837,35 +837,118 @@ fn is_root() -> Result<bool> {
     Ok(capture(Command::new("id").arg("-u"))?.trim() == "0")
 }
 
+/// Starts the image binaries' build ahead of the step, where the step would build them (as root).
+pub fn image_runtime_head_start(ctx: &mut Ctx) -> Result<()> {
+    if is_root()? {
+        start_image_build(ctx)?;
+    }
+    Ok(())
+}
+
+/// The image binaries' release build, running in the background (see [`start_image_build`]).
+#[derive(Debug)]
+pub struct ImageBuild {
+    handle: std::thread::JoinHandle<Result<Vec<PathBuf>>>,
+    started: Instant,
+}
+
+/// Head start of `image-runtime`: its release builds (thin LTO, one codegen unit: minutes, and
+/// mostly one core) run at low priority beside the steps before it, which leave a core idle
+/// while tests wait on servers. They use their own target directory, `<target>/image`, because
+/// cargo locks a target directory for a whole build; nothing is built twice for it, since the
+/// other steps build the dev profile.
+pub fn start_image_build(ctx: &mut Ctx) -> Result<()> {
+    let mut commands = image_build_commands(ctx)?;
+    for cmd in &mut commands {
+        cmd.0
+            .env("CARGO_TARGET_DIR", cargo_target_dir(ctx)?.join("image"));
+    }
+    let release = cargo_target_dir(ctx)?.join("image").join("release");
+    let log = cargo_target_dir(ctx)?.join("image").join("build.log");
+    std::fs::create_dir_all(release.parent().context("image target dir")?)?;
+    eprintln!(
+        "xtask: building the image binaries in the background (log: {})",
+        log.display()
+    );
+    let handle = std::thread::spawn(move || {
+        let mut binaries = Vec::new();
+        for (mut cmd, package) in commands {
+            let started = Instant::now();
+            let out = std::fs::File::create(&log)?;
+            let status = cmd
+                .stdout(out.try_clone()?)
+                .stderr(out)
+                .status()
+                .with_context(|| format!("cannot start the release build of {package}"))?;
+            if !status.success() {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                bail!(
+                    "the release build of {package} failed ({status}):\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            eprintln!(
+                "xtask: release build of {package} took {:.0} s (in the background)",
+                started.elapsed().as_secs_f64()
+            );
+            binaries.push(release.join(package));
+        }
+        Ok(binaries)
+    });
+    ctx.image_build = Some(ImageBuild {
+        handle,
+        started: Instant::now(),
+    });
+    Ok(())
+}
+
 /// `cargo auditable build --release --locked --package S --bin S` for each service, as in the
 /// Dockerfile's builder stage: the host target (x86_64-unknown-linux-gnu, linked against glibc),
 /// so nothing beyond the toolchain and crates.io is needed. One cargo run per service, like one
-/// image build per service, so each binary gets exactly its own feature set. Returns the
-/// binaries in `SERVICES` order.
-pub fn build_image_binaries(ctx: &mut Ctx) -> Result<Vec<PathBuf>> {
+/// image build per service, so each binary gets exactly its own feature set.
+fn image_build_commands(ctx: &mut Ctx) -> Result<Vec<(Command, &'static str)>> {
     let auditable = ctx.tools.cargo_auditable()?;
     let bin_dir = auditable
         .parent()
         .context("cargo-auditable path has no parent")?;
     let path = prepend_path(bin_dir)?;
-    let release = cargo_target_dir(ctx)?.join("release");
-    let mut binaries = Vec::new();
-    for s in &SERVICES {
-        let started = Instant::now();
-        run_cmd(
-            ctx.cargo()
+    Ok(SERVICES
+        .iter()
+        .map(|s| {
+            // Low priority: the steps running meanwhile (tests with timeouts) come first.
+            let mut cmd = Command::new("nice");
+            cmd.current_dir(&ctx.root)
+                .args(["-n", "10"])
+                .arg(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
                 .args(["auditable", "build", "--release", "--locked"])
                 .args(["--package", s.package, "--bin", s.package])
-                .env("PATH", &path),
-        )
-        .with_context(|| format!("release build of {}", s.package))?;
-        eprintln!(
-            "xtask: release build of {} took {:.0} s",
-            s.package,
-            started.elapsed().as_secs_f64()
-        );
-        binaries.push(release.join(s.package));
+                .env("PATH", &path);
+            (cmd, s.package)
+        })
+        .collect())
+}
+
+/// The image binaries, in `SERVICES` order: from the build started ahead of time, or built now
+/// (`cargo xtask test --only image-runtime` starts it too; `cargo xtask ci` steps do not).
+pub fn build_image_binaries(ctx: &mut Ctx) -> Result<Vec<PathBuf>> {
+    if ctx.image_build.is_none() {
+        start_image_build(ctx)?;
     }
+    let build = ctx
+        .image_build
+        .take()
+        .context("the image build did not start")?;
+    let waited = Instant::now();
+    let binaries = build
+        .handle
+        .join()
+        .map_err(|_| anyhow::anyhow!("the image build thread panicked"))??;
+    eprintln!(
+        "xtask: image binaries ready {:.0} s after their build started; this step waited {:.0} s",
+        build.started.elapsed().as_secs_f64(),
+        waited.elapsed().as_secs_f64()
+    );
     Ok(binaries)
 }
 

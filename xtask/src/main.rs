@@ -197,7 +197,7 @@ fn test_steps() -> Vec<Step> {
         Step::new("helm-binary", helm::binary),
         Step::new("workflows", ci::workflows),
         Step::new("dockerfiles", ci::dockerfiles),
-        Step::new("image-runtime", ci::image_runtime),
+        Step::new("image-runtime", ci::image_runtime).with_head_start(ci::image_runtime_head_start),
         Step::new("deny", ci::deny),
         Step::new("openapi", ci::openapi),
         Step::new("gitops-validate", gitops::env_validate),

@@ -22,6 +22,8 @@ pub struct Ctx {
     pub ci: bool,
     pub tools: Tools,
     pub servers: Servers,
+    /// The image binaries' release build, when a step started it ahead of time.
+    pub image_build: Option<crate::ci::ImageBuild>,
 }
 
 impl Ctx {
@@ -29,6 +31,7 @@ impl Ctx {
         Ok(Self {
             tools: Tools::new()?,
             servers: Servers::default(),
+            image_build: None,
             root,
             ci,
         })
@@ -48,11 +51,23 @@ pub type StepFn = fn(&mut Ctx) -> Result<()>;
 pub struct Step {
     pub name: &'static str,
     pub run: StepFn,
+    /// Started before the first step, in the background, when this step is selected: work the
+    /// step will need that can overlap the steps before it.
+    pub head_start: Option<StepFn>,
 }
 
 impl Step {
     pub fn new(name: &'static str, run: StepFn) -> Self {
-        Self { name, run }
+        Self {
+            name,
+            run,
+            head_start: None,
+        }
+    }
+
+    pub fn with_head_start(mut self, head_start: StepFn) -> Self {
+        self.head_start = Some(head_start);
+        self
     }
 }
 
@@ -67,6 +82,14 @@ pub fn run_all(ctx: &mut Ctx, steps: &[Step]) -> Result<()> {
         bail!("no step matched the selection");
     }
     let mut outcomes = Vec::new();
+    for step in steps {
+        if let Some(head_start) = step.head_start
+            && let Err(err) = head_start(ctx)
+        {
+            // The step itself does the work then, and reports the problem if it persists.
+            eprintln!("xtask: no head start for {}: {err:#}", step.name);
+        }
+    }
     for step in steps {
         eprintln!("\n==> xtask step: {}", step.name);
         let started = Instant::now();
