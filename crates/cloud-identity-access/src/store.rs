@@ -170,6 +170,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     async fn create_client(&self, actor: &Actor, client: &Client, at: i64) -> StoreResult<()>;
     async fn get_client(&self, id: &str) -> StoreResult<Option<Client>>;
+    /// [`Store::get_client`] and [`Store::is_jti_revoked`] in one round trip (introspection).
+    /// Without the client, `jti` counts as not revoked.
+    async fn get_client_and_jti_revoked(
+        &self,
+        client_id: &str,
+        jti: &str,
+    ) -> StoreResult<(Option<Client>, bool)>;
     async fn list_clients(&self, tenant_id: &str) -> StoreResult<Vec<Client>>;
     async fn delete_client(
         &self,
@@ -1010,6 +1017,26 @@ macro_rules! sql_store {
             async fn get_client(&self, id: &str) -> StoreResult<Option<Client>> {
                 let row: Option<ClientRow> = sqlx::query_as(&format!("SELECT {CLIENT_COLUMNS} FROM clients WHERE id = $1")).bind(id).fetch_optional(&self.pool).await?;
                 row.map(Client::try_from).transpose()
+            }
+
+            async fn get_client_and_jti_revoked(
+                &self,
+                client_id: &str,
+                jti: &str,
+            ) -> StoreResult<(Option<Client>, bool)> {
+                use sqlx::{FromRow, Row};
+                let row = sqlx::query(&format!(
+                    "SELECT {CLIENT_COLUMNS}, EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = $2) AS jti_revoked FROM clients WHERE id = $1"
+                ))
+                .bind(client_id)
+                .bind(jti)
+                .fetch_optional(&self.pool)
+                .await?;
+                let Some(row) = row else {
+                    return Ok((None, false));
+                };
+                let revoked: bool = row.try_get("jti_revoked")?;
+                Ok((Some(Client::try_from(ClientRow::from_row(&row)?)?), revoked))
             }
 
             async fn list_clients(&self, tenant_id: &str) -> StoreResult<Vec<Client>> {

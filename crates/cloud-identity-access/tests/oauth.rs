@@ -198,6 +198,17 @@ async fn introspection_and_revocation(app: TestApp) {
     let info = introspect(&app, &f, &token).await;
     assert_eq!(info["active"], true);
     assert_eq!(info["tid"], f.tenant_id.as_str());
+    // A valid token does not stand in for the client's credentials.
+    let r = app
+        .http
+        .post(app.url("/oauth2/introspect"))
+        .basic_auth(&f.client_id, Some("not-the-secret"))
+        .form(&[("token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_client");
     // Another tenant's client sees the token as inactive.
     assert_eq!(
         introspect(&app, &g, &token).await,

@@ -149,6 +149,29 @@ async fn crud_round_trip(store: Arc<dyn Store>) {
     let c = client(&t, "c-1");
     store.create_client(&actor(), &c, 3).await.unwrap();
     assert_eq!(store.get_client("c-1").await.unwrap(), Some(c.clone()));
+    // Introspection's one round trip: the same client, and the jti's revocation.
+    assert_eq!(
+        store
+            .get_client_and_jti_revoked("c-1", "jti-x")
+            .await
+            .unwrap(),
+        (Some(c.clone()), false)
+    );
+    store.revoke_jti("jti-x", 10).await.unwrap();
+    assert_eq!(
+        store
+            .get_client_and_jti_revoked("c-1", "jti-x")
+            .await
+            .unwrap(),
+        (Some(c.clone()), true)
+    );
+    assert_eq!(
+        store
+            .get_client_and_jti_revoked("c-404", "jti-x")
+            .await
+            .unwrap(),
+        (None, false)
+    );
     assert_eq!(store.list_clients(&t.id).await.unwrap(), vec![c]);
     let r = role(&t, "reader", &["orders:read"]);
     store.create_role(&actor(), &r, 4).await.unwrap();
