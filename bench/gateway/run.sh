@@ -9,6 +9,7 @@
 # nginx's max, for all three; "added" latency = proxy percentile minus the direct percentile.
 #
 # Usage: bench/gateway/run.sh            (DURATION=10 CONNECTIONS=64 THREADS=2 to change)
+#        BIN=/path/to/cloud-api-gateway-bff bench/gateway/run.sh   (another build, e.g. for an A/B)
 # Needs: nginx, wrk and oha, which `cargo xtask tools --bench` installs (Debian's nginx-light and
 #        wrk, oha 1.16.0 from crates.io) and this script calls; openssl, python3, curl.
 # Everything listens on 127.0.0.1, on free ports, in a temp dir that is removed afterwards.
@@ -102,13 +103,18 @@ routes:
   api: {path_prefix: /, auth: token, rate_limit: bench, upstreams: ["http://127.0.0.1:$UP"]}
 EOF
 
-echo "building the gateway (release)..." >&2
-(cd "$ROOT" && CARGO_TARGET_DIR="$TARGET" cargo build --release -q -p cloud-api-gateway-bff --bin cloud-api-gateway-bff)
-GATEWAY_BIN="$TARGET/release/cloud-api-gateway-bff"
+# Not GATEWAY_*: the gateway reads every GATEWAY_ variable as configuration.
+if [ -n "${BIN:-}" ]; then
+  GW_BINARY="$BIN"
+else
+  echo "building the gateway (release)..." >&2
+  (cd "$ROOT" && CARGO_TARGET_DIR="$TARGET" cargo build --release -q -p cloud-api-gateway-bff --bin cloud-api-gateway-bff)
+  GW_BINARY="$TARGET/release/cloud-api-gateway-bff"
+fi
 
 nginx -p "$WORK/up" -c "$WORK/up/nginx.conf" & PIDS+=($!)
 nginx -p "$WORK/proxy" -c "$WORK/proxy/nginx.conf" & PIDS+=($!)
-"$GATEWAY_BIN" --config "$WORK/gateway.yaml" 2>"$WORK/gateway.log" & PIDS+=($!)
+"$GW_BINARY" --config "$WORK/gateway.yaml" 2>"$WORK/gateway.log" & GW_PID=$!; PIDS+=($GW_PID)
 wait_port "$UP"; wait_port "$NGX"; wait_port "$GW"
 for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$GW_ADMIN/readyz" >/dev/null && break; sleep 0.1; done
 curl -fs "http://127.0.0.1:$GW_ADMIN/readyz" >/dev/null || { echo "gateway not ready:"; cat "$WORK/gateway.log"; exit 1; } >&2
@@ -126,8 +132,13 @@ percentiles() { # $1 = port, $2 = rate -> "p50_ms p99_ms non2xx"
     | python3 -c 'import json,sys; d=json.load(sys.stdin); p=d["latencyPercentiles"]; c=d.get("statusCodeDistribution",{}); print("%.3f %.3f %d" % (p["p50"]*1000, p["p99"]*1000, sum(v for k,v in c.items() if k!="200")))'
 }
 
+# The gateway's CPU time per request (user + system from /proc over its wrk run): a cost that the
+# load generator sharing the cores does not blur, so the figure to compare two builds by.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$GW_PID/stat"; }
 echo "max throughput (wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s)..." >&2
-A_MAX=$(max_rps "$UP"); B_MAX=$(max_rps "$NGX"); C_MAX=$(max_rps "$GW")
+A_MAX=$(max_rps "$UP"); B_MAX=$(max_rps "$NGX")
+C_TICKS=$(cpu_ticks); C_MAX=$(max_rps "$GW"); C_TICKS=$(( $(cpu_ticks) - C_TICKS ))
+C_CPU_US=$(python3 -c "print('%.1f' % ($C_TICKS / $(getconf CLK_TCK) * 1e6 / ($C_MAX * $DURATION)))")
 RATE=$((B_MAX / 2))
 echo "constant rate $RATE req/s (50% of nginx max) with oha -q..." >&2
 read -r A50 A99 AERR <<<"$(percentiles "$UP" "$RATE")"
@@ -142,3 +153,5 @@ echo "|---|---|---|---|---|---|---|"
 echo "| (a) upstream direct | $A_MAX | $A50 | $A99 | - | - | $AERR |"
 echo "| (b) nginx proxy_pass | $B_MAX | $B50 | $B99 | $(add "$B50" "$A50") | $(add "$B99" "$A99") | $BERR |"
 echo "| (c) gateway (JWT + rate limit) | $C_MAX | $C50 | $C99 | $(add "$C50" "$A50") | $(add "$C99" "$A99") | $CERR |"
+echo
+echo "gateway CPU per request during its max-throughput run: $C_CPU_US us ($GW_BINARY)"

@@ -332,8 +332,10 @@ async fn serve_connection(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BYTES));
-    let connection = builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service));
+    let connection = builder.serve_connection_with_upgrades(
+        TokioIo::new(LingeringClose::new(stream)),
+        TowerToHyperService::new(service),
+    );
     tokio::pin!(connection);
     tokio::select! {
         result = connection.as_mut() => {
@@ -359,5 +361,123 @@ async fn protocol_known(stream: &TcpStream) -> std::io::Result<()> {
         // A strict prefix of the preface: `peek` would return the same bytes at once, so wait
         // for more instead of spinning.
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// How long, and for how many bytes, a closed connection keeps reading what the client still
+/// sends (see [`LingeringClose`]).
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 8 * 1024 * 1024;
+
+/// A client connection that closes the way nginx's `lingering_close` does.
+///
+/// When the server answers before reading the whole request (a 413 for a body announced too
+/// large), the client is still sending. Closing the socket with unread data makes the kernel
+/// send a reset, which can reach the client before it reads the answer: it then sees a broken
+/// connection instead of the 413 (the hostile-input drill, docs/reliability.md). So when hyper
+/// drops the connection, this sends FIN and reads and discards what still comes, for a bounded
+/// time and amount, before closing.
+struct LingeringClose {
+    stream: Option<TcpStream>,
+}
+
+impl LingeringClose {
+    fn new(stream: TcpStream) -> Self {
+        Self {
+            stream: Some(stream),
+        }
+    }
+
+    fn stream(&mut self) -> std::io::Result<&mut TcpStream> {
+        self.stream
+            .as_mut()
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotConnected))
+    }
+}
+
+impl Drop for LingeringClose {
+    fn drop(&mut self) {
+        if let Some(stream) = self.stream.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(linger(stream));
+        }
+    }
+}
+
+async fn linger(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + LINGER_TIME;
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut drained = 0;
+    while drained < LINGER_BYTES {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => drained += n,
+            _ => break,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for LingeringClose {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.stream() {
+            Ok(stream) => std::pin::Pin::new(stream).poll_read(cx, buf),
+            Err(err) => std::task::Poll::Ready(Err(err)),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for LingeringClose {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.stream() {
+            Ok(stream) => std::pin::Pin::new(stream).poll_write(cx, buf),
+            Err(err) => std::task::Poll::Ready(Err(err)),
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.stream() {
+            Ok(stream) => std::pin::Pin::new(stream).poll_write_vectored(cx, bufs),
+            Err(err) => std::task::Poll::Ready(Err(err)),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.as_ref().is_some_and(|s| s.is_write_vectored())
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.stream() {
+            Ok(stream) => std::pin::Pin::new(stream).poll_flush(cx),
+            Err(err) => std::task::Poll::Ready(Err(err)),
+        }
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.stream() {
+            Ok(stream) => std::pin::Pin::new(stream).poll_shutdown(cx),
+            Err(err) => std::task::Poll::Ready(Err(err)),
+        }
     }
 }

@@ -151,3 +151,40 @@ async fn oversized_heads_get_431_and_the_server_keeps_serving() {
     assert_eq!(status_of(port, &head_with(&fine)).await, 200);
     shutdown.trigger();
 }
+
+/// Regression (hostile-input drill, 2026-11-26 10:31): a handler that answers 413 before reading
+/// a large body the client is still sending. Without a lingering close the kernel resets the
+/// connection over the unread data and the client can lose the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_answer_reaches_a_client_still_sending_its_body() {
+    let config = ServerConfig {
+        port: 0,
+        admin_port: 0,
+        drain_period: Duration::ZERO,
+        ..ServerConfig::default()
+    };
+    let router = Router::new().route(
+        "/upload",
+        axum::routing::post(|| async { axum::http::StatusCode::PAYLOAD_TOO_LARGE }),
+    );
+    let server = Server::bind("test", &config, router, Readiness::new(), Metrics::new())
+        .await
+        .unwrap()
+        .without_signals();
+    let port = server.port();
+    let _shutdown = server.shutdown_handle();
+    tokio::spawn(server.run_until_stopped());
+    let client = reqwest::Client::new();
+    let body = vec![b'a'; 4 * 1024 * 1024];
+    for attempt in 0..10 {
+        let answer = client
+            .post(format!("http://127.0.0.1:{port}/upload"))
+            .body(body.clone())
+            .send()
+            .await;
+        match answer {
+            Ok(r) => assert_eq!(r.status(), 413, "attempt {attempt}"),
+            Err(err) => panic!("attempt {attempt}: no answer: {err:#}"),
+        }
+    }
+}
