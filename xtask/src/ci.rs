@@ -858,14 +858,14 @@ pub struct ImageBuild {
 /// cargo locks a target directory for a whole build; nothing is built twice for it, since the
 /// other steps build the dev profile.
 pub fn start_image_build(ctx: &mut Ctx) -> Result<()> {
+    let target = cargo_target_dir(ctx)?.join("image");
     let mut commands = image_build_commands(ctx)?;
     for cmd in &mut commands {
-        cmd.0
-            .env("CARGO_TARGET_DIR", cargo_target_dir(ctx)?.join("image"));
+        cmd.0.env("CARGO_TARGET_DIR", &target);
     }
-    let release = cargo_target_dir(ctx)?.join("image").join("release");
-    let log = cargo_target_dir(ctx)?.join("image").join("build.log");
-    std::fs::create_dir_all(release.parent().context("image target dir")?)?;
+    let release = target.join("release");
+    let log = target.join("build.log");
+    std::fs::create_dir_all(&target)?;
     eprintln!(
         "xtask: building the image binaries in the background (log: {})",
         log.display()

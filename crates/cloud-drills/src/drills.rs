@@ -36,6 +36,17 @@ pub enum Verdict {
     Finding,
 }
 
+impl Verdict {
+    /// PASS when the drill found nothing.
+    pub fn of(findings: &[String]) -> Self {
+        if findings.is_empty() {
+            Self::Pass
+        } else {
+            Self::Finding
+        }
+    }
+}
+
 impl std::fmt::Display for Verdict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

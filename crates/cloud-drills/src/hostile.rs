@@ -807,11 +807,7 @@ pub async fn hostile_input(settings: &Settings) -> Result<Row> {
             || "slow clients never closed".into(),
             |d| format!("slow clients closed after <= {}", secs(d)),
         ),
-        verdict: if findings.is_empty() {
-            Verdict::Pass
-        } else {
-            Verdict::Finding
-        },
+        verdict: Verdict::of(&findings),
         details,
         findings,
     })

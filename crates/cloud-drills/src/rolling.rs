@@ -816,11 +816,7 @@ pub async fn rolling_update(settings: &Settings) -> Result<Row> {
         failed,
         lost,
         recovery,
-        verdict: if findings.is_empty() {
-            Verdict::Pass
-        } else {
-            Verdict::Finding
-        },
+        verdict: Verdict::of(&findings),
         details,
         findings,
     })

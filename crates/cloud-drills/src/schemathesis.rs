@@ -282,11 +282,7 @@ pub async fn schemathesis(settings: &Settings) -> Result<Row> {
         failed: summary.failures,
         lost: summary.errors,
         recovery: format!("n/a ({} operations)", summary.operations),
-        verdict: if findings.is_empty() {
-            Verdict::Pass
-        } else {
-            Verdict::Finding
-        },
+        verdict: Verdict::of(&findings),
         details,
         findings,
     })

@@ -839,11 +839,7 @@ pub async fn upstream_faults(settings: &Settings) -> Result<Row> {
             || "not recovered".into(),
             |d| format!("{} (upstream healed -> breaker closed)", secs(d)),
         ),
-        verdict: if findings.is_empty() {
-            Verdict::Pass
-        } else {
-            Verdict::Finding
-        },
+        verdict: Verdict::of(&findings),
         details,
         findings,
     })
