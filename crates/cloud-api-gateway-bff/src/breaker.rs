@@ -1,6 +1,10 @@
 //! A per-route circuit breaker: closed while the error ratio in the current window stays below
 //! the threshold (or too few requests were seen), open for `open_for` once it is reached, then
 //! half-open: one probe request decides whether it closes again or re-opens.
+//!
+//! A probe whose outcome is never reported (the client went away and its request future was
+//! dropped) hands the probe slot back when its [`Permit`] drops; otherwise the breaker would
+//! stay half-open with a probe "in flight" forever and refuse every request.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -28,10 +32,31 @@ pub struct Breaker {
     state: Mutex<State>,
 }
 
-/// Admission to send one request; report its outcome with [`Breaker::record`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Permit {
+/// Admission to send one request; report its outcome with [`Permit::record`].
+#[derive(Debug)]
+#[must_use = "report the outcome with Permit::record"]
+pub struct Permit<'a> {
+    breaker: &'a Breaker,
     probe: bool,
+    recorded: bool,
+}
+
+impl Permit<'_> {
+    pub fn record(mut self, success: bool) {
+        self.recorded = true;
+        self.breaker.record(self.probe, success);
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if self.probe && !self.recorded {
+            let mut state = self.breaker.lock();
+            if state.phase == (Phase::HalfOpen { probing: true }) {
+                state.phase = Phase::HalfOpen { probing: false };
+            }
+        }
+    }
 }
 
 impl Breaker {
@@ -47,31 +72,41 @@ impl Breaker {
         }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // The state stays consistent under a panic elsewhere: every update is a plain store.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// `Err(retry_after)` while open.
-    pub fn acquire(&self) -> Result<Permit, Duration> {
+    pub fn acquire(&self) -> Result<Permit<'_>, Duration> {
+        let permit = |probe| Permit {
+            breaker: self,
+            probe,
+            recorded: false,
+        };
         if !self.config.enabled {
-            return Ok(Permit { probe: false });
+            return Ok(permit(false));
         }
         let now = Instant::now();
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.lock();
         match state.phase {
-            Phase::Closed => Ok(Permit { probe: false }),
+            Phase::Closed => Ok(permit(false)),
             Phase::Open { until } if now < until => Err(until - now),
             Phase::Open { .. } | Phase::HalfOpen { probing: false } => {
                 state.phase = Phase::HalfOpen { probing: true };
-                Ok(Permit { probe: true })
+                Ok(permit(true))
             }
             Phase::HalfOpen { probing: true } => Err(Duration::from_secs(1)),
         }
     }
 
-    pub fn record(&self, permit: Permit, success: bool) {
+    fn record(&self, probe: bool, success: bool) {
         if !self.config.enabled {
             return;
         }
         let now = Instant::now();
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if permit.probe {
+        let mut state = self.lock();
+        if probe {
             if success {
                 tracing::info!("circuit breaker closed again after a successful probe");
                 *state = State {
@@ -110,7 +145,7 @@ impl Breaker {
     }
 
     pub fn is_open(&self) -> bool {
-        matches!(self.state.lock().unwrap_or_else(|p| p.into_inner()).phase, Phase::Open { until } if Instant::now() < until)
+        matches!(self.lock().phase, Phase::Open { until } if Instant::now() < until)
     }
 }
 
@@ -133,13 +168,13 @@ mod tests {
         let b = breaker();
         for ok in [true, false, true, false] {
             let p = b.acquire().unwrap();
-            b.record(p, ok);
+            p.record(ok);
         }
         assert!(b.acquire().is_err());
         std::thread::sleep(Duration::from_millis(60));
         let probe = b.acquire().unwrap();
         assert!(b.acquire().is_err(), "only one probe at a time");
-        b.record(probe, true);
+        probe.record(true);
         assert!(b.acquire().is_ok());
     }
 
@@ -148,7 +183,7 @@ mod tests {
         let b = breaker();
         for _ in 0..3 {
             let p = b.acquire().unwrap();
-            b.record(p, false);
+            p.record(false);
         }
         assert!(b.acquire().is_ok());
     }
@@ -158,11 +193,29 @@ mod tests {
         let b = breaker();
         for _ in 0..4 {
             let p = b.acquire().unwrap();
-            b.record(p, false);
+            p.record(false);
         }
         std::thread::sleep(Duration::from_millis(60));
         let probe = b.acquire().unwrap();
-        b.record(probe, false);
+        probe.record(false);
         assert!(b.is_open());
+    }
+
+    /// Found by review after the upstream-faults drill: a probe whose client disconnected
+    /// was never reported, and the breaker refused every request from then on.
+    #[test]
+    fn a_probe_dropped_without_an_outcome_lets_the_next_request_probe() {
+        let b = breaker();
+        for _ in 0..4 {
+            let p = b.acquire().unwrap();
+            p.record(false);
+        }
+        std::thread::sleep(Duration::from_millis(60));
+        let probe = b.acquire().unwrap();
+        assert!(b.acquire().is_err(), "one probe at a time");
+        drop(probe);
+        let next = b.acquire().expect("the dropped probe's slot is free again");
+        next.record(true);
+        assert!(b.acquire().is_ok(), "closed after the new probe succeeded");
     }
 }

@@ -290,9 +290,7 @@ async fn proxy(state: &AppState, route: &Route, request: Request) -> Response {
     let outcome = forward(state, route, request, claims.as_deref(), client_ip).await;
     let mut response = match outcome {
         Ok(response) => {
-            route
-                .breaker
-                .record(permit, !response.status().is_server_error());
+            permit.record(!response.status().is_server_error());
             state
                 .metrics
                 .upstream(&route.name, response.status().as_str());
@@ -330,9 +328,7 @@ async fn proxy(state: &AppState, route: &Route, request: Request) -> Response {
                 ),
             };
             // A body that was too large is the client's fault, not the upstream's.
-            route
-                .breaker
-                .record(permit, matches!(err, ForwardError::BodyTooLarge));
+            permit.record(matches!(err, ForwardError::BodyTooLarge));
             state.metrics.upstream(&route.name, label);
             problem.into_response()
         }
