@@ -659,10 +659,23 @@ pub async fn upstream_faults(settings: &Settings) -> Result<Row> {
                     ms(FAST)
                 ));
             }
-            // Probes: the only /guarded/ requests at the upstream once the breaker opened.
+            // Probes: the only /guarded/ requests at the upstream once the breaker opened. A
+            // request the client sent before it saw the first refusal may have been admitted
+            // while the breaker was still closed and reach the upstream just after the
+            // threshold: such a request is not a probe. One sent after the client saw a refusal
+            // was admitted, if at all, by the open breaker, so it is one.
+            let first_refusal_seen = refused.iter().map(|r| end_of(r)).min().unwrap_or(s1);
+            let sent_at: HashMap<u64, Duration> =
+                guarded.iter().map(|r| (r.n, r.sent_at)).collect();
             let probes: Vec<Duration> = hits
                 .iter()
-                .filter(|h| h.id.starts_with('b') && h.at > threshold_at && h.at < healed_at)
+                .filter(|h| h.at > threshold_at && h.at < healed_at)
+                .filter(|h| {
+                    h.id.strip_prefix('b')
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .and_then(|n| sent_at.get(&n))
+                        .is_some_and(|sent| *sent > first_refusal_seen)
+                })
                 .map(|h| h.at)
                 .collect();
             let gaps: Vec<Duration> = std::iter::once(threshold_at)
