@@ -63,6 +63,8 @@ pub struct Settings {
     pub rate: u32,
     /// How long the broken dependency stays down.
     pub outage: Duration,
+    /// The fuzz targets' build, started with the drills when the fuzz drill is selected.
+    pub fuzz_build: Arc<std::sync::Mutex<Option<crate::fuzz::Build>>>,
 }
 
 pub(crate) const BOOTSTRAP_CLIENT: &str = "platform-admin";
@@ -860,51 +862,7 @@ pub async fn database_outage(settings: &Settings) -> Result<Row> {
 
     // The data: each tenant the API said it created exists once with one audit event; no
     // tenant exists for a request that failed with a response; the chain verifies.
-    let rows = pg.psql(
-        "SELECT t.name, count(DISTINCT t.id), count(a.seq) FROM tenants t \
-         LEFT JOIN audit_events a ON a.target = 'tenant:' || t.id AND a.action = 'tenant.create' \
-         WHERE t.name LIKE 'drill-%' GROUP BY t.name",
-    )?;
-    let mut in_db = std::collections::HashMap::new();
-    for line in rows.lines().filter(|l| !l.is_empty()) {
-        let parts: Vec<&str> = line.split('|').collect();
-        if let [name, tenants, events] = parts.as_slice() {
-            in_db.insert(
-                name.to_string(),
-                (
-                    tenants.parse::<u64>().unwrap_or(0),
-                    events.parse::<u64>().unwrap_or(0),
-                ),
-            );
-        }
-    }
-    let mut created_ok = 0;
-    let mut missing = Vec::new();
-    let mut duplicated = Vec::new();
-    let mut phantom = Vec::new();
-    let mut ambiguous = 0;
-    for r in &writes {
-        let name = format!("drill-{}", r.n);
-        let found = in_db.get(&name).copied().unwrap_or((0, 0));
-        match r.outcome {
-            Outcome::Status(201) => {
-                created_ok += 1;
-                if found == (0, 0) {
-                    missing.push(name);
-                } else if found != (1, 1) {
-                    duplicated.push(format!("{name}: {} rows, {} events", found.0, found.1));
-                }
-            }
-            Outcome::Status(_) => {
-                if found != (0, 0) {
-                    phantom.push(format!("{name}: {} rows, {} events", found.0, found.1));
-                }
-            }
-            // No response: either is correct; the client cannot know.
-            Outcome::Lost => ambiguous += 1,
-        }
-    }
-    let seq = pg.psql("SELECT count(*), coalesce(max(seq), 0), (SELECT seq FROM audit_head WHERE id = 1) FROM audit_events")?;
+    let data = reconcile_tenant_writes(&pg, "drill-", &writes)?;
     let (status, verify_err) = {
         let env: Vec<(&str, &str)> = identity
             .env
@@ -934,12 +892,7 @@ pub async fn database_outage(settings: &Settings) -> Result<Row> {
             ),
         )
     };
-    details.push(format!(
-        "database after the drill: {created_ok} tenants created with 201, {} missing, {} duplicated, {} created although the request failed, {ambiguous} without a response; audit_events count|max(seq)|head seq = {seq}",
-        missing.len(),
-        duplicated.len(),
-        phantom.len()
-    ));
+    details.push(format!("database after the drill: {}", data.summary));
     details.push(format!(
         "`cloud-identity-access audit verify` (same config): {status}: {}",
         verify_err.chars().take(300).collect::<String>()
@@ -1016,11 +969,7 @@ pub async fn database_outage(settings: &Settings) -> Result<Row> {
     if ready_again.is_none() {
         findings.push("identity did not become ready again without a restart".into());
     }
-    if !missing.is_empty() || !duplicated.is_empty() || !phantom.is_empty() {
-        findings.push(format!(
-            "audit/data mismatch: missing {missing:?}, duplicated {duplicated:?}, created although failed {phantom:?}"
-        ));
-    }
+    findings.extend(data.problems);
     if !status.success() {
         findings.push(format!("audit verify failed after the drill: {verify_err}"));
     }
@@ -1050,7 +999,7 @@ pub async fn database_outage(settings: &Settings) -> Result<Row> {
             findings,
         });
     }
-    if created_ok == 0 {
+    if data.created == 0 {
         bail!("no tenant was created at all: the drill did not exercise audit writes");
     }
     Ok(Row {
@@ -1110,6 +1059,97 @@ impl Prober {
     async fn stop(self) -> Result<Vec<Record>> {
         self.load.stop().await
     }
+}
+
+/// What the database holds after a drill that created tenants under load, reconciled with what
+/// the clients were told.
+pub(crate) struct DataCheck {
+    /// Tenants the API answered 201 for.
+    pub(crate) created: u64,
+    pub(crate) summary: String,
+    /// Each one is a finding: data lost, duplicated or written for a failed request, or an audit
+    /// chain whose events do not number 1..=head without gaps.
+    pub(crate) problems: Vec<String>,
+}
+
+/// Reconciles the tenant writes of a drill (`POST /v1/tenants` with name `{prefix}{n}`) with the
+/// database: each tenant the API said it created exists once with one `tenant.create` audit
+/// event; none exists for a request that failed with a response (one without a response may go
+/// either way: the client cannot know); and `audit_events` holds exactly the events 1..=head,
+/// so none was lost or written twice.
+pub(crate) fn reconcile_tenant_writes(
+    pg: &PrivatePostgres,
+    prefix: &str,
+    writes: &[Record],
+) -> Result<DataCheck> {
+    let rows = pg.psql(&format!(
+        "SELECT t.name, count(DISTINCT t.id), count(a.seq) FROM tenants t \
+         LEFT JOIN audit_events a ON a.target = 'tenant:' || t.id AND a.action = 'tenant.create' \
+         WHERE t.name LIKE '{prefix}%' GROUP BY t.name"
+    ))?;
+    let mut in_db = std::collections::HashMap::new();
+    for line in rows.lines().filter(|l| !l.is_empty()) {
+        if let [name, tenants, events] = line.split('|').collect::<Vec<_>>().as_slice() {
+            in_db.insert(
+                name.to_string(),
+                (
+                    tenants.parse::<u64>().unwrap_or(0),
+                    events.parse::<u64>().unwrap_or(0),
+                ),
+            );
+        }
+    }
+    let (mut created, mut ambiguous) = (0u64, 0u64);
+    let (mut missing, mut duplicated, mut phantom) = (Vec::new(), Vec::new(), Vec::new());
+    for r in writes {
+        let name = format!("{prefix}{}", r.n);
+        let found = in_db.get(&name).copied().unwrap_or((0, 0));
+        match r.outcome {
+            Outcome::Status(201) => {
+                created += 1;
+                if found == (0, 0) {
+                    missing.push(name);
+                } else if found != (1, 1) {
+                    duplicated.push(format!("{name}: {} rows, {} events", found.0, found.1));
+                }
+            }
+            Outcome::Status(_) => {
+                if found != (0, 0) {
+                    phantom.push(format!("{name}: {} rows, {} events", found.0, found.1));
+                }
+            }
+            Outcome::Lost => ambiguous += 1,
+        }
+    }
+    let seq = pg.psql(
+        "SELECT count(*), coalesce(max(seq), 0), (SELECT seq FROM audit_head WHERE id = 1) FROM audit_events",
+    )?;
+    let counts: Vec<i64> = seq
+        .split('|')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    let mut problems = Vec::new();
+    if !missing.is_empty() || !duplicated.is_empty() || !phantom.is_empty() {
+        problems.push(format!(
+            "audit/data mismatch: missing {missing:?}, duplicated {duplicated:?}, created although failed {phantom:?}"
+        ));
+    }
+    match counts.as_slice() {
+        [count, max, head] if count == max && max == head => {}
+        _ => problems.push(format!(
+            "audit_events count|max(seq)|head seq = {seq}: an event was lost or duplicated"
+        )),
+    }
+    Ok(DataCheck {
+        created,
+        summary: format!(
+            "{created} tenants created with 201, {} missing, {} duplicated, {} created although the request failed, {ambiguous} without a response; audit_events count|max(seq)|head seq = {seq}",
+            missing.len(),
+            duplicated.len(),
+            phantom.len()
+        ),
+        problems,
+    })
 }
 
 #[cfg(test)]

@@ -719,8 +719,8 @@ pub async fn rolling_update(settings: &Settings) -> Result<Row> {
 
     // The data: each tenant the API said it created exists once with one audit event; none
     // exists for a request that failed; the audit chain has no gap and verifies.
-    let data = check_data(&cluster, &writes)?;
-    details.push(data.summary.clone());
+    let data = crate::drills::reconcile_tenant_writes(&cluster.pg, "roll-", &writes)?;
+    details.push(format!("database after the roll: {}", data.summary));
     let verify = cluster
         .identity_command(&new.identity, &["audit", "verify"])
         .await?;
@@ -819,81 +819,6 @@ pub async fn rolling_update(settings: &Settings) -> Result<Row> {
         verdict: Verdict::of(&findings),
         details,
         findings,
-    })
-}
-
-struct DataCheck {
-    created: u64,
-    summary: String,
-    problems: Vec<String>,
-}
-
-fn check_data(cluster: &Cluster, writes: &[Record]) -> Result<DataCheck> {
-    let rows = cluster.pg.psql(
-        "SELECT t.name, count(DISTINCT t.id), count(a.seq) FROM tenants t \
-         LEFT JOIN audit_events a ON a.target = 'tenant:' || t.id AND a.action = 'tenant.create' \
-         WHERE t.name LIKE 'roll-%' GROUP BY t.name",
-    )?;
-    let mut in_db = std::collections::HashMap::new();
-    for line in rows.lines().filter(|l| !l.is_empty()) {
-        if let [name, tenants, events] = line.split('|').collect::<Vec<_>>().as_slice() {
-            in_db.insert(
-                name.to_string(),
-                (
-                    tenants.parse::<u64>().unwrap_or(0),
-                    events.parse::<u64>().unwrap_or(0),
-                ),
-            );
-        }
-    }
-    let (mut created, mut ambiguous) = (0u64, 0u64);
-    let (mut missing, mut duplicated, mut phantom) = (Vec::new(), Vec::new(), Vec::new());
-    for r in writes {
-        let name = format!("roll-{}", r.n);
-        let found = in_db.get(&name).copied().unwrap_or((0, 0));
-        match r.outcome {
-            Outcome::Status(201) => {
-                created += 1;
-                if found == (0, 0) {
-                    missing.push(name);
-                } else if found != (1, 1) {
-                    duplicated.push(format!("{name}: {} rows, {} events", found.0, found.1));
-                }
-            }
-            Outcome::Status(_) => {
-                if found != (0, 0) {
-                    phantom.push(format!("{name}: {} rows, {} events", found.0, found.1));
-                }
-            }
-            // No response: either is correct; the client cannot know.
-            Outcome::Lost => ambiguous += 1,
-        }
-    }
-    let seq = cluster.pg.psql(
-        "SELECT count(*), coalesce(max(seq), 0), (SELECT seq FROM audit_head WHERE id = 1) FROM audit_events",
-    )?;
-    let counts: Vec<i64> = seq.split('|').filter_map(|v| v.parse().ok()).collect();
-    let mut problems = Vec::new();
-    if !missing.is_empty() || !duplicated.is_empty() || !phantom.is_empty() {
-        problems.push(format!(
-            "audit/data mismatch: missing {missing:?}, duplicated {duplicated:?}, created although failed {phantom:?}"
-        ));
-    }
-    match counts.as_slice() {
-        [count, max, head] if count == max && max == head => {}
-        _ => problems.push(format!(
-            "audit_events count|max(seq)|head seq = {seq}: an event was lost or duplicated"
-        )),
-    }
-    Ok(DataCheck {
-        created,
-        summary: format!(
-            "database after the roll: {created} tenants created with 201, {} missing, {} duplicated, {} created although the request failed, {ambiguous} without a response; audit_events count|max(seq)|head seq = {seq}",
-            missing.len(),
-            duplicated.len(),
-            phantom.len()
-        ),
-        problems,
     })
 }
 
