@@ -75,16 +75,21 @@ async fn main() -> std::process::ExitCode {
 /// Runs the selected drills in order; `Ok(false)` when one errored or found a defect.
 #[allow(clippy::print_stdout)] // the table is this program's output
 async fn run(cli: Cli) -> Result<bool> {
+    let selected =
+        |name: &str| cli.only.is_empty() || cli.only.iter().any(|o| name.contains(o.as_str()));
     let settings = Settings {
         binaries: infra::Binaries::find()?,
         rate: cli.rate,
         outage: Duration::from_secs(cli.outage_secs),
+        fuzz_build: std::sync::Arc::new(std::sync::Mutex::new(
+            selected("fuzz").then(fuzz::start_build),
+        )),
     };
     let started = Instant::now();
     let mut rows = Vec::new();
     let mut all_good = true;
     for (name, drill) in drill_list() {
-        if !cli.only.is_empty() && !cli.only.iter().any(|o| name.contains(o.as_str())) {
+        if !selected(name) {
             continue;
         }
         eprintln!("cloud-drills: running the {name} drill");
