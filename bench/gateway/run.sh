@@ -10,6 +10,7 @@
 #
 # Usage: bench/gateway/run.sh            (DURATION=10 CONNECTIONS=64 THREADS=2 to change)
 #        BIN=/path/to/cloud-api-gateway-bff bench/gateway/run.sh   (another build, e.g. for an A/B)
+#        PERF_OUT=/tmp/gw.perf bench/gateway/run.sh   (and a perf profile of the gateway's max run)
 # Needs: nginx, wrk and oha, which `cargo xtask tools --bench` installs (Debian's nginx-light and
 #        wrk, oha 1.16.0 from crates.io) and this script calls; openssl, python3, curl.
 # Everything listens on 127.0.0.1, on free ports, in a temp dir that is removed afterwards.
@@ -137,7 +138,12 @@ percentiles() { # $1 = port, $2 = rate -> "p50_ms p99_ms non2xx"
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$GW_PID/stat"; }
 echo "max throughput (wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s)..." >&2
 A_MAX=$(max_rps "$UP"); B_MAX=$(max_rps "$NGX")
+# PERF_OUT=file: also record a call-graph profile of the gateway during its max run (perf).
+if [ -n "${PERF_OUT:-}" ]; then
+  perf record -F 999 -g -p "$GW_PID" -o "$PERF_OUT" -- sleep "$DURATION" 2>/dev/null & PERF_PID=$!
+fi
 C_TICKS=$(cpu_ticks); C_MAX=$(max_rps "$GW"); C_TICKS=$(( $(cpu_ticks) - C_TICKS ))
+if [ -n "${PERF_OUT:-}" ]; then wait "$PERF_PID" || true; fi
 C_CPU_US=$(python3 -c "print('%.1f' % ($C_TICKS / $(getconf CLK_TCK) * 1e6 / ($C_MAX * $DURATION)))")
 RATE=$((B_MAX / 2))
 echo "constant rate $RATE req/s (50% of nginx max) with oha -q..." >&2
