@@ -112,6 +112,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Drills { args } => {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let ci = steps::running_in_ci();
+            // The drills' own tools (cargo-fuzz is built from crates.io: minutes on a fresh
+            // machine) install beside the builds below instead of after them.
+            let drill_tools = {
+                let args = args.clone();
+                std::thread::spawn(move || tools::drill_tools(&args, ci))
+            };
             // The rolling drill's OLD binaries, before this checkout's build: the old build
             // writes the same file names into the shared target directory.
             let previous = if previous_release::wanted(&args) {
@@ -166,7 +172,10 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(dir) = previous {
                 drills.env("CLOUD_DRILLS_PREVIOUS_BIN_DIR", dir);
             }
-            for (var, path) in tools::drill_tools(&args, steps::running_in_ci())? {
+            let drill_tools = drill_tools
+                .join()
+                .map_err(|_| anyhow::anyhow!("installing the drills' tools panicked"))??;
+            for (var, path) in drill_tools {
                 drills.env(var, path);
             }
             let status = drills
