@@ -178,6 +178,16 @@ mod tests {
         assert!(b.acquire().is_ok());
     }
 
+    /// Four failures (the minimum, all failed) open it; then `open_for` passes.
+    fn open_and_wait_out(b: &Breaker) {
+        for _ in 0..4 {
+            let p = b.acquire().unwrap();
+            p.record(false);
+        }
+        assert!(b.is_open());
+        std::thread::sleep(Duration::from_millis(60));
+    }
+
     #[test]
     fn stays_closed_below_min_requests() {
         let b = breaker();
@@ -191,11 +201,7 @@ mod tests {
     #[test]
     fn a_failed_probe_reopens() {
         let b = breaker();
-        for _ in 0..4 {
-            let p = b.acquire().unwrap();
-            p.record(false);
-        }
-        std::thread::sleep(Duration::from_millis(60));
+        open_and_wait_out(&b);
         let probe = b.acquire().unwrap();
         probe.record(false);
         assert!(b.is_open());
@@ -206,11 +212,7 @@ mod tests {
     #[test]
     fn a_probe_dropped_without_an_outcome_lets_the_next_request_probe() {
         let b = breaker();
-        for _ in 0..4 {
-            let p = b.acquire().unwrap();
-            p.record(false);
-        }
-        std::thread::sleep(Duration::from_millis(60));
+        open_and_wait_out(&b);
         let probe = b.acquire().unwrap();
         assert!(b.acquire().is_err(), "one probe at a time");
         drop(probe);
