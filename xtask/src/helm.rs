@@ -656,7 +656,8 @@ pub fn trivy(ctx: &mut Ctx) -> Result<()> {
 }
 
 /// Step `helm-contract`: what each service chart tells its binary (ports, probes, args, env,
-/// config file), checked for consistency; see [`contract`].
+/// config file), checked for consistency, and that the canary analysis queries select series the
+/// render's ServiceMonitor scrapes; see [`contract`].
 pub fn contract(ctx: &mut Ctx) -> Result<()> {
     let renders = render_all(ctx)?;
     let mut failures = Vec::new();
@@ -665,7 +666,8 @@ pub fn contract(ctx: &mut Ctx) -> Result<()> {
         .filter(|r| SERVICE_CHARTS.contains(&r.chart.as_str()))
     {
         match contract::extract(&r.objects).and_then(|c| {
-            let problems = contract::check(&c, env_prefix(&r.chart)?);
+            let mut problems = contract::check(&c, env_prefix(&r.chart)?);
+            problems.extend(contract::scrape_problems(&r.objects));
             Ok((c, problems))
         }) {
             Ok((c, problems)) if problems.is_empty() => eprintln!(
@@ -691,6 +693,30 @@ pub fn contract(ctx: &mut Ctx) -> Result<()> {
             }
             Err(err) => failures.push(format!("{}: {err:#}", r.id())),
         }
+    }
+    // platform-base's VPAs per environment against the service workloads of that environment.
+    for env in ENVIRONMENTS {
+        let of = |chart: &str| renders.iter().find(|r| r.chart == chart && r.env == env);
+        let Some(base) = of(BASE_CHART) else {
+            failures.push(format!("no render of {BASE_CHART} for {env}"));
+            continue;
+        };
+        let services: Vec<Value> = SERVICE_CHARTS
+            .iter()
+            .filter_map(|c| of(c))
+            .flat_map(|r| r.objects.iter().cloned())
+            .collect();
+        let problems = contract::vpa_problems(&base.objects, &services);
+        if problems.is_empty() {
+            eprintln!(
+                "  ok: {BASE_CHART}/{env}: every VerticalPodAutoscaler targets a service workload of the same kind"
+            );
+        }
+        failures.extend(
+            problems
+                .into_iter()
+                .map(|p| format!("{BASE_CHART}/{env}: {p}")),
+        );
     }
     if !failures.is_empty() {
         bail!(
@@ -728,7 +754,6 @@ pub fn env_prefix(chart: &str) -> Result<&'static str> {
 
 /// Step `helm-binary`: every service x environment started from its rendered container spec,
 /// probes and analysis metrics checked on the real binary ([`binary`]).
-#[allow(dead_code)] // wired into test_steps() by the lead once both services land
 pub fn binary(ctx: &mut Ctx) -> Result<()> {
     let renders = render_all(ctx)?;
     let mut build = ctx.cargo();

@@ -9,7 +9,11 @@
 //!
 //! [`launch_plan`] turns a contract into what a test needs to start the real binary with exactly
 //! that configuration (files written under a temp dir, secrets substituted, listening on
-//! loopback); starting the binaries and probing them is wired by the lead once both services land.
+//! loopback); the `helm-binary` step ([`super::binary`]) starts the binaries with it.
+//!
+//! [`scrape_problems`] checks that the series the analysis queries select are scraped: the
+//! Service they name exists, selects the pods, and a ServiceMonitor scrapes it, copying the pod
+//! label the canary is selected by.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -489,9 +493,177 @@ pub fn check(c: &Contract, prefix: &str) -> Vec<String> {
     problems
 }
 
+/// The label values an analysis query selects with `label="value"` (exact matches only).
+fn selected_values(query: &str, label: &str) -> BTreeSet<String> {
+    let needle = format!("{label}=\"");
+    let mut out = BTreeSet::new();
+    let mut rest = query;
+    while let Some(pos) = rest.find(&needle) {
+        let preceded_by_name = rest[..pos]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        let after = &rest[pos + needle.len()..];
+        let Some(end) = after.find('"') else { break };
+        if !preceded_by_name {
+            out.insert(after[..end].to_string());
+        }
+        rest = &after[end..];
+    }
+    out
+}
+
+/// What the analysis queries need from the scrape, checked on the render: every Service a query
+/// selects (`service="..."`) exists, selects the workload's pods, and is scraped by a
+/// ServiceMonitor on one of its ports; a query on `rollouts_pod_template_hash` needs that
+/// ServiceMonitor to copy the pod label `rollouts-pod-template-hash`. Without these the
+/// queries match no series and every canary measurement is inconclusive.
+pub fn scrape_problems(objects: &[Value]) -> Vec<String> {
+    use super::policy::selector_matches;
+    let labels_of = |v: Option<&Value>| -> BTreeMap<String, String> {
+        v.and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let of_kind = |kind: &'static str| objects.iter().filter(move |o| s(o, "/kind") == Some(kind));
+    let pod_labels: Vec<BTreeMap<String, String>> = objects
+        .iter()
+        .filter(|o| matches!(s(o, "/kind"), Some("Deployment" | "Rollout")))
+        .map(|o| labels_of(o.pointer("/spec/template/metadata/labels")))
+        .collect();
+    let mut problems = Vec::new();
+    for t in of_kind("AnalysisTemplate") {
+        let template = s(t, "/metadata/name").unwrap_or("?");
+        let queries = t
+            .pointer("/spec/metrics")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|m| s(m, "/provider/prometheus/query"));
+        for query in queries {
+            for service in selected_values(query, "service") {
+                let Some(svc) =
+                    of_kind("Service").find(|o| s(o, "/metadata/name") == Some(&service))
+                else {
+                    problems.push(format!(
+                        "AnalysisTemplate {template} selects service=\"{service}\", but no Service {service} is rendered"
+                    ));
+                    continue;
+                };
+                if !svc.pointer("/spec/selector").is_some_and(|sel| {
+                    let sel = serde_json::json!({ "matchLabels": sel });
+                    pod_labels.iter().any(|l| selector_matches(&sel, l))
+                }) {
+                    problems.push(format!(
+                        "Service {service} (selected by AnalysisTemplate {template}) does not select the workload's pods"
+                    ));
+                }
+                let svc_labels = labels_of(svc.pointer("/metadata/labels"));
+                let svc_ports: BTreeSet<&str> = svc
+                    .pointer("/spec/ports")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| s(p, "/name"))
+                    .collect();
+                let monitor = of_kind("ServiceMonitor").find(|m| {
+                    m.pointer("/spec/selector")
+                        .is_some_and(|sel| selector_matches(sel, &svc_labels))
+                        && m.pointer("/spec/endpoints")
+                            .and_then(Value::as_array)
+                            .into_iter()
+                            .flatten()
+                            .any(|e| s(e, "/port").is_some_and(|p| svc_ports.contains(p)))
+                });
+                let Some(monitor) = monitor else {
+                    problems.push(format!(
+                        "AnalysisTemplate {template} queries series of Service {service}, but no ServiceMonitor scrapes it"
+                    ));
+                    continue;
+                };
+                let copies_hash = monitor
+                    .pointer("/spec/podTargetLabels")
+                    .and_then(Value::as_array)
+                    .is_some_and(|l| {
+                        l.iter()
+                            .any(|x| x.as_str() == Some("rollouts-pod-template-hash"))
+                    });
+                if query.contains("rollouts_pod_template_hash") && !copies_hash {
+                    problems.push(format!(
+                        "AnalysisTemplate {template} selects rollouts_pod_template_hash, but ServiceMonitor {} does not copy the pod label rollouts-pod-template-hash (podTargetLabels)",
+                        s(monitor, "/metadata/name").unwrap_or("?")
+                    ));
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// platform-base's VerticalPodAutoscalers against the service charts rendered for the same
+/// environment: each VPA's targetRef names a workload one of them renders, with its kind and
+/// apiVersion (a VPA pointing at a Deployment where the chart renders a Rollout recommends
+/// nothing), and every service workload has a VPA.
+pub fn vpa_problems(base: &[Value], services: &[Value]) -> Vec<String> {
+    let workloads: Vec<(&str, &str, &str)> = services
+        .iter()
+        .filter(|o| matches!(s(o, "/kind"), Some("Deployment" | "Rollout")))
+        .map(|o| {
+            (
+                s(o, "/apiVersion").unwrap_or("?"),
+                s(o, "/kind").unwrap_or("?"),
+                s(o, "/metadata/name").unwrap_or("?"),
+            )
+        })
+        .collect();
+    let targets: Vec<(&str, &str, &str)> = base
+        .iter()
+        .filter(|o| s(o, "/kind") == Some("VerticalPodAutoscaler"))
+        .map(|o| {
+            (
+                s(o, "/spec/targetRef/apiVersion").unwrap_or("?"),
+                s(o, "/spec/targetRef/kind").unwrap_or("?"),
+                s(o, "/spec/targetRef/name").unwrap_or("?"),
+            )
+        })
+        .collect();
+    let mut problems = Vec::new();
+    for t in &targets {
+        if !workloads.contains(t) {
+            let rendered: Vec<String> = workloads
+                .iter()
+                .filter(|w| w.2 == t.2)
+                .map(|w| format!("{} {}", w.0, w.1))
+                .collect();
+            problems.push(format!(
+                "VerticalPodAutoscaler targets {} {} {}, but the service charts render {}",
+                t.0,
+                t.1,
+                t.2,
+                if rendered.is_empty() {
+                    "no workload of that name".to_string()
+                } else {
+                    rendered.join(", ")
+                }
+            ));
+        }
+    }
+    for w in &workloads {
+        if !targets.iter().any(|t| t.2 == w.2) {
+            problems.push(format!(
+                "{} {} has no VerticalPodAutoscaler in platform-base",
+                w.1, w.2
+            ));
+        }
+    }
+    problems
+}
+
 /// How to start the real binary with a rendered contract, for a test on one machine.
-// Not used by a step yet: starting the service binaries is wired once both services land.
-#[allow(dead_code)]
 #[derive(Debug, Clone)]
 pub struct LaunchPlan {
     pub args: Vec<String>,
@@ -509,7 +681,6 @@ pub struct LaunchPlan {
 /// Maps the rendered container spec onto this machine: every mounted file goes under `dir`
 /// (args rewritten to match), every secretKeyRef gets `secrets[<secret name>]`, and the listen
 /// host becomes 127.0.0.1 (tests never listen on other addresses). Ports stay as rendered.
-#[allow(dead_code)]
 pub fn launch_plan(
     c: &Contract,
     prefix: &str,
@@ -637,6 +808,92 @@ mod tests {
         );
         assert!(all.contains("http_requests_count"), "{all}");
         assert!(all.contains("GATEWAY_REDIS__URL"), "{all}");
+    }
+
+    /// A canary render reduced to what the scrape check reads.
+    const SCRAPED: &str = r#"
+kind: Rollout
+metadata: {name: svc}
+spec:
+  template:
+    metadata:
+      labels: {app.kubernetes.io/name: svc, app.kubernetes.io/instance: svc}
+---
+kind: Service
+metadata:
+  name: svc-metrics
+  labels: {app.kubernetes.io/name: svc, cloud-platform.io/service-role: metrics}
+spec:
+  selector: {app.kubernetes.io/name: svc, app.kubernetes.io/instance: svc}
+  ports: [{name: admin, port: 9090}]
+---
+kind: ServiceMonitor
+metadata: {name: svc}
+spec:
+  selector:
+    matchLabels: {app.kubernetes.io/name: svc, cloud-platform.io/service-role: metrics}
+  podTargetLabels: [rollouts-pod-template-hash]
+  endpoints: [{port: admin, path: /metrics}]
+---
+kind: AnalysisTemplate
+metadata: {name: svc-success-rate}
+spec:
+  metrics:
+    - name: success-rate
+      provider:
+        prometheus:
+          query: sum(rate(http_requests_total{namespace="{{args.namespace}}",service="svc-metrics",rollouts_pod_template_hash="{{args.canary-hash}}"}[2m]))
+"#;
+
+    #[test]
+    fn the_analysis_queries_must_match_what_the_service_monitor_scrapes() {
+        assert_eq!(scrape_problems(&objects(SCRAPED)), Vec::<String>::new());
+        let broken = |from: &str, to: &str| {
+            scrape_problems(&objects(&SCRAPED.replacen(from, to, 1))).join("\n")
+        };
+        let p = broken("service=\"svc-metrics\"", "service=\"svc-metric\"");
+        assert!(p.contains("no Service svc-metric is rendered"), "{p}");
+        let p = broken(
+            "podTargetLabels: [rollouts-pod-template-hash]",
+            "podTargetLabels: []",
+        );
+        assert!(
+            p.contains("does not copy the pod label rollouts-pod-template-hash"),
+            "{p}"
+        );
+        let p = broken("endpoints: [{port: admin", "endpoints: [{port: http");
+        assert!(p.contains("no ServiceMonitor scrapes it"), "{p}");
+        let p = broken(
+            "selector: {app.kubernetes.io/name: svc, app.kubernetes.io/instance: svc}",
+            "selector: {app.kubernetes.io/name: other}",
+        );
+        assert!(p.contains("does not select the workload's pods"), "{p}");
+        assert!(
+            selected_values(r#"x{myservice="a",service="b"}"#, "service")
+                == ["b".to_string()].into()
+        );
+    }
+
+    #[test]
+    fn every_vpa_targets_a_rendered_workload_of_the_same_kind() {
+        let base = |kind: &str, api: &str| {
+            objects(&format!(
+                "kind: VerticalPodAutoscaler\nspec:\n  targetRef: {{apiVersion: {api}, kind: {kind}, name: svc}}\n"
+            ))
+        };
+        let services =
+            objects("apiVersion: argoproj.io/v1alpha1\nkind: Rollout\nmetadata: {name: svc}\n");
+        assert!(vpa_problems(&base("Rollout", "argoproj.io/v1alpha1"), &services).is_empty());
+        let p = vpa_problems(&base("Deployment", "apps/v1"), &services).join("\n");
+        assert!(
+            p.contains("targets apps/v1 Deployment svc, but the service charts render argoproj.io/v1alpha1 Rollout"),
+            "{p}"
+        );
+        let p = vpa_problems(&[], &services).join("\n");
+        assert!(
+            p.contains("Rollout svc has no VerticalPodAutoscaler"),
+            "{p}"
+        );
     }
 
     #[test]
