@@ -99,17 +99,77 @@ fn context_of<'a>(request: &Request, token: &'a str, claims: &'a Claims) -> Call
     }
 }
 
-/// `GET /bff/v1/session`: who the caller is, their identity profile (userinfo), their tenant and
-/// their evaluated front-end flags. A failed profile or tenant lookup is reported under `errors`.
+// The fields of `Session` and `SessionUser` are declared in alphabetical order: the body used to
+// be built with `json!`, whose object keys serde_json sorts (the gateway is built without its
+// `preserve_order` feature), so the bytes on the wire stay the same. Every field is always
+// present, `null` when it has no value (hence `required` on the `Option`s).
+
+/// The body of `GET /bff/v1/session`.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Session {
+    /// Why a lookup failed, by lookup (`profile`, `tenant`): `timeout`, `unreachable`,
+    /// `status <code>`, `invalid JSON`, ... Empty when both succeeded (or were not configured).
+    pub errors: BTreeMap<String, String>,
+    /// The evaluated front-end flags (`frontend.*`) for the token's tenant and user, by name.
+    pub flags: Map<String, Value>,
+    /// Identity's userinfo for the token, as identity answered it; `null` when the lookup failed.
+    #[schema(required = true)]
+    pub profile: Option<Value>,
+    /// The tenant lookup's answer (`bff.session.tenant_url`); without one, or when it failed,
+    /// `{"id": <tid>}`; `null` for a token without a tenant.
+    #[schema(required = true)]
+    pub tenant: Option<Value>,
+    /// Who the caller is, from the verified token.
+    pub user: SessionUser,
+}
+
+/// The caller, from the verified access token's claims.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct SessionUser {
+    /// The token's `client_id`.
+    #[schema(required = true)]
+    pub client_id: Option<String>,
+    /// The token's `exp` (Unix seconds).
+    pub expires_at: i64,
+    /// The token's `permissions`.
+    pub permissions: Vec<String>,
+    /// The token's `roles`.
+    pub roles: Vec<String>,
+    /// The token's `sub`.
+    pub sub: String,
+    /// The token's tenant (`tid`).
+    #[schema(required = true)]
+    pub tenant_id: Option<String>,
+}
+
+/// The caller's session: who they are, their profile, their tenant and their front-end flags.
+///
+/// `user` comes from the verified access token; `profile` is identity's userinfo for the token,
+/// `tenant` the configured tenant lookup (else just the token's tenant id), `flags` the
+/// `frontend.*` feature flags evaluated for the token's tenant and user. A failed profile or
+/// tenant lookup does not fail the request: it is named under `errors` (partial result).
+#[utoipa::path(get, path = "/bff/v1/session", tag = "bff", operation_id = "session",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The session (possibly partial: see `errors`)", body = Session),
+        (status = 401, description = "No bearer token, or a token that is malformed, expired, not yet valid, issued by another issuer or for another audience, signed with an unknown key or an unsupported algorithm, or whose signature is invalid",
+            content_type = "application/problem+json", body = crate::openapi::ProblemDetails,
+            headers(("WWW-Authenticate" = String, description = "`Bearer` when no token was sent, else `Bearer error=\"invalid_token\"`"))),
+        (status = 503, description = "Identity's key set has not been loaded since the gateway started, so no token can be checked yet",
+            content_type = "application/problem+json", body = crate::openapi::ProblemDetails,
+            headers(("Retry-After" = String, description = "Seconds to wait: 1"))),
+    ))]
 pub(crate) async fn session(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let claims =
         match crate::proxy::authenticate(&state, request.headers(), AuthMode::Token, None).await {
             Ok(Some(c)) => c,
-            Ok(None) => return Problem::unauthorized("a token is required").into_response(),
+            // `AuthMode::Token` never answers `Ok(None)`; the same 401 as a missing token.
+            Ok(None) => return crate::proxy::token_problem(&crate::auth::TokenError::Missing),
             Err(response) => return response,
         };
-    let Ok(token) = crate::auth::bearer(request.headers().get(http::header::AUTHORIZATION)) else {
-        return Problem::unauthorized("a token is required").into_response();
+    let token = match crate::auth::bearer(request.headers().get(http::header::AUTHORIZATION)) {
+        Ok(token) => token,
+        Err(e) => return crate::proxy::token_problem(&e),
     };
     let ctx = context_of(&request, token, &claims);
     let timeout = state.session.timeout;
@@ -138,39 +198,37 @@ pub(crate) async fn session(State(state): State<Arc<AppState>>, request: Request
         .as_ref()
         .map(|f| f.evaluate(claims.tid.as_deref(), &claims.sub))
         .unwrap_or_default();
-    let mut errors = Map::new();
-    let profile = profile.unwrap_or_else(|e| {
-        errors.insert("profile".into(), e.describe().into());
-        Value::Null
-    });
-    let tenant = match tenant {
-        Ok(Some(t)) => t,
-        Ok(None) => claims
-            .tid
-            .as_ref()
-            .map_or(Value::Null, |t| json!({ "id": t })),
+    let mut errors = BTreeMap::new();
+    let profile = match profile {
+        Ok(profile) => Some(profile),
         Err(e) => {
-            errors.insert("tenant".into(), e.describe().into());
-            claims
-                .tid
-                .as_ref()
-                .map_or(Value::Null, |t| json!({ "id": t }))
+            errors.insert("profile".to_string(), e.describe());
+            None
         }
     };
-    axum::Json(json!({
-        "user": {
-            "sub": claims.sub,
-            "tenant_id": claims.tid,
-            "client_id": claims.client_id,
-            "roles": claims.roles,
-            "permissions": claims.permissions,
-            "expires_at": claims.exp,
+    let tenant_id = || claims.tid.as_ref().map(|t| json!({ "id": t }));
+    let tenant = match tenant {
+        Ok(Some(t)) => Some(t),
+        Ok(None) => tenant_id(),
+        Err(e) => {
+            errors.insert("tenant".to_string(), e.describe());
+            tenant_id()
+        }
+    };
+    axum::Json(Session {
+        errors,
+        flags,
+        profile,
+        tenant,
+        user: SessionUser {
+            client_id: claims.client_id.clone(),
+            expires_at: claims.exp,
+            permissions: claims.permissions.clone(),
+            roles: claims.roles.clone(),
+            sub: claims.sub.clone(),
+            tenant_id: claims.tid.clone(),
         },
-        "profile": profile,
-        "tenant": tenant,
-        "flags": flags,
-        "errors": errors,
-    }))
+    })
     .into_response()
 }
 
@@ -289,4 +347,50 @@ pub(crate) async fn aggregate(
             .into_response();
     }
     axum::Json(json!({ "data": data, "errors": errors })).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The typed session body is byte for byte what the `json!` body it replaced was (with
+    /// serde_json's sorted object keys): same names, same order, `null` for missing values.
+    #[test]
+    fn the_session_body_is_the_json_it_replaced() {
+        let mut flags = Map::new();
+        flags.insert("frontend.x".into(), json!({"enabled": true}));
+        let session = Session {
+            errors: BTreeMap::from([("profile".to_string(), "status 403".to_string())]),
+            flags,
+            profile: None,
+            tenant: Some(json!({"id": "t1"})),
+            user: SessionUser {
+                client_id: None,
+                expires_at: 1_700_000_000,
+                permissions: vec!["p".into()],
+                roles: vec![],
+                sub: "s".into(),
+                tenant_id: Some("t1".into()),
+            },
+        };
+        let before = json!({
+            "errors": {"profile": "status 403"},
+            "flags": {"frontend.x": {"enabled": true}},
+            "profile": null,
+            "tenant": {"id": "t1"},
+            "user": {
+                "client_id": null,
+                "expires_at": 1_700_000_000,
+                "permissions": ["p"],
+                "roles": [],
+                "sub": "s",
+                "tenant_id": "t1",
+            },
+        });
+        assert_eq!(
+            serde_json::to_string(&session).unwrap(),
+            serde_json::to_string(&before).unwrap()
+        );
+    }
 }

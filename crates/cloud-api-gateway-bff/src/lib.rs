@@ -9,6 +9,7 @@ pub mod breaker;
 pub mod config;
 pub mod demo;
 pub mod flags;
+pub mod openapi;
 pub mod proxy;
 pub mod ratelimit;
 pub mod routes;

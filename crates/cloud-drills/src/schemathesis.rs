@@ -1,13 +1,20 @@
-//! The `schemathesis` drill (issue 9, drill 7): schemathesis generates requests from the
-//! committed OpenAPI document (`openapi/cloud-identity-access.yaml`) and sends them to a real
-//! identity process (dev build, SQLite), authenticated per the document's security schemes: a
-//! real `client_credentials` access token of the bootstrap admin client for `bearer`, the
-//! client's id and secret for `client` (HTTP basic).
+//! The `schemathesis` drill (issue 9, drill 7): schemathesis generates requests from both
+//! services' committed OpenAPI documents and sends them to real processes (dev builds):
+//!
+//! - `openapi/cloud-identity-access.yaml` against an identity process (SQLite);
+//! - `openapi/cloud-api-gateway-bff.yaml` (the gateway's own API: `GET /bff/v1/session`,
+//!   `GET /version`) against a gateway configured against that identity (the drills' gateway:
+//!   discovery and key set from it, a token route `/api/`, the session built in).
+//!
+//! Requests are authenticated per each document's security schemes: a real `client_credentials`
+//! access token of the bootstrap admin client for `bearer` (the same token for both), the
+//! client's id and secret for `client` (HTTP basic, identity only).
 //!
 //! Checks: no 5xx (`not_a_server_error`) and conformance of every response to the document
 //! (status code, content type, body schema, headers). Bounded by `--max-examples` per operation
-//! and a wall-clock limit. The gateway has no OpenAPI document of its own (its routes come from
-//! its config), so only identity's is run.
+//! and one wall-clock limit for both runs. The gateway runs first: identity's stateful phase may
+//! delete the bootstrap client (see below), which the gateway's session would then see as a
+//! failed profile lookup.
 //!
 //! schemathesis comes from the tools cache: `cargo xtask drills` installs it into a venv and
 //! hands over that venv's python as `CLOUD_SCHEMATHESIS_PYTHON`.
@@ -18,12 +25,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::drills::{Row, Settings, Verdict};
-use crate::infra::start_service;
+use crate::drills::{BOOTSTRAP_CLIENT, Identity, Row, Settings, Verdict, start_gateway};
+use crate::infra::{spawn_upstream, wait_for_status};
 
 const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance";
-const SPEC: &str = "openapi/cloud-identity-access.yaml";
-const ADMIN_CLIENT: &str = "platform-admin";
 const DEFAULT_MAX_EXAMPLES: u32 = 50;
 const DEFAULT_TIME_LIMIT_SECS: u64 = 420;
 
@@ -45,12 +50,24 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn secret() -> String {
-    format!(
-        "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    )
+/// One document and the process that serves it.
+struct Target {
+    /// `identity` or `gateway`: names the run in the output and its files in the temp dir.
+    name: &'static str,
+    /// The committed document, relative to the repository root.
+    spec: &'static str,
+    base: String,
+    /// schemathesis' config: the credentials per security scheme of this document.
+    auth: String,
+}
+
+/// What one schemathesis run found.
+struct TargetRun {
+    summary: Summary,
+    elapsed: Duration,
+    /// schemathesis exited with 1 (failures found).
+    failed: bool,
+    stdout: String,
 }
 
 /// The figures of schemathesis' JSON run report (`--report json`).
@@ -119,60 +136,158 @@ pub async fn schemathesis(settings: &Settings) -> Result<Row> {
     let data = tempfile::Builder::new()
         .prefix("cloud-drills-schemathesis-")
         .tempdir()?;
-    let admin_secret = secret();
-    let env = vec![
-        (
-            "IDENTITY_DATA_DIR".to_string(),
-            data.path().join("identity").display().to_string(),
-        ),
-        (
-            "IDENTITY_BOOTSTRAP__ADMIN_CLIENT_SECRET".to_string(),
-            admin_secret.clone(),
-        ),
-        (
-            "IDENTITY_TELEMETRY__LOG_LEVEL".to_string(),
-            "info".to_string(),
-        ),
-    ];
-    let identity = start_service(&settings.binaries.identity, "IDENTITY", env).await?;
-    let base = format!("http://127.0.0.1:{}", identity.port);
     let client = reqwest::Client::new();
-    let response = client
-        .post(format!("{base}/oauth2/token"))
-        .basic_auth(ADMIN_CLIENT, Some(&admin_secret))
-        .form(&[("grant_type", "client_credentials")])
-        .send()
-        .await
-        .context("token request failed")?;
-    let body: serde_json::Value = response.json().await.context("token response")?;
-    let token = body["access_token"]
-        .as_str()
-        .with_context(|| format!("no access_token in the token response: {body}"))?
-        .to_string();
+    let identity = Identity::start(&settings.binaries, None).await?;
+    let token = identity.admin_token(&client).await?;
+    let upstream = spawn_upstream().await?;
+    let gateway = start_gateway(
+        &settings.binaries,
+        &identity.issuer,
+        upstream,
+        None,
+        data.path(),
+    )
+    .await?;
+    // Ready = the key set is loaded; before that every token would get the (documented) 503.
+    wait_for_status(
+        &client,
+        &gateway.admin_url("/readyz"),
+        200,
+        Duration::from_secs(30),
+    )
+    .await?;
 
-    // Credentials per security scheme of the document (`bearer`, `client`); a file in the
-    // private temp dir, so that the secrets are not on a command line.
-    let config = data.path().join("schemathesis.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[auth.openapi.bearer]\nbearer = \"{token}\"\n\n\
-             [auth.openapi.client]\nusername = \"{ADMIN_CLIENT}\"\npassword = \"{admin_secret}\"\n"
-        ),
-    )?;
+    // Credentials per security scheme of each document, in a config file in the private temp
+    // dir, so that the secrets are not on a command line.
+    let bearer = format!("[auth.openapi.bearer]\nbearer = \"{token}\"\n");
+    let targets = [
+        Target {
+            name: "gateway",
+            spec: "openapi/cloud-api-gateway-bff.yaml",
+            base: gateway.url(""),
+            auth: bearer.clone(),
+        },
+        Target {
+            name: "identity",
+            spec: "openapi/cloud-identity-access.yaml",
+            base: identity.issuer.clone(),
+            auth: format!(
+                "{bearer}\n[auth.openapi.client]\nusername = \"{BOOTSTRAP_CLIENT}\"\npassword = \"{}\"\n",
+                identity.admin_secret
+            ),
+        },
+    ];
     let seed = u32::from_le_bytes(
         uuid::Uuid::new_v4().as_bytes()[..4]
             .try_into()
             .unwrap_or([0; 4]),
     );
-    let json_report = data.path().join("report.json");
-    let mut cmd = tokio::process::Command::new(&python);
-    cmd.current_dir(data.path())
+    let deadline = Instant::now() + limit;
+    let mut runs = Vec::new();
+    for target in &targets {
+        let run = run_target(&python, target, data.path(), max_examples, seed, deadline).await?;
+        runs.push(run);
+    }
+
+    // The admin API may delete the bootstrap client itself (schemathesis' stateful phase does
+    // so when it links `list_clients` to `delete_client`); say so, since every client-auth
+    // request after that answers 401.
+    let admin_client_after = client
+        .post(format!("{}/oauth2/token", identity.issuer))
+        .basic_auth(BOOTSTRAP_CLIENT, Some(&identity.admin_secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0);
+    let errors_logged = |log: String| {
+        log.lines()
+            .filter(|l| l.contains("\"level\":\"ERROR\""))
+            .count()
+    };
+    let mut details = Vec::new();
+    let mut findings = Vec::new();
+    for (target, run) in targets.iter().zip(&runs) {
+        let s = &run.summary;
+        details.push(format!(
+            "{} ({}): {} of {} operations tested, {} examples, {} failures, {} errors, in {:.0} s",
+            target.name,
+            target.spec,
+            s.operations,
+            s.operations_selected,
+            s.examples,
+            s.failures,
+            s.errors,
+            run.elapsed.as_secs_f64()
+        ));
+        if s.failures > 0 || s.errors > 0 || run.failed {
+            findings.push(format!(
+                "schemathesis found {} failure(s) and {} error(s) in {} ({}); its failures section:\n{}",
+                s.failures,
+                s.errors,
+                target.spec,
+                s.failed_checks.join(", "),
+                failures_section(&run.stdout)
+            ));
+        }
+    }
+    details.push(format!(
+        "seed {seed}, max {max_examples} examples per operation; checks: {CHECKS}"
+    ));
+    details.push(format!(
+        "identity logged {} ERROR line(s), the gateway {}",
+        errors_logged(identity.process.stderr_text()),
+        errors_logged(gateway.stderr_text())
+    ));
+    details.push(format!(
+        "after the runs the bootstrap client's token request answered {admin_client_after}{}",
+        if admin_client_after == 401 {
+            " (the identity run deleted it through the admin API)"
+        } else {
+            ""
+        }
+    ));
+    for (what, why) in EXCLUSIONS {
+        details.push(format!("excluded: {what}: {why}"));
+    }
+    let total = |f: fn(&Summary) -> u64| runs.iter().map(|r| f(&r.summary)).sum::<u64>();
+    Ok(Row {
+        drill: "Schemathesis (identity + gateway APIs)",
+        sent: total(|s| s.examples),
+        failed: total(|s| s.failures),
+        lost: total(|s| s.errors),
+        recovery: format!(
+            "n/a ({} operations)",
+            runs.iter()
+                .map(|r| r.summary.operations.to_string())
+                .collect::<Vec<_>>()
+                .join(" + ")
+        ),
+        verdict: Verdict::of(&findings),
+        details,
+        findings,
+    })
+}
+
+/// Runs schemathesis against one target, until `deadline` at the latest.
+async fn run_target(
+    python: &Path,
+    target: &Target,
+    dir: &Path,
+    max_examples: u32,
+    seed: u32,
+    deadline: Instant,
+) -> Result<TargetRun> {
+    let config = dir.join(format!("schemathesis-{}.toml", target.name));
+    std::fs::write(&config, &target.auth)?;
+    let json_report = dir.join(format!("report-{}.json", target.name));
+    let mut cmd = tokio::process::Command::new(python);
+    cmd.current_dir(dir)
         .args(["-m", "schemathesis.cli", "--config-file"])
         .arg(&config)
         .arg("run")
-        .arg(repo_root().join(SPEC))
-        .args(["--url", &base, "--checks", CHECKS])
+        .arg(repo_root().join(target.spec))
+        .args(["--url", &target.base, "--checks", CHECKS])
         .args(["--max-examples", &max_examples.to_string()])
         .args(["--seed", &seed.to_string()])
         .args(["--request-timeout", "10", "--no-color", "--report", "json"])
@@ -183,29 +298,34 @@ pub async fn schemathesis(settings: &Settings) -> Result<Row> {
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     eprintln!(
-        "cloud-drills: schemathesis against {SPEC} ({max_examples} examples per operation, seed {seed})"
+        "cloud-drills: schemathesis against {} at {} ({max_examples} examples per operation, seed {seed})",
+        target.spec, target.base
     );
     let started = Instant::now();
     let child = cmd
         .spawn()
         .with_context(|| format!("cannot run {}", python.display()))?;
-    let output = match tokio::time::timeout(limit, child.wait_with_output()).await {
+    let left = deadline.saturating_duration_since(started);
+    let output = match tokio::time::timeout(left, child.wait_with_output()).await {
         Ok(out) => out.context("schemathesis failed to run")?,
         Err(_) => bail!(
-            "schemathesis did not finish within {} s (CLOUD_DRILLS_SCHEMATHESIS_SECS)",
-            limit.as_secs()
+            "schemathesis did not finish {} within the drill's time limit (CLOUD_DRILLS_SCHEMATHESIS_SECS)",
+            target.spec
         ),
     };
     let elapsed = started.elapsed();
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    let report = data.path().join("schemathesis-output.txt");
-    std::fs::write(&report, format!("{stdout}\n{stderr}"))?;
+    std::fs::write(
+        dir.join(format!("schemathesis-output-{}.txt", target.name)),
+        format!("{stdout}\n{stderr}"),
+    )?;
     // Exit codes: 0 all passed, 1 failures found; anything else is a crash or a usage error.
     let code = output.status.code();
     if !matches!(code, Some(0 | 1)) {
         bail!(
-            "schemathesis exited with {}:\n{}\n{}",
+            "schemathesis ({}) exited with {}:\n{}\n{}",
+            target.spec,
             output.status,
             tail(&stdout, 40),
             tail(&stderr, 40)
@@ -216,7 +336,8 @@ pub async fn schemathesis(settings: &Settings) -> Result<Row> {
         .and_then(|b| serde_json::from_slice(&b).ok())
         .with_context(|| {
             format!(
-                "schemathesis wrote no readable JSON report:\n{}",
+                "schemathesis ({}) wrote no readable JSON report:\n{}",
+                target.spec,
                 tail(&stdout, 40)
             )
         })?;
@@ -224,67 +345,17 @@ pub async fn schemathesis(settings: &Settings) -> Result<Row> {
         format!("schemathesis' JSON report lacks a figure the drill reads: {report}")
     })?;
     if summary.operations == 0 || summary.examples == 0 {
-        bail!("schemathesis tested nothing:\n{}", tail(&stdout, 40));
+        bail!(
+            "schemathesis tested nothing in {}:\n{}",
+            target.spec,
+            tail(&stdout, 40)
+        );
     }
-    // The admin API may delete the bootstrap client itself (schemathesis' stateful phase does
-    // so when it links `list_clients` to `delete_client`); say so, since every client-auth
-    // request after that answers 401.
-    let admin_client_after = client
-        .post(format!("{base}/oauth2/token"))
-        .basic_auth(ADMIN_CLIENT, Some(&admin_secret))
-        .form(&[("grant_type", "client_credentials")])
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0);
-    let server_errors = identity
-        .stderr_text()
-        .lines()
-        .filter(|l| l.contains("\"level\":\"ERROR\""))
-        .count();
-    let mut details = vec![
-        format!(
-            "{} of {} operations tested, {} examples, {} failures, {} errors, in {:.0} s (seed {seed}, max {max_examples} examples per operation)",
-            summary.operations,
-            summary.operations_selected,
-            summary.examples,
-            summary.failures,
-            summary.errors,
-            elapsed.as_secs_f64()
-        ),
-        format!("checks: {CHECKS}"),
-        format!("identity logged {server_errors} ERROR line(s)"),
-        format!(
-            "after the run the bootstrap client's token request answered {admin_client_after}{}",
-            if admin_client_after == 401 {
-                " (the run deleted it through the admin API)"
-            } else {
-                ""
-            }
-        ),
-    ];
-    for (what, why) in EXCLUSIONS {
-        details.push(format!("excluded: {what}: {why}"));
-    }
-    let mut findings = Vec::new();
-    if summary.failures > 0 || summary.errors > 0 || code == Some(1) {
-        findings.push(format!(
-            "schemathesis found {} failure(s) and {} error(s) ({}); its failures section:\n{}",
-            summary.failures,
-            summary.errors,
-            summary.failed_checks.join(", "),
-            failures_section(&stdout)
-        ));
-    }
-    Ok(Row {
-        drill: "Schemathesis (identity API)",
-        sent: summary.examples,
-        failed: summary.failures,
-        lost: summary.errors,
-        recovery: format!("n/a ({} operations)", summary.operations),
-        verdict: Verdict::of(&findings),
-        details,
-        findings,
+    Ok(TargetRun {
+        summary,
+        elapsed,
+        failed: code == Some(1),
+        stdout,
     })
 }
 
