@@ -74,8 +74,8 @@ fn the_rollback_runbook_runs_word_for_word() {
     let doc = std::fs::read_to_string(repo_root().join("docs/gitops.md")).unwrap();
     let blocks = runbook_blocks(&doc);
     assert!(
-        blocks.len() >= 6,
-        "expected the set-up block and the five drill steps, found {} blocks",
+        blocks.len() >= 7,
+        "expected the set-up block and the six drill steps with commands, found {} blocks",
         blocks.len()
     );
     let script = blocks.join("\n");
@@ -140,6 +140,47 @@ fn the_rollback_runbook_runs_word_for_word() {
     assert!(
         all.contains("staging requires 1h"),
         "the soak refusal should name staging's minimum soak:\n{all}"
+    );
+    // Step 7: refused by `checks` until both are recorded, then promoted to staging in one
+    // commit with the five trailers; prod refuses it by `soak` (24h).
+    assert!(
+        all.contains("refused by rule `checks`")
+            && all.contains("missing ci (not recorded), e2e-dev (not recorded)"),
+        "the first staging promotion should be refused by `checks`, naming both:\n{all}"
+    );
+    for line in [
+        "rule soak: in dev for 2h0m (>= 1h)",
+        "rule checks: ci, e2e-dev passed",
+        "promoted cloud-identity-access staging: 0.1.0 -> 0.9.3 from dev",
+    ] {
+        assert!(stdout.contains(line), "{line:?} missing:\n{stdout}");
+    }
+    assert!(
+        drill
+            .join("environments/checks/cloud-identity-access/0.9.3.yaml")
+            .is_file(),
+        "checks record should commit environments/checks/cloud-identity-access/0.9.3.yaml"
+    );
+    let promotion = git(&drill, &["log", "-1", "--format=%B"]);
+    for trailer in [
+        "Promote-Service: cloud-identity-access",
+        "Promote-From: dev",
+        "Promote-To: staging",
+        "Promote-Version: 0.9.3",
+        "Promote-Previous: 0.1.0",
+    ] {
+        assert!(
+            promotion.contains(trailer),
+            "{trailer} missing:\n{promotion}"
+        );
+    }
+    let staging =
+        std::fs::read_to_string(drill.join("helm/cloud-identity-access/values-staging.yaml"))
+            .unwrap();
+    assert!(staging.contains("tag: \"0.9.3\""), "{staging}");
+    assert!(
+        all.contains("prod requires 24h"),
+        "prod should refuse 0.9.3 by `soak`, naming its 24h:\n{all}"
     );
 }
 
