@@ -62,6 +62,9 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    if let Some(code) = refuse_if_built_from_another_checkout() {
+        return code;
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -227,9 +230,33 @@ pub fn all_steps() -> Vec<Step> {
     test_steps().into_iter().chain(pending_steps()).collect()
 }
 
+/// `cargo run` sets CARGO_MANIFEST_DIR at run time as at build time. They differ when two
+/// checkouts share one CARGO_TARGET_DIR: cargo names a workspace crate's build by its path inside
+/// the workspace, so both checkouts use the same artifacts, and it calls them up to date when the
+/// running checkout's files are older than the other checkout's last build. Then this binary, and
+/// every crate a step builds, is the other checkout's code. Refuse rather than check the wrong
+/// tree. (A fresh clone, as CI makes, is newer than any build and is rebuilt: no error.)
+fn refuse_if_built_from_another_checkout() -> Option<std::process::ExitCode> {
+    let built_for = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let running_for = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR")?);
+    if running_for == built_for {
+        return None;
+    }
+    eprintln!(
+        "xtask: error: this xtask binary was built from {} but `cargo xtask` runs in {}: the two \
+         checkouts share one CARGO_TARGET_DIR and cargo took the other checkout's builds as this \
+         one's (its files are older). Give each checkout its own CARGO_TARGET_DIR, or make this \
+         checkout's sources newer (`git ls-files -z '*.rs' | xargs -0 touch`) and run again",
+        built_for.display(),
+        running_for.display()
+    );
+    Some(std::process::ExitCode::FAILURE)
+}
+
 fn repo_root() -> Result<PathBuf> {
     // xtask lives at <root>/xtask, and cargo sets CARGO_MANIFEST_DIR at build time.
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+
     manifest
         .parent()
         .map(PathBuf::from)
