@@ -12,6 +12,7 @@ use crate::infra::{
     Binaries, PrivatePostgres, PrivateRedis, spawn_upstream, start_service, wait_for_status,
 };
 use crate::load::{Bounds, Load, Outcome, Record, Summary};
+use crate::refresh_chains;
 
 /// One line of the table, plus what explains it.
 #[derive(Debug, Clone)]
@@ -616,9 +617,13 @@ pub async fn database_outage(settings: &Settings) -> Result<Row> {
     )
     .await?;
     let token = identity.admin_token(&client).await?;
+    // A user of a tenant of its own logs in several times (authorization code + PKCE through the
+    // login form): the refresh-token chains that rotate through the outage.
+    let chains_setup = refresh_chains::Setup::create(&identity.issuer, &token, upstream).await?;
 
     // Four streams: the gateway (token validation from cached keys), token requests,
-    // introspections, and admin writes (each creates a tenant and its audit event).
+    // introspections, and admin writes (each creates a tenant and its audit event); and the
+    // refresh-token chains with login attempts (crate::refresh_chains).
     let rate = settings.rate;
     let origin = Instant::now();
     // A cap only: the loads are stopped once readiness is back and 5 s more have passed.
@@ -657,6 +662,7 @@ pub async fn database_outage(settings: &Settings) -> Result<Row> {
                 .json(&serde_json::json!({"name": format!("drill-{n}")}))
         }),
     );
+    let chains = refresh_chains::start(&chains_setup, origin, total).await?;
 
     // Readiness is probed the whole time, every 100 ms, and each probe may take longer than the
     // chart's probe timeout so that the drill sees what /readyz answers and when.
@@ -722,6 +728,9 @@ pub async fn database_outage(settings: &Settings) -> Result<Row> {
     let tokens = tokens.stop().await?;
     let introspections = introspections.stop().await?;
     let writes = writes.stop().await?;
+    // Stops the chains, rotates each once more and reconciles the families with PostgreSQL.
+    let chains =
+        refresh_chains::finish(chains, &chains_setup, &pg, origin, stopped_at, up_at).await?;
 
     // Recovery of a stream: from PostgreSQL being up to the first request after which every
     // request of the stream succeeded.
@@ -836,10 +845,13 @@ pub async fn database_outage(settings: &Settings) -> Result<Row> {
         format!("POST /v1/tenants (10 req/s): {}", describe(&s_wr)),
         format!("  during the outage: {}", describe(&during(&writes))),
     ];
+    details.extend(chains.details.iter().cloned());
     for (name, records) in [
         ("token", &tokens),
         ("introspect", &introspections),
         ("tenants", &writes),
+        ("refresh", &chains.rotations),
+        ("login", &chains.logins),
     ] {
         details.push(match recovered(records) {
             Some(d) if d.is_zero() => format!(
@@ -848,8 +860,13 @@ pub async fn database_outage(settings: &Settings) -> Result<Row> {
             Some(d) => format!("{name} requests all succeed again from {} after PostgreSQL was up", secs(d)),
             None => format!("{name} requests: no failure to recover from, or never recovered"),
         });
-        details.extend(
+        let samples = if name == "login" {
+            refresh_chains::login_failure_samples(records)
+        } else {
             failure_samples(records)
+        };
+        details.extend(
+            samples
                 .into_iter()
                 .map(|f| format!("  {name} failure: {f}")),
         );
@@ -928,31 +945,42 @@ pub async fn database_outage(settings: &Settings) -> Result<Row> {
             secs(waits.last().copied().unwrap_or_default())
         ));
     }
-    let other_500: Vec<String> = [("introspect", &introspections), ("tenants", &writes)]
-        .iter()
-        .filter_map(|(name, recs)| {
-            let n = recs
-                .iter()
-                .filter(|r| {
-                    matches!(
-                        r.outcome,
-                        Outcome::Status(500..=502) | Outcome::Status(504..=599)
-                    )
-                })
-                .count();
-            (n > 0).then(|| format!("{name}: {n}"))
-        })
-        .collect();
+    let other_500: Vec<String> = [
+        ("introspect", &introspections),
+        ("tenants", &writes),
+        ("refresh", &chains.rotations),
+        ("login", &chains.logins),
+    ]
+    .iter()
+    .filter_map(|(name, recs)| {
+        let n = recs
+            .iter()
+            .filter(|r| {
+                matches!(
+                    r.outcome,
+                    Outcome::Status(500..=502) | Outcome::Status(504..=599)
+                )
+            })
+            .count();
+        (n > 0).then(|| format!("{name}: {n}"))
+    })
+    .collect();
     if !other_500.is_empty() {
         findings.push(format!(
             "other identity endpoints answer 500 (not 503) while PostgreSQL is down: {}",
             other_500.join(", ")
         ));
     }
-    let hung = [&tokens, &introspections, &writes]
-        .iter()
-        .map(|recs| Summary::of(recs.iter()).lost)
-        .sum::<u64>();
+    let hung = [
+        &tokens,
+        &introspections,
+        &writes,
+        &chains.rotations,
+        &chains.logins,
+    ]
+    .iter()
+    .map(|recs| Summary::of(recs.iter()).lost)
+    .sum::<u64>();
     if hung > 0 {
         findings.push(format!(
             "{hung} identity requests got no response within 10 s (a hang or a dropped connection)"
@@ -970,6 +998,7 @@ pub async fn database_outage(settings: &Settings) -> Result<Row> {
         findings.push("identity did not become ready again without a restart".into());
     }
     findings.extend(data.problems);
+    findings.extend(chains.findings);
     if !status.success() {
         findings.push(format!("audit verify failed after the drill: {verify_err}"));
     }
@@ -979,9 +1008,15 @@ pub async fn database_outage(settings: &Settings) -> Result<Row> {
             describe(&s_gw)
         ));
     }
-    let sent = s_gw.sent + s_tok.sent + s_int.sent + s_wr.sent;
-    let failed = s_gw.failed() + s_tok.failed() + s_int.failed() + s_wr.failed();
-    let lost = s_gw.lost + s_tok.lost + s_int.lost + s_wr.lost;
+    let (s_ref, s_login) = (Summary::of(&chains.rotations), Summary::of(&chains.logins));
+    let sent = s_gw.sent + s_tok.sent + s_int.sent + s_wr.sent + s_ref.sent + s_login.sent;
+    let failed = s_gw.failed()
+        + s_tok.failed()
+        + s_int.failed()
+        + s_wr.failed()
+        + s_ref.failed()
+        + s_login.failed();
+    let lost = s_gw.lost + s_tok.lost + s_int.lost + s_wr.lost + s_ref.lost + s_login.lost;
     let recovery = match (ready_again, recovered(&tokens)) {
         (Some(r), Some(t)) => format!("readyz {}, tokens {}", secs(r), secs(t)),
         (Some(r), None) => format!("readyz {}", secs(r)),

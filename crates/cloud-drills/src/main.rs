@@ -11,6 +11,7 @@ mod infra;
 mod load;
 mod nginx;
 mod procstat;
+mod refresh_chains;
 mod rolling;
 mod schemathesis;
 mod unleash;

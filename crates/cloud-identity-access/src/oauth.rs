@@ -4,6 +4,7 @@
 //! bad input.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -15,12 +16,13 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::crypto::{pkce_s256_matches, random_token, sha256_hex, valid_pkce_verifier};
+use crate::keys::KeySet;
 use crate::model::{
     Client, ClientKind, GRANT_AUTHORIZATION_CODE, GRANT_CLIENT_CREDENTIALS, GRANT_REFRESH_TOKEN,
-    RefreshToken, SubjectKind,
+    RefreshToken, SubjectKind, User,
 };
 use crate::state::{AppState, secs};
-use crate::store::{CodeRedemption, RefreshRotation, StoreError};
+use crate::store::{CodeRedemption, Grants, RefreshRotation, StoreError};
 use crate::tokens::{
     ACCESS_TOKEN_TYP, AccessClaims, Actor, CLAIMS_LAYOUT_V2, ID_TOKEN_TYP, IdClaims, TokenError,
     verify_access_token,
@@ -340,6 +342,21 @@ async fn issue_access_token(
         .store
         .grants(subject.tid, subject.kind, subject.sub)
         .await?;
+    Ok(sign_access_token(
+        state, &keys, client, subject, grants, scope, aud,
+    ))
+}
+
+/// Signs an access token with the subject's `grants`: no I/O.
+fn sign_access_token(
+    state: &AppState,
+    keys: &KeySet,
+    client: &Client,
+    subject: Subject<'_>,
+    grants: Grants,
+    scope: &str,
+    aud: &str,
+) -> (String, AccessClaims) {
     let now = state.now();
     // Evaluated per token (in-process, no I/O): a flag change or kill switch applies to the
     // next token issued, and the rollout is sticky per tenant.
@@ -367,7 +384,7 @@ async fn issue_access_token(
         act: subject.act,
         auth_time: subject.auth_time,
     };
-    Ok((keys.sign(ACCESS_TOKEN_TYP, &claims), claims))
+    (keys.sign(ACCESS_TOKEN_TYP, &claims), claims)
 }
 
 /// `POST /oauth2/token`
@@ -458,6 +475,35 @@ async fn new_refresh_token(
     Ok((raw, record))
 }
 
+/// What a user's token response needs from the database and the key manager: the user (who
+/// must exist and be active), their grants, and the signing keys.
+struct UserGrants {
+    user: User,
+    grants: Grants,
+    keys: Arc<KeySet>,
+}
+
+async fn load_user(
+    state: &AppState,
+    client: &Client,
+    user_id: &str,
+) -> Result<UserGrants, OAuthError> {
+    let keys = state.key_set().ok_or_else(OAuthError::unavailable)?;
+    let user = state
+        .store
+        .get_user(&client.tenant_id, user_id)
+        .await?
+        .ok_or_else(|| OAuthError::invalid_grant("the user no longer exists"))?;
+    if user.status != crate::model::UserStatus::Active {
+        return Err(OAuthError::invalid_grant("the user is not active"));
+    }
+    let grants = state
+        .store
+        .grants(&user.tenant_id, SubjectKind::User, &user.id)
+        .await?;
+    Ok(UserGrants { user, grants, keys })
+}
+
 async fn user_tokens(
     state: &AppState,
     client: &Client,
@@ -467,14 +513,24 @@ async fn user_tokens(
     nonce: Option<String>,
     refresh: Option<String>,
 ) -> Result<Response, OAuthError> {
-    let user = state
-        .store
-        .get_user(&client.tenant_id, user_id)
-        .await?
-        .ok_or_else(|| OAuthError::invalid_grant("the user no longer exists"))?;
-    if user.status != crate::model::UserStatus::Active {
-        return Err(OAuthError::invalid_grant("the user is not active"));
-    }
+    let loaded = load_user(state, client, user_id).await?;
+    Ok(sign_user_tokens(
+        state, client, loaded, scope, auth_time, nonce, refresh,
+    ))
+}
+
+/// The access token, the ID token (with the `openid` scope) and the response: no I/O, so it
+/// cannot fail once a refresh token has been rotated.
+fn sign_user_tokens(
+    state: &AppState,
+    client: &Client,
+    loaded: UserGrants,
+    scope: &str,
+    auth_time: i64,
+    nonce: Option<String>,
+    refresh: Option<String>,
+) -> Response {
+    let UserGrants { user, grants, keys } = loaded;
     let subject = Subject {
         sub: &user.id,
         kind: SubjectKind::User,
@@ -482,10 +538,16 @@ async fn user_tokens(
         auth_time: Some(auth_time),
         act: None,
     };
-    let (access_token, claims) =
-        issue_access_token(state, client, subject, scope, DEFAULT_AUDIENCE).await?;
-    let id_token = if scope.split(' ').any(|s| s == "openid") {
-        let keys = state.key_set().ok_or_else(OAuthError::unavailable)?;
+    let (access_token, claims) = sign_access_token(
+        state,
+        &keys,
+        client,
+        subject,
+        grants,
+        scope,
+        DEFAULT_AUDIENCE,
+    );
+    let id_token = scope.split(' ').any(|s| s == "openid").then(|| {
         let id = IdClaims {
             iss: claims.iss.clone(),
             sub: user.id.clone(),
@@ -501,11 +563,9 @@ async fn user_tokens(
                 .any(|s| s == "email")
                 .then(|| user.email.clone()),
         };
-        Some(keys.sign(ID_TOKEN_TYP, &id))
-    } else {
-        None
-    };
-    Ok(no_store(TokenResponse {
+        keys.sign(ID_TOKEN_TYP, &id)
+    });
+    no_store(TokenResponse {
         access_token,
         token_type: "Bearer",
         expires_in: secs(state.tokens.access_token_ttl),
@@ -513,7 +573,7 @@ async fn user_tokens(
         refresh_token: refresh,
         id_token,
         issued_token_type: None,
-    }))
+    })
 }
 
 async fn authorization_code(
@@ -621,6 +681,16 @@ async fn refresh_token(
         .as_ref()
         .map(|c| c.user_id.clone())
         .unwrap_or_default();
+    // Everything the response needs is read before the rotation commits: once the presented
+    // token is used, the client must get its successor. A read failing after the commit (the
+    // database going away, a pool timeout) answered 5xx with the token already consumed, and the
+    // client's retry with the only token it had was taken for reuse: the family was revoked.
+    let loaded = match &current {
+        Some(_) => Some(load_user(state, client, &user_id).await?),
+        // Unknown, used, expired or revoked: the rotation below refuses it (and revokes the
+        // family on reuse) without a response to build.
+        None => None,
+    };
     let (raw, next) = new_refresh_token(state, client, &user_id, &scope, None).await?;
     match state
         .store
@@ -633,16 +703,30 @@ async fn refresh_token(
                     "the refresh token was issued to another client",
                 ));
             }
-            user_tokens(
-                state,
-                client,
-                &old.user_id,
-                &scope,
-                old.created_at,
-                None,
-                Some(raw),
-            )
-            .await
+            match loaded.filter(|l| l.user.id == old.user_id) {
+                Some(loaded) => Ok(sign_user_tokens(
+                    state,
+                    client,
+                    loaded,
+                    &scope,
+                    old.created_at,
+                    None,
+                    Some(raw),
+                )),
+                // Not reached: a token that rotates was current when it was looked up.
+                None => {
+                    user_tokens(
+                        state,
+                        client,
+                        &old.user_id,
+                        &scope,
+                        old.created_at,
+                        None,
+                        Some(raw),
+                    )
+                    .await
+                }
+            }
         }
         RefreshRotation::ReuseDetected => {
             tracing::warn!(client_id = %client.id, "a refresh token was reused; its whole family is revoked");
