@@ -178,6 +178,66 @@ routes:
     }
 }
 
+/// The same split, sticky per user: the users of ONE tenant are spread over both upstreams,
+/// each user always on the same one.
+#[tokio::test]
+async fn canary_by_flag_is_sticky_per_user_within_one_tenant() {
+    let key = Key::ed25519("k1");
+    let identity = Identity::start(&[&key]).await;
+    let (stable, _) = named_upstream("stable").await;
+    let (canary, _) = named_upstream("canary").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut flag = canary_flag();
+    let by_user = serde_json::to_string(&flag)
+        .unwrap()
+        .replace("tenantId", "userId");
+    flag = serde_json::from_str(&by_user).unwrap();
+    let flags = bootstrap(dir.path(), json!([flag]));
+    let gw = start(config(
+        &identity,
+        &format!(
+            "flags: {{bootstrap_path: \"{}\"}}
+routes:
+  orders:
+    path_prefix: /api/orders/
+    canary:
+      flag: {CANARY_FLAG}
+      variants: {{stable: \"http://{stable}\", canary: \"http://{canary}\"}}
+      stickiness: user
+",
+            flags.display()
+        ),
+    ))
+    .await;
+    gw.ready().await;
+
+    let mut landed: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for u in 0..40 {
+        let user = format!("user-{u}");
+        let token = key.sign(&claims(&identity.issuer, "one-tenant", &user, &[]));
+        for _ in 0..3 {
+            let (status, name) = answered_by(&gw, &token, "/api/orders/list").await;
+            assert_eq!(status, 200, "{user}");
+            landed
+                .entry(user.clone())
+                .or_default()
+                .insert(name.expect("the upstream names itself"));
+        }
+    }
+    let mut per_upstream: BTreeMap<String, usize> = BTreeMap::new();
+    for (user, names) in &landed {
+        assert_eq!(names.len(), 1, "{user} was split across {names:?}");
+        *per_upstream
+            .entry(names.iter().next().unwrap().clone())
+            .or_default() += 1;
+    }
+    assert!(
+        per_upstream.get("canary").is_some_and(|n| *n >= 8)
+            && per_upstream.get("stable").is_some_and(|n| *n >= 8),
+        "a 50/50 split of 40 users of one tenant: {per_upstream:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_canary_without_flags_config_sends_everyone_to_stable() {
     let key = Key::ed25519("k1");
