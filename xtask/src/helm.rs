@@ -402,12 +402,58 @@ pub fn schemas(ctx: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
+/// The peers the NetworkPolicies may name, as the gateway chart's values.yaml configures them:
+/// `networkPolicy.apiFrom` (the ingress controller, one peer), `metricsFrom` (Prometheus), `dns`
+/// and the `to` of the `unleash` egress rule. Each must be one namespace and pods in it.
+fn network_topology(ctx: &Ctx) -> Result<policy::Topology> {
+    let path = helm_dir(ctx).join("cloud-api-gateway-bff/values.yaml");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let values: Value = serde_yaml::from_str(&text)
+        .with_context(|| format!("{} does not parse", path.display()))?;
+    let np = &values["networkPolicy"];
+    let one = |what: &str, list: &Value| -> Result<Value> {
+        match list.as_array().map(Vec::as_slice) {
+            Some([peer]) => Ok(peer.clone()),
+            _ => bail!(
+                "{}: networkPolicy.{what} must be exactly one peer, found {list}",
+                path.display()
+            ),
+        }
+    };
+    let unleash = np["egress"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["name"] == "unleash")
+        .map(|e| e["to"].clone())
+        .unwrap_or(Value::Null);
+    let topology = policy::Topology {
+        ingress_controller: one("apiFrom", &np["apiFrom"])?,
+        prometheus: one("metricsFrom", &np["metricsFrom"])?,
+        dns: one("dns", &np["dns"])?,
+        unleash: one("egress[unleash].to", &unleash)?,
+    };
+    let errors = topology.narrowness_errors();
+    if !errors.is_empty() {
+        bail!("{}: {}", path.display(), errors.join("; "));
+    }
+    Ok(topology)
+}
+
 /// Step `helm-policy`: the policy rules on every render, then on the broken example.
 pub fn policy(ctx: &mut Ctx) -> Result<()> {
     let renders = render_all(ctx)?;
+    let topology = network_topology(ctx)?;
     let mut failures = Vec::new();
     for r in &renders {
-        let violations = policy::check(&r.objects, &r.env);
+        // platform-base's render of the same environment holds the namespace's default deny.
+        let context: Vec<Value> = renders
+            .iter()
+            .filter(|b| b.chart == BASE_CHART && b.env == r.env && b.chart != r.chart)
+            .flat_map(|b| b.objects.iter().cloned())
+            .collect();
+        let violations = policy::check_with(&r.objects, &context, &topology, &r.env);
         if violations.is_empty() {
             eprintln!(
                 "  ok: {}: {} objects pass {} rules",

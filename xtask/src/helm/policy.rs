@@ -30,9 +30,10 @@ pub const PROD_HPA: &str = "prod-hpa-min-2";
 pub const IMAGE_TAG: &str = "image-tag";
 pub const NO_SECRET_DATA: &str = "no-secret-data";
 pub const NETWORK_POLICY: &str = "network-policy-per-workload";
+pub const NETWORK_ALLOWS: &str = "network-policy-allows-only";
 
 /// Every rule, in the order they run.
-pub const RULES: [&str; 8] = [
+pub const RULES: [&str; 9] = [
     RESTRICTED,
     RESOURCES,
     PROBES,
@@ -41,10 +42,23 @@ pub const RULES: [&str; 8] = [
     IMAGE_TAG,
     NO_SECRET_DATA,
     NETWORK_POLICY,
+    NETWORK_ALLOWS,
 ];
 
-/// Runs every rule over the objects rendered for `env` ("dev", "staging" or "prod").
+/// Runs every rule over the objects rendered for `env` ("dev", "staging" or "prod"), with the
+/// default network topology and no other chart's objects.
 pub fn check(objects: &[Value], env: &str) -> Vec<Violation> {
+    check_with(objects, &[], &Topology::default(), env)
+}
+
+/// Runs every rule over `objects`; `context` holds objects of the same environment rendered
+/// by other charts (platform-base's namespace default-deny), `topology` who the peers are.
+pub fn check_with(
+    objects: &[Value],
+    context: &[Value],
+    topology: &Topology,
+    env: &str,
+) -> Vec<Violation> {
     let workloads = workloads(objects);
     let mut out = Vec::new();
     for w in &workloads {
@@ -61,6 +75,7 @@ pub fn check(objects: &[Value], env: &str) -> Vec<Violation> {
     }
     no_secret_data(objects, &mut out);
     network_policy_per_workload(objects, &workloads, &mut out);
+    network_policy_allows_only(objects, context, &workloads, topology, env, &mut out);
     out
 }
 
@@ -508,8 +523,10 @@ fn network_policy_per_workload(
     out: &mut Vec<Violation>,
 ) {
     for w in workloads {
+        // A namespace-wide policy (podSelector {}: the default deny) is not the workload's own.
         let covered = of_kind(objects, "NetworkPolicy").any(|p| {
-            at(p, &["spec", "podSelector"]).is_some_and(|s| selector_matches(s, &w.labels))
+            at(p, &["spec", "podSelector"])
+                .is_some_and(|s| !selects_everything(s) && selector_matches(s, &w.labels))
         });
         if !covered {
             push(
@@ -518,6 +535,378 @@ fn network_policy_per_workload(
                 w.id(),
                 "no NetworkPolicy selects its pods",
             );
+        }
+    }
+}
+
+/// The network peers the platform's services talk to. The policy step reads them from the
+/// gateway chart's values.yaml (`networkPolicy.apiFrom`, `metricsFrom`, `dns` and the `unleash`
+/// egress rule); [`Topology::default`] is the same, for the unit tests and the broken example.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// The ingress controller's pods (namespaceSelector + podSelector).
+    pub ingress_controller: Value,
+    /// Prometheus, which scrapes the admin port.
+    pub prometheus: Value,
+    /// The cluster DNS.
+    pub dns: Value,
+    /// The environment's Unleash.
+    pub unleash: Value,
+}
+
+fn ns_pods(namespace: &str, label: &str, name: &str) -> Value {
+    serde_json::json!({
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+        "podSelector": {"matchLabels": {label: name}},
+    })
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Self {
+            ingress_controller: ns_pods("ingress-nginx", NAME_LABEL, "ingress-nginx"),
+            prometheus: ns_pods("monitoring", NAME_LABEL, "prometheus"),
+            dns: ns_pods("kube-system", "k8s-app", "kube-dns"),
+            unleash: ns_pods("unleash", NAME_LABEL, "unleash"),
+        }
+    }
+}
+
+impl Topology {
+    /// Each peer names one namespace (`kubernetes.io/metadata.name`) and some pods in it: a
+    /// topology that would let a whole namespace, or every namespace, through is refused.
+    pub fn narrowness_errors(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        for (what, peer) in [
+            ("ingress controller", &self.ingress_controller),
+            ("prometheus", &self.prometheus),
+            ("dns", &self.dns),
+            ("unleash", &self.unleash),
+        ] {
+            let ns = str_at(
+                peer,
+                &[
+                    "namespaceSelector",
+                    "matchLabels",
+                    "kubernetes.io/metadata.name",
+                ],
+            );
+            let pods = at(peer, &["podSelector", "matchLabels"])
+                .and_then(Value::as_object)
+                .is_some_and(|m| !m.is_empty());
+            let only = peer.as_object().is_some_and(|m| {
+                m.keys()
+                    .all(|k| k == "namespaceSelector" || k == "podSelector")
+            });
+            if ns.is_none() || !pods || !only {
+                errors.push(format!(
+                    "{what} peer {peer} must be one namespace (kubernetes.io/metadata.name) and pods by matchLabels"
+                ));
+            }
+        }
+        errors
+    }
+}
+
+const NAME_LABEL: &str = "app.kubernetes.io/name";
+const GATEWAY: &str = "cloud-api-gateway-bff";
+const IDENTITY: &str = "cloud-identity-access";
+
+/// Where a workload may send traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Destination {
+    Dns,
+    Database,
+    Redis,
+    Unleash,
+    Identity,
+}
+
+impl Destination {
+    fn ports(self) -> &'static [(i64, &'static str)] {
+        match self {
+            Self::Dns => &[(53, "UDP"), (53, "TCP")],
+            Self::Database => &[(5432, "TCP")],
+            Self::Redis => &[(6379, "TCP")],
+            Self::Unleash => &[(4242, "TCP")],
+            Self::Identity => &[(8080, "TCP")],
+        }
+    }
+
+    /// The peer is this destination: DNS, Unleash and identity by their selectors, the
+    /// database and Redis (outside the cluster) by a private-range ipBlock.
+    fn is(self, peer: &Value, t: &Topology) -> bool {
+        match self {
+            Self::Dns => *peer == t.dns,
+            Self::Unleash => *peer == t.unleash,
+            Self::Identity => {
+                *peer == serde_json::json!({"podSelector": {"matchLabels": {NAME_LABEL: IDENTITY}}})
+            }
+            Self::Database | Self::Redis => private_ip_block(peer),
+        }
+    }
+}
+
+/// `{ipBlock: {cidr}}` inside 10/8, 172.16/12 or 192.168/16 (so never 0.0.0.0/0).
+fn private_ip_block(peer: &Value) -> bool {
+    let Some(map) = peer.as_object() else {
+        return false;
+    };
+    if map.len() != 1 {
+        return false;
+    }
+    let Some(cidr) = str_at(peer, &["ipBlock", "cidr"]) else {
+        return false;
+    };
+    let Some((addr, len)) = cidr.split_once('/') else {
+        return false;
+    };
+    let (Ok(addr), Ok(len)) = (addr.parse::<std::net::Ipv4Addr>(), len.parse::<u8>()) else {
+        return false;
+    };
+    let [a, b, ..] = addr.octets();
+    (a == 10 && len >= 8)
+        || (a == 172 && (16..32).contains(&b) && len >= 12)
+        || (a == 192 && b == 168 && len >= 16)
+}
+
+/// Who may reach a workload, on which of its container ports (by name), and where it may go.
+struct Allowed {
+    ingress: Vec<(Value, &'static str)>,
+    egress: &'static [Destination],
+}
+
+fn allowed_for(w: &Workload<'_>, objects: &[Value], t: &Topology) -> Allowed {
+    let metrics = (t.prometheus.clone(), "admin");
+    match w.labels.get(NAME_LABEL).map(String::as_str) {
+        Some(GATEWAY) => Allowed {
+            ingress: vec![(t.ingress_controller.clone(), "http"), metrics],
+            egress: &[
+                Destination::Dns,
+                Destination::Redis,
+                Destination::Unleash,
+                Destination::Identity,
+            ],
+        },
+        Some(IDENTITY) => {
+            let gateway =
+                serde_json::json!({"podSelector": {"matchLabels": {NAME_LABEL: GATEWAY}}});
+            let mut ingress = vec![(gateway, "http"), metrics];
+            // Identity's own Ingress (off by default) brings the ingress controller in.
+            if of_kind(objects, "Ingress").next().is_some() {
+                ingress.push((t.ingress_controller.clone(), "http"));
+            }
+            Allowed {
+                ingress,
+                egress: &[
+                    Destination::Dns,
+                    Destination::Database,
+                    Destination::Unleash,
+                ],
+            }
+        }
+        // Anything else (the migration Job): scraped at most, talks to DNS and the database.
+        _ => Allowed {
+            ingress: vec![metrics],
+            egress: &[Destination::Dns, Destination::Database],
+        },
+    }
+}
+
+/// The container port a NetworkPolicy port refers to, by name.
+fn port_name(w: &Workload<'_>, port: &Value) -> Option<String> {
+    if let Some(name) = port.as_str() {
+        return Some(name.to_string());
+    }
+    let number = port.as_i64()?;
+    w.containers()
+        .flat_map(|c| {
+            c.get("ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+        })
+        .find(|p| p.get("containerPort").and_then(Value::as_i64) == Some(number))
+        .and_then(|p| str_at(p, &["name"]))
+        .map(str::to_string)
+}
+
+/// An empty label selector (no matchLabels, no matchExpressions): every pod.
+fn selects_everything(selector: &Value) -> bool {
+    selector.as_object().is_some_and(|s| {
+        s.values().all(|v| {
+            v.is_null()
+                || v.as_object().is_some_and(|m| m.is_empty())
+                || v.as_array().is_some_and(|a| a.is_empty())
+        })
+    })
+}
+
+/// A NetworkPolicy that selects every pod and allows nothing, in both directions.
+fn is_default_deny(p: &Value, env: &str) -> bool {
+    let selects_all = at(p, &["spec", "podSelector"]).is_some_and(selects_everything);
+    let types: Vec<&str> = at(p, &["spec", "policyTypes"])
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let empty = |k: &str| {
+        at(p, &["spec", k])
+            .is_none_or(|v| v.is_null() || v.as_array().is_some_and(|a| a.is_empty()))
+    };
+    let namespace = str_at(p, &["metadata", "namespace"]);
+    selects_all
+        && types.contains(&"Ingress")
+        && types.contains(&"Egress")
+        && empty("ingress")
+        && empty("egress")
+        && namespace.is_none_or(|ns| ns == format!("cloud-{env}"))
+}
+
+fn peers<'a>(rule: &'a Value, key: &str) -> &'a [Value] {
+    rule.get(key)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+}
+
+/// What the NetworkPolicies allow, not only that one exists: the namespace denies everything
+/// by default (platform-base or the chart), the gateway accepts only the ingress controller on
+/// its API port, identity only the gateway (and the ingress controller when its own Ingress is
+/// rendered), both only Prometheus on the admin port; egress goes only to DNS (53) and the
+/// destinations each needs (database, Redis, Unleash, identity), with explicit ports.
+fn network_policy_allows_only(
+    objects: &[Value],
+    context: &[Value],
+    workloads: &[Workload<'_>],
+    t: &Topology,
+    env: &str,
+    out: &mut Vec<Violation>,
+) {
+    if workloads.is_empty() {
+        return;
+    }
+    let policies: Vec<&Value> = of_kind(objects, "NetworkPolicy").collect();
+    let deny = policies
+        .iter()
+        .copied()
+        .chain(of_kind(context, "NetworkPolicy"))
+        .any(|p| is_default_deny(p, env));
+    if !deny {
+        push(
+            out,
+            NETWORK_ALLOWS,
+            format!("namespace cloud-{env}"),
+            "no default-deny NetworkPolicy (podSelector {}, Ingress and Egress, no rules)",
+        );
+    }
+    for w in workloads {
+        let allowed = allowed_for(w, objects, t);
+        for p in policies.iter().filter(|p| {
+            at(p, &["spec", "podSelector"]).is_some_and(|s| selector_matches(s, &w.labels))
+        }) {
+            let id = format!("{} (pods of {})", object_id(p), w.id());
+            for rule in at(p, &["spec", "ingress"])
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let from = peers(rule, "from");
+                let ports = peers(rule, "ports");
+                if from.is_empty() {
+                    push(
+                        out,
+                        NETWORK_ALLOWS,
+                        id.clone(),
+                        "an ingress rule without `from` admits every source",
+                    );
+                }
+                if ports.is_empty() {
+                    push(
+                        out,
+                        NETWORK_ALLOWS,
+                        id.clone(),
+                        "an ingress rule without `ports` opens every port",
+                    );
+                }
+                for port in ports {
+                    if port.get("endPort").is_some() {
+                        push(
+                            out,
+                            NETWORK_ALLOWS,
+                            id.clone(),
+                            format!("ingress port range {port}"),
+                        );
+                    }
+                    let name = port.get("port").and_then(|v| port_name(w, v));
+                    for peer in from {
+                        let ok = allowed
+                            .ingress
+                            .iter()
+                            .any(|(who, on)| who == peer && name.as_deref() == Some(*on));
+                        if !ok {
+                            push(
+                                out,
+                                NETWORK_ALLOWS,
+                                id.clone(),
+                                format!(
+                                    "ingress from {peer} on port {} is not allowed",
+                                    port.get("port").unwrap_or(&Value::Null)
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+            for rule in at(p, &["spec", "egress"])
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let to = peers(rule, "to");
+                let ports = peers(rule, "ports");
+                if to.is_empty() {
+                    push(
+                        out,
+                        NETWORK_ALLOWS,
+                        id.clone(),
+                        "an egress rule without `to` reaches every destination",
+                    );
+                }
+                if ports.is_empty() {
+                    push(
+                        out,
+                        NETWORK_ALLOWS,
+                        id.clone(),
+                        "an egress rule without `ports` opens every port",
+                    );
+                }
+                for port in ports {
+                    let number = port.get("port").and_then(Value::as_i64);
+                    let protocol = str_at(port, &["protocol"]).unwrap_or("TCP");
+                    for peer in to {
+                        let ok = port.get("endPort").is_none()
+                            && allowed.egress.iter().any(|d| {
+                                d.is(peer, t)
+                                    && d.ports()
+                                        .iter()
+                                        .any(|(n, pr)| Some(*n) == number && *pr == protocol)
+                            });
+                        if !ok {
+                            push(
+                                out,
+                                NETWORK_ALLOWS,
+                                id.clone(),
+                                format!(
+                                    "egress to {peer} on {port} is not one of {:?}",
+                                    allowed.egress
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
         }
     }
 }
@@ -746,8 +1135,318 @@ mod tests {
             .unwrap();
         np["spec"]["podSelector"] = serde_json::json!({"matchExpressions": [{"key": "app.kubernetes.io/name", "operator": "NotIn", "values": ["svc"]}]});
         assert_eq!(rules_broken(&objects, "dev"), vec![NETWORK_POLICY]);
-        objects.retain(|o| o["kind"] != "NetworkPolicy");
+        objects.retain(|o| o["kind"] != "NetworkPolicy" || o["metadata"]["name"] == "default-deny");
         assert_eq!(rules_broken(&objects, "dev"), vec![NETWORK_POLICY]);
+    }
+
+    /// The good render as a service `name` with the chart's ports and NetworkPolicy rules.
+    fn service(name: &str, ingress: Value, egress: Value) -> Vec<Value> {
+        let text = serde_json::to_string(&good()).unwrap().replace(
+            r#""app.kubernetes.io/name":"svc""#,
+            &format!(r#""app.kubernetes.io/name":"{name}""#),
+        );
+        let mut objects: Vec<Value> = serde_json::from_str(&text).unwrap();
+        container(&mut objects)["ports"] = serde_json::json!([
+            {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+            {"name": "admin", "containerPort": 9090, "protocol": "TCP"},
+        ]);
+        let np = network_policy(&mut objects);
+        np["spec"]["ingress"] = ingress;
+        np["spec"]["egress"] = egress;
+        objects
+    }
+
+    fn network_policy(objects: &mut [Value]) -> &mut Value {
+        objects
+            .iter_mut()
+            .find(|o| o["kind"] == "NetworkPolicy" && o["metadata"]["name"] == "svc")
+            .unwrap()
+    }
+
+    fn peer(ns: &str, label: &str, name: &str) -> Value {
+        serde_json::json!({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}, "podSelector": {"matchLabels": {label: name}}})
+    }
+
+    fn dns_rule() -> Value {
+        serde_json::json!({"to": [peer("kube-system", "k8s-app", "kube-dns")], "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]})
+    }
+
+    fn metrics_rule() -> Value {
+        serde_json::json!({"from": [peer("monitoring", NAME_LABEL, "prometheus")], "ports": [{"port": "admin", "protocol": "TCP"}]})
+    }
+
+    fn unleash_rule() -> Value {
+        serde_json::json!({"to": [peer("unleash", NAME_LABEL, "unleash")], "ports": [{"port": 4242, "protocol": "TCP"}]})
+    }
+
+    /// The gateway as its chart renders it (values.yaml).
+    fn gateway() -> Vec<Value> {
+        service(
+            GATEWAY,
+            serde_json::json!([
+                {"from": [peer("ingress-nginx", NAME_LABEL, "ingress-nginx")], "ports": [{"port": "http", "protocol": "TCP"}]},
+                metrics_rule(),
+            ]),
+            serde_json::json!([
+                dns_rule(),
+                {"to": [{"podSelector": {"matchLabels": {NAME_LABEL: IDENTITY}}}], "ports": [{"port": 8080, "protocol": "TCP"}]},
+                {"to": [{"ipBlock": {"cidr": "10.41.0.0/16"}}], "ports": [{"port": 6379, "protocol": "TCP"}]},
+                unleash_rule(),
+            ]),
+        )
+    }
+
+    /// Identity as its chart renders it (values.yaml).
+    fn identity() -> Vec<Value> {
+        service(
+            IDENTITY,
+            serde_json::json!([
+                {"from": [{"podSelector": {"matchLabels": {NAME_LABEL: GATEWAY}}}], "ports": [{"port": "http", "protocol": "TCP"}]},
+                metrics_rule(),
+            ]),
+            serde_json::json!([
+                dns_rule(),
+                {"to": [{"ipBlock": {"cidr": "10.40.0.0/16"}}], "ports": [{"port": 5432, "protocol": "TCP"}]},
+                unleash_rule(),
+            ]),
+        )
+    }
+
+    #[test]
+    fn the_charts_network_policies_pass() {
+        for objects in [gateway(), identity()] {
+            assert_eq!(check(&objects, "prod"), vec![]);
+        }
+        // The default deny may come from platform-base's render instead, in the env's namespace.
+        let mut objects = gateway();
+        let deny = objects
+            .iter()
+            .position(|o| o["metadata"]["name"] == "default-deny")
+            .unwrap();
+        let mut base = vec![objects.remove(deny)];
+        assert_eq!(rules_broken(&objects, "prod"), vec![NETWORK_ALLOWS]);
+        base[0]["metadata"]["namespace"] = "cloud-prod".into();
+        assert_eq!(
+            check_with(&objects, &base, &Topology::default(), "prod"),
+            vec![]
+        );
+        assert_eq!(
+            check_with(&objects, &base, &Topology::default(), "dev")
+                .iter()
+                .map(|v| v.rule)
+                .collect::<Vec<_>>(),
+            vec![NETWORK_ALLOWS],
+            "another namespace's default deny does not count"
+        );
+    }
+
+    #[test]
+    fn network_policies_fail_when_too_open() {
+        type Break = Box<dyn Fn(&mut Vec<Value>)>;
+        type Render = fn() -> Vec<Value>;
+        let cases: Vec<(&str, Render, Break)> = vec![
+            (
+                "`from`",
+                gateway,
+                Box::new(|o| {
+                    network_policy(o)["spec"]["ingress"][0]["from"] = serde_json::json!([])
+                }),
+            ),
+            (
+                "`from`",
+                identity,
+                Box::new(|o| {
+                    network_policy(o)["spec"]["ingress"][0]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("from");
+                }),
+            ),
+            (
+                "`ports`",
+                gateway,
+                Box::new(|o| {
+                    network_policy(o)["spec"]["ingress"][1]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("ports");
+                }),
+            ),
+            // The whole ingress-nginx namespace instead of its controller pods.
+            (
+                "ingress from",
+                gateway,
+                Box::new(|o| {
+                    network_policy(o)["spec"]["ingress"][0]["from"][0]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("podSelector");
+                }),
+            ),
+            // Every namespace's pods called ingress-nginx.
+            (
+                "ingress from",
+                gateway,
+                Box::new(|o| {
+                    network_policy(o)["spec"]["ingress"][0]["from"][0]["namespaceSelector"] =
+                        serde_json::json!({})
+                }),
+            ),
+            // Prometheus on the API port.
+            (
+                "ingress from",
+                gateway,
+                Box::new(|o| {
+                    network_policy(o)["spec"]["ingress"][1]["ports"][0]["port"] = "http".into()
+                }),
+            ),
+            (
+                "ingress from",
+                identity,
+                Box::new(|o| {
+                    network_policy(o)["spec"]["ingress"][1]["ports"][0]["port"] = 8080.into()
+                }),
+            ),
+            // The ingress controller straight into identity, without identity's own Ingress.
+            (
+                "ingress from",
+                identity,
+                Box::new(|o| {
+                    network_policy(o)["spec"]["ingress"][0]["from"] =
+                        serde_json::json!([peer("ingress-nginx", NAME_LABEL, "ingress-nginx")])
+                }),
+            ),
+            (
+                "ingress from",
+                identity,
+                Box::new(|o| {
+                    network_policy(o)["spec"]["ingress"][0]["from"] =
+                        serde_json::json!([{"podSelector": {}}])
+                }),
+            ),
+            (
+                "egress to",
+                gateway,
+                Box::new(|o| {
+                    network_policy(o)["spec"]["egress"][2]["to"][0]["ipBlock"]["cidr"] =
+                        "0.0.0.0/0".into()
+                }),
+            ),
+            (
+                "egress to",
+                identity,
+                Box::new(|o| {
+                    network_policy(o)["spec"]["egress"].as_array_mut().unwrap().push(serde_json::json!({"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}], "ports": [{"port": 443, "protocol": "TCP"}]}))
+                }),
+            ),
+            // Identity may not reach Redis; DNS only on 53.
+            (
+                "egress to",
+                identity,
+                Box::new(|o| {
+                    network_policy(o)["spec"]["egress"][1]["ports"][0]["port"] = 6379.into()
+                }),
+            ),
+            (
+                "egress to",
+                gateway,
+                Box::new(|o| {
+                    network_policy(o)["spec"]["egress"][0]["ports"][0]["port"] = 80.into()
+                }),
+            ),
+            (
+                "egress to",
+                gateway,
+                Box::new(|o| {
+                    network_policy(o)["spec"]["egress"][1]["to"][0] =
+                        serde_json::json!({"namespaceSelector": {}})
+                }),
+            ),
+            (
+                "`to`",
+                gateway,
+                Box::new(|o| {
+                    network_policy(o)["spec"]["egress"][3]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("to");
+                }),
+            ),
+            (
+                "without `ports`",
+                identity,
+                Box::new(|o| {
+                    network_policy(o)["spec"]["egress"][1]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("ports");
+                }),
+            ),
+            (
+                "default-deny",
+                gateway,
+                Box::new(|o| o.retain(|o| o["metadata"]["name"] != "default-deny")),
+            ),
+            (
+                "default-deny",
+                identity,
+                Box::new(|o| {
+                    let deny = o
+                        .iter_mut()
+                        .find(|o| o["metadata"]["name"] == "default-deny")
+                        .unwrap();
+                    deny["spec"]["ingress"] = serde_json::json!([{}]);
+                }),
+            ),
+            // A second policy opening the gateway to everything counts too (policies add up).
+            (
+                "ingress from",
+                gateway,
+                Box::new(|o| {
+                    o.push(serde_json::json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "extra"}, "spec": {"podSelector": {}, "policyTypes": ["Ingress"], "ingress": [{"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}], "ports": [{"port": 8080}]}]}}))
+                }),
+            ),
+        ];
+        for (i, (what, render, break_it)) in cases.into_iter().enumerate() {
+            let mut objects = render();
+            break_it(&mut objects);
+            let violations = check(&objects, "prod");
+            assert_eq!(
+                rules_broken(&objects, "prod"),
+                vec![NETWORK_ALLOWS],
+                "case {i} ({what}): {violations:?}"
+            );
+            assert!(
+                violations.iter().any(|v| v.message.contains(what)),
+                "case {i} ({what}): {violations:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn identity_admits_the_ingress_controller_only_with_its_own_ingress() {
+        let mut objects = identity();
+        network_policy(&mut objects)["spec"]["ingress"][0]["from"]
+            .as_array_mut()
+            .unwrap()
+            .push(peer("ingress-nginx", NAME_LABEL, "ingress-nginx"));
+        assert_eq!(rules_broken(&objects, "prod"), vec![NETWORK_ALLOWS]);
+        objects.push(serde_json::json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": IDENTITY}}));
+        assert_eq!(check(&objects, "prod"), vec![]);
+    }
+
+    #[test]
+    fn a_topology_must_name_one_namespace_and_its_pods() {
+        assert_eq!(
+            Topology::default().narrowness_errors(),
+            Vec::<String>::new()
+        );
+        let t = Topology {
+            ingress_controller: serde_json::json!({"namespaceSelector": {}}),
+            prometheus: serde_json::json!({"ipBlock": {"cidr": "0.0.0.0/0"}}),
+            ..Topology::default()
+        };
+        assert_eq!(t.narrowness_errors().len(), 2);
     }
 
     #[test]
