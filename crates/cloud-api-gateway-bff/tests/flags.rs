@@ -52,6 +52,29 @@ fn tenant_flag(name: &str, tenants: &[&str]) -> Value {
     })
 }
 
+/// Checks that each subject (tenant or user) always landed on one upstream and that a 50/50
+/// split of 40 subjects gave both upstreams at least 8; returns the subjects per upstream.
+fn sticky_split(landed: &BTreeMap<String, BTreeSet<String>>) -> BTreeMap<String, usize> {
+    let mut per_upstream: BTreeMap<String, usize> = BTreeMap::new();
+    for (subject, names) in landed {
+        assert_eq!(names.len(), 1, "{subject} was split across {names:?}");
+        *per_upstream
+            .entry(names.iter().next().unwrap().clone())
+            .or_default() += 1;
+    }
+    assert_eq!(
+        per_upstream.keys().collect::<Vec<_>>(),
+        ["canary", "stable"],
+        "both upstreams get some: {per_upstream:?}"
+    );
+    assert!(
+        per_upstream.values().all(|n| *n >= 8),
+        "a 50/50 split of {} subjects: {per_upstream:?}",
+        landed.len()
+    );
+    per_upstream
+}
+
 async fn answered_by(gw: &Gateway, token: &str, path: &str) -> (u16, Option<String>) {
     let r = client()
         .get(format!("{}{path}", gw.url))
@@ -124,22 +147,7 @@ routes:
             }
         }
     }
-    let mut per_upstream: BTreeMap<String, usize> = BTreeMap::new();
-    for (tenant, names) in &landed {
-        assert_eq!(names.len(), 1, "tenant {tenant} was split across {names:?}");
-        *per_upstream
-            .entry(names.iter().next().unwrap().clone())
-            .or_default() += 1;
-    }
-    assert_eq!(
-        per_upstream.keys().collect::<Vec<_>>(),
-        ["canary", "stable"],
-        "both upstreams get tenants: {per_upstream:?}"
-    );
-    assert!(
-        per_upstream.values().all(|n| *n >= 8),
-        "a 50/50 split of 40 tenants: {per_upstream:?}"
-    );
+    let per_upstream = sticky_split(&landed);
     let metrics = gw.metrics().await;
     let canary_requests = per_upstream["canary"] * 6;
     assert!(
@@ -224,18 +232,7 @@ routes:
                 .insert(name.expect("the upstream names itself"));
         }
     }
-    let mut per_upstream: BTreeMap<String, usize> = BTreeMap::new();
-    for (user, names) in &landed {
-        assert_eq!(names.len(), 1, "{user} was split across {names:?}");
-        *per_upstream
-            .entry(names.iter().next().unwrap().clone())
-            .or_default() += 1;
-    }
-    assert!(
-        per_upstream.get("canary").is_some_and(|n| *n >= 8)
-            && per_upstream.get("stable").is_some_and(|n| *n >= 8),
-        "a 50/50 split of 40 users of one tenant: {per_upstream:?}"
-    );
+    sticky_split(&landed);
 }
 
 #[tokio::test]
