@@ -1,5 +1,10 @@
 //! Structured logs with `tracing` (JSON in production, readable in a terminal), and OpenTelemetry
 //! trace export over OTLP/HTTP, only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+//!
+//! Each layer has its own filter. The log output follows `telemetry.log_level` alone; the OTLP
+//! layer follows it too, plus [`FLAG_EVALUATION_TARGET`] at DEBUG, so every feature-flag
+//! evaluation becomes an event of the current span in the exported trace without showing up in
+//! the logs. Without OTLP export there is no such layer and those events cost nothing.
 
 use std::io::IsTerminal;
 
@@ -14,6 +19,11 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{LogFormat, TelemetryConfig};
 use crate::trace_context::TraceContext;
+
+/// The target of cloud-flags' DEBUG `feature_flag.evaluation` events
+/// (`cloud_flags::EVALUATION_TARGET`; cloud-flags depends on this crate, so the name is repeated
+/// here and `tests/otlp_flag_events.rs` checks that the two agree).
+pub const FLAG_EVALUATION_TARGET: &str = "cloud_flags::evaluation";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
@@ -63,21 +73,26 @@ pub fn init(
         tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .boxed()
-    };
+    }
+    .with_filter(filter);
     let (otel, provider) = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
         Ok(endpoint) if !endpoint.is_empty() => {
+            let otel_filter = otlp_filter(&config.log_level)?;
             let provider = otlp_provider(service_name)?;
             let tracer = provider.tracer(service_name);
             tracing::debug!(%endpoint, "exporting traces over OTLP");
             (
-                Some(tracing_opentelemetry::layer().with_tracer(tracer)),
+                Some(
+                    tracing_opentelemetry::layer()
+                        .with_tracer(tracer)
+                        .with_filter(otel_filter),
+                ),
                 Some(provider),
             )
         }
         _ => (None, None),
     };
     let installed = tracing_subscriber::registry()
-        .with(filter)
         .with(fmt)
         .with(otel)
         .try_init()
@@ -85,6 +100,13 @@ pub fn init(
     Ok(TelemetryGuard {
         provider: if installed { provider } else { None },
     })
+}
+
+/// `log_level` with flag evaluations at DEBUG. The evaluation directive comes first so that a
+/// `log_level` naming the same target (`cloud_flags::evaluation=off`) still decides.
+fn otlp_filter(log_level: &str) -> Result<EnvFilter, TelemetryError> {
+    EnvFilter::try_new(format!("{FLAG_EVALUATION_TARGET}=debug,{log_level}"))
+        .map_err(|e| TelemetryError::Filter(log_level.to_string(), e))
 }
 
 fn otlp_provider(service_name: &'static str) -> Result<SdkTracerProvider, TelemetryError> {
