@@ -118,6 +118,12 @@ pub struct Backup {
     pub enabled: bool,
     pub schedule: String,
     pub retention_days: u32,
+    /// barman `destinationPath` (`s3://<bucket>/<env>/identity-postgres`); the schema requires
+    /// it, and `region`, when `enabled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -515,6 +515,19 @@ fn check_invariants(root: &Path, matrix: &Matrix, grid: &Grid, r: &mut Report) -
         let env = &e.env;
         let file = e.file.display().to_string();
         let prod = env.tier == Tier::Production;
+        // The schema requires a destination when backups are on; each environment writes
+        // under its own prefix, so staging can never overwrite (or restore from) prod's.
+        if env.data.backup.enabled
+            && let Some(dest) = &env.data.backup.destination
+            && !dest.contains(&format!("/{}/", env.name))
+        {
+            r.add(
+                "backup",
+                &file,
+                "data.backup.destination",
+                format!("`{dest}` is not under a `/{}/` prefix", env.name),
+            );
+        }
         if prod {
             if env.sync.automated || env.sync.self_heal || env.sync.prune {
                 r.add(
@@ -689,6 +702,6 @@ fn check_invariants(root: &Path, matrix: &Matrix, grid: &Grid, r: &mut Report) -
             }
         }
     }
-    r.checked.push("prod: manual sync, replicas >= 2, canary on, released semver tags; matrix and values agree".into());
+    r.checked.push("prod: manual sync, replicas >= 2, canary on, released semver tags; matrix and values agree; backups under the environment's own prefix".into());
     Ok(())
 }

@@ -172,6 +172,21 @@ fn the_fixture_is_valid_and_generates_the_expected_applications() {
             .pointer("/spec/source/helm/valuesObject/backups/enabled"),
         Some(&Value::Bool(true))
     );
+    // Backups go to the environment's own S3 prefix, with credentials only by secret name.
+    let backups = db_prod
+        .app
+        .pointer("/spec/source/helm/valuesObject/backups")
+        .unwrap();
+    assert_eq!(backups["provider"], "s3");
+    assert_eq!(
+        backups["destinationPath"],
+        "s3://cloud-platform-db-backups/prod/identity-postgres"
+    );
+    assert_eq!(backups["s3"]["region"], "eu-central-1");
+    assert_eq!(backups["s3"].get("accessKey"), None);
+    assert_eq!(backups["s3"].get("secretKey"), None);
+    assert_eq!(backups["secret"]["create"], false);
+    assert_eq!(backups["secret"]["name"], "identity-postgres-backup-s3");
     let db_dev = grid
         .apps
         .iter()
@@ -224,6 +239,58 @@ fn broken_schema_unknown_key() {
         &r,
         "schema",
         &["environments/staging.yaml", "canary", "steps"],
+    );
+}
+
+#[test]
+fn broken_backup_enabled_without_destination() {
+    let f = fixture();
+    edit(
+        &f,
+        "environments/staging.yaml",
+        "    destination: s3://cloud-platform-db-backups/staging/identity-postgres\n",
+        "",
+    );
+    assert_finding(
+        &report(&f),
+        "schema",
+        &["environments/staging.yaml", "data.backup", "destination"],
+    );
+}
+
+#[test]
+fn broken_backup_destination_not_an_s3_url() {
+    let f = fixture();
+    edit(
+        &f,
+        "environments/prod.yaml",
+        "destination: s3://cloud-platform-db-backups/prod/identity-postgres",
+        "destination: cloud-platform-db-backups/prod/identity-postgres",
+    );
+    assert_finding(
+        &report(&f),
+        "schema",
+        &["environments/prod.yaml", "data.backup.destination"],
+    );
+}
+
+#[test]
+fn broken_backup_destination_under_another_environment() {
+    let f = fixture();
+    edit(
+        &f,
+        "environments/staging.yaml",
+        "cloud-platform-db-backups/staging/identity-postgres",
+        "cloud-platform-db-backups/prod/identity-postgres",
+    );
+    assert_finding(
+        &report(&f),
+        "backup",
+        &[
+            "environments/staging.yaml",
+            "data.backup.destination",
+            "/staging/",
+        ],
     );
 }
 

@@ -160,7 +160,6 @@ fn gitops(root: &Path) -> Gitops {
     Gitops::new(root, Arc::new(SystemClock))
 }
 
-#[allow(clippy::print_stdout)]
 pub fn env(args: EnvArgs) -> Result<()> {
     let root = repo_root(&args.repo)?;
     match args.command {
@@ -168,7 +167,7 @@ pub fn env(args: EnvArgs) -> Result<()> {
             let matrix = Matrix::load(&root)?;
             let rows: Vec<EnvRow> = matrix.envs.iter().map(|e| EnvRow::of(&e.env)).collect();
             match output {
-                ListFormat::Markdown => print!("{}", markdown(&rows)),
+                ListFormat::Markdown => crate::out!("{}", markdown(&rows))?,
                 ListFormat::Json => print_rows(OutputFormat::Json, &[], &rows, |_| Vec::new())?,
                 ListFormat::Table => {
                     print_rows(OutputFormat::Table, ENV_HEADERS, &rows, EnvRow::cells)?
@@ -180,8 +179,8 @@ pub fn env(args: EnvArgs) -> Result<()> {
             let matrix = Matrix::load(&root)?;
             let e = matrix.get(&env)?;
             match output {
-                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&e.raw)?),
-                OutputFormat::Table => print!("{}", serde_yaml::to_string(&e.env)?),
+                OutputFormat::Json => crate::outln!("{}", serde_json::to_string_pretty(&e.raw)?)?,
+                OutputFormat::Table => crate::out!("{}", serde_yaml::to_string(&e.env)?)?,
             }
             Ok(())
         }
@@ -218,17 +217,23 @@ pub fn env(args: EnvArgs) -> Result<()> {
         }
         EnvCommand::Validate { output } => {
             let report = cloud_gitops::validate::validate(&root)?;
-            match output {
-                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-                OutputFormat::Table => {
-                    for line in &report.checked {
-                        println!("checked {line}");
+            let print = || -> Result<()> {
+                match output {
+                    OutputFormat::Json => {
+                        crate::outln!("{}", serde_json::to_string_pretty(&report)?)?
                     }
-                    for f in &report.findings {
-                        println!("FAIL {f}");
+                    OutputFormat::Table => {
+                        for line in &report.checked {
+                            crate::outln!("checked {line}")?;
+                        }
+                        for f in &report.findings {
+                            crate::outln!("FAIL {f}")?;
+                        }
                     }
                 }
-            }
+                Ok(())
+            };
+            crate::output::unless_closed(print())?;
             if report.ok() {
                 eprintln!(
                     "environment matrix valid: {} checks, no findings",
@@ -331,8 +336,15 @@ impl EnvRow {
             data: format!("{}, retention {}d", e.data.policy, e.data.retention_days),
             backup: if e.data.backup.enabled {
                 format!(
-                    "`{}`, keep {}d",
-                    e.data.backup.schedule, e.data.backup.retention_days
+                    "`{}`, keep {}d, to {} ({})",
+                    e.data.backup.schedule,
+                    e.data.backup.retention_days,
+                    e.data
+                        .backup
+                        .destination
+                        .as_deref()
+                        .unwrap_or("(no destination)"),
+                    e.data.backup.region.as_deref().unwrap_or("no region")
                 )
             } else {
                 "none".into()
@@ -427,7 +439,6 @@ struct Refusal<'a> {
     reason: String,
 }
 
-#[allow(clippy::print_stdout)]
 fn print_outcomes(
     output: OutputFormat,
     outcomes: &[Outcome],
@@ -436,7 +447,7 @@ fn print_outcomes(
     match output {
         OutputFormat::Json => {
             let doc = serde_json::json!({ "outcomes": outcomes, "refusals": refusals });
-            println!("{}", serde_json::to_string_pretty(&doc)?);
+            crate::outln!("{}", serde_json::to_string_pretty(&doc)?)?;
         }
         OutputFormat::Table => {
             for o in outcomes {
@@ -445,31 +456,36 @@ fn print_outcomes(
                     .as_deref()
                     .map(|f| format!(" from {f}"))
                     .unwrap_or_default();
-                println!(
+                crate::outln!(
                     "{} {} {}: {} -> {}{from}",
-                    o.result, o.service, o.environment, o.previous, o.version
-                );
+                    o.result,
+                    o.service,
+                    o.environment,
+                    o.previous,
+                    o.version
+                )?;
                 for r in &o.rules {
-                    println!("  rule {r}");
+                    crate::outln!("  rule {r}")?;
                 }
                 if let Some(c) = &o.commit {
-                    println!("  commit {c}");
+                    crate::outln!("  commit {c}")?;
                 }
                 if let Some(u) = o.image_updates {
-                    println!("  image updates {u} for {} in {}", o.service, o.environment);
+                    crate::outln!("  image updates {u} for {} in {}", o.service, o.environment)?;
                 }
                 if o.approvals_required > 0 && o.result != "up-to-date" {
-                    println!(
+                    crate::outln!(
                         "  the pull request needs {} approval(s) ({} promotion.approvals)",
-                        o.approvals_required, o.environment
-                    );
+                        o.approvals_required,
+                        o.environment
+                    )?;
                 }
                 if !o.diff.is_empty() && o.result == "dry-run" {
-                    print!("{}", o.diff);
+                    crate::out!("{}", o.diff)?;
                 }
             }
             for r in refusals {
-                println!("{} {} {}: {}", r.result, r.service, r.environment, r.reason);
+                crate::outln!("{} {} {}: {}", r.result, r.service, r.environment, r.reason)?;
             }
         }
     }
@@ -512,7 +528,7 @@ pub fn promote(args: PromoteArgs) -> Result<()> {
             Err(e) => refusals.push(refusal(svc, &args.to, e)?),
         }
     }
-    print_outcomes(args.output, &outcomes, &refusals)?;
+    crate::output::unless_closed(print_outcomes(args.output, &outcomes, &refusals))?;
     if let Some(r) = refusals.first() {
         bail!(
             "{} promotion(s) refused; first: {} {}",
@@ -531,7 +547,11 @@ pub fn rollback(args: RollbackArgs) -> Result<()> {
         Ok(o) => print_outcomes(args.output, &[o], &[]),
         Err(e) => {
             let r = refusal(&args.service, &args.env, e)?;
-            print_outcomes(args.output, &[], std::slice::from_ref(&r))?;
+            crate::output::unless_closed(print_outcomes(
+                args.output,
+                &[],
+                std::slice::from_ref(&r),
+            ))?;
             bail!("rollback {}", r.reason)
         }
     }
@@ -568,7 +588,6 @@ pub fn status(args: StatusArgs) -> Result<()> {
     )
 }
 
-#[allow(clippy::print_stdout)]
 pub fn checks(args: ChecksArgs) -> Result<()> {
     let root = repo_root(&args.repo)?;
     match args.command {
@@ -579,7 +598,7 @@ pub fn checks(args: ChecksArgs) -> Result<()> {
             status,
         } => {
             let commit = gitops(&root).record_check(&service, &version, &check, &status)?;
-            println!("recorded {check}={status} for {service} {version} in commit {commit}");
+            crate::outln!("recorded {check}={status} for {service} {version} in commit {commit}")?;
             Ok(())
         }
     }

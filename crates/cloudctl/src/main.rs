@@ -49,6 +49,8 @@ fn main() -> std::process::ExitCode {
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // `cloudctl ... | head -1`: the reader has what it wanted; not an error.
+        Err(err) if output::is_stdout_closed(&err) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("cloudctl: error: {err:#}");
             std::process::ExitCode::FAILURE

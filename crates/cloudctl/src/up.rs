@@ -48,7 +48,6 @@ pub fn run(args: UpArgs) -> Result<()> {
     runtime.block_on(up(args))
 }
 
-#[allow(clippy::print_stdout)]
 async fn up(args: UpArgs) -> Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
@@ -80,7 +79,7 @@ async fn up(args: UpArgs) -> Result<()> {
         ..cloud_identity_access::Config::default()
     };
     let identity_flags = identity_config.flags.clone();
-    let started = progress(cloud_identity_access::SERVICE_NAME);
+    let started = progress(cloud_identity_access::SERVICE_NAME)?;
     let identity = cloud_identity_access::build(identity_config)
         .await
         .context("cannot start cloud-identity-access")?;
@@ -116,7 +115,7 @@ async fn up(args: UpArgs) -> Result<()> {
         cloud_api_gateway_bff::SERVICE_NAME,
     );
     let gateway_flags = gateway_config.flags.clone();
-    let started = progress(cloud_api_gateway_bff::SERVICE_NAME);
+    let started = progress(cloud_api_gateway_bff::SERVICE_NAME)?;
     let gateway = cloud_api_gateway_bff::build(gateway_config)
         .await
         .context("cannot start cloud-api-gateway-bff")?;
@@ -129,70 +128,74 @@ async fn up(args: UpArgs) -> Result<()> {
     ));
     wait_ready(cloud_api_gateway_bff::SERVICE_NAME, &gateway_urls, started).await?;
 
-    println!();
-    println!("The platform is up (data in {}):", args.data_dir.display());
-    println!(
+    crate::outln!()?;
+    crate::outln!("The platform is up (data in {}):", args.data_dir.display())?;
+    crate::outln!(
         "  gateway   {}   admin {}",
-        gateway_urls.api, gateway_urls.admin
-    );
-    println!(
+        gateway_urls.api,
+        gateway_urls.admin
+    )?;
+    crate::outln!(
         "  identity  {}   admin {}   issuer {issuer}",
-        identity_urls.api, identity_urls.admin
-    );
-    println!();
+        identity_urls.api,
+        identity_urls.admin
+    )?;
+    crate::outln!()?;
     match &demo {
         DemoSeed::Created(creds) => {
-            println!(
+            crate::outln!(
                 "Demo tenant {:?} created. These secrets are shown once (kept in {}):",
                 creds.tenant_id,
                 args.data_dir.display()
-            );
-            println!(
+            )?;
+            crate::outln!(
                 "  client      {} / {}",
-                creds.client_id, creds.client_secret
-            );
-            println!(
+                creds.client_id,
+                creds.client_secret
+            )?;
+            crate::outln!(
                 "  user        {} / {}",
-                creds.user_email, creds.user_password
-            );
-            println!();
-            println!("Get a token, then call the protected demo route through the gateway:");
-            println!(
+                creds.user_email,
+                creds.user_password
+            )?;
+            crate::outln!()?;
+            crate::outln!("Get a token, then call the protected demo route through the gateway:")?;
+            crate::outln!(
                 "  TOKEN=$({} | sed -E 's/.*\"access_token\":\"([^\"]+)\".*/\\1/')",
                 creds.curl_example()
-            );
+            )?;
         }
         DemoSeed::AlreadySeeded { tenant_ids } => {
-            println!(
+            crate::outln!(
                 "The data dir already holds tenants {tenant_ids:?}; their secrets were shown when they were created."
-            );
-            println!(
+            )?;
+            crate::outln!(
                 "Start over with a fresh --data-dir to see new demo credentials. With a token in $TOKEN:"
-            );
+            )?;
         }
     }
-    println!(
+    crate::outln!(
         "  curl -s -H \"Authorization: Bearer $TOKEN\" {}/api/demo/hello",
         gateway_urls.api
-    );
-    println!(
+    )?;
+    crate::outln!(
         "  curl -s {}/api/demo/hello     # no token: 401",
         gateway_urls.api
-    );
-    println!();
-    print_flags_help(&gateway_urls, &identity_flags, &gateway_flags);
-    println!();
-    println!("Press Ctrl-C to stop.");
+    )?;
+    crate::outln!()?;
+    print_flags_help(&gateway_urls, &identity_flags, &gateway_flags)?;
+    crate::outln!()?;
+    crate::outln!("Press Ctrl-C to stop.")?;
 
     cloud_kit::shutdown::signal().await;
-    println!("Stopping...");
+    crate::outln!("Stopping...")?;
     shutdown.trigger();
     for task in tasks {
         task.await
             .context("a service task failed")?
             .context("a service failed while stopping")?;
     }
-    println!("Stopped.");
+    crate::outln!("Stopped.")?;
     Ok(())
 }
 
@@ -244,12 +247,11 @@ fn flag_source(flags: &cloud_flags::FlagsConfig) -> String {
     }
 }
 
-#[allow(clippy::print_stdout)]
 fn print_flags_help(
     gateway: &Urls,
     identity_flags: &cloud_flags::FlagsConfig,
     gateway_flags: &cloud_flags::FlagsConfig,
-) {
+) -> Result<()> {
     let mut logs: Vec<&std::path::Path> = [identity_flags, gateway_flags]
         .iter()
         .filter_map(|f| f.audit_log_path.as_deref())
@@ -258,35 +260,38 @@ fn print_flags_help(
     let (identity_source, gateway_source) =
         (flag_source(identity_flags), flag_source(gateway_flags));
     if identity_source == gateway_source {
-        println!("Feature flags come from {gateway_source}:");
+        crate::outln!("Feature flags come from {gateway_source}:")?;
     } else {
-        println!(
+        crate::outln!(
             "Feature flags come from {identity_source} (identity) and {gateway_source} (gateway):"
-        );
+        )?;
     }
-    println!(
+    crate::outln!(
         "  curl -s -H \"Authorization: Bearer $TOKEN\" {}/bff/v1/session   # your frontend.* flags",
         gateway.api
-    );
-    println!(
+    )?;
+    crate::outln!(
         "  # /api/demo/ answers from the `stable` or `canary` upstream (header {}) by the variant of {} for your tenant",
         cloud_api_gateway_bff::demo::UPSTREAM_HEADER,
         cloud_flags::platform::GATEWAY_CANARY
-    );
+    )?;
     for log in logs {
-        println!(
+        crate::outln!(
             "  cargo run -p cloudctl -- flags audit --log {}   # what was loaded, and every change",
             log.display()
-        );
+        )?;
     }
-    println!("To use a real Unleash server instead, start again with its URL and a client token:");
-    println!(
+    crate::outln!(
+        "To use a real Unleash server instead, start again with its URL and a client token:"
+    )?;
+    crate::outln!(
         "  GATEWAY_FLAGS__UNLEASH__URL=http://127.0.0.1:4242/api GATEWAY_FLAGS__UNLEASH__TOKEN='default:development.<client token>' \\"
-    );
-    println!(
+    )?;
+    crate::outln!(
         "  IDENTITY_FLAGS__UNLEASH__URL=http://127.0.0.1:4242/api IDENTITY_FLAGS__UNLEASH__TOKEN='default:development.<client token>' \\"
-    );
-    println!("  cargo run -p cloudctl -- up");
+    )?;
+    crate::outln!("  cargo run -p cloudctl -- up")?;
+    Ok(())
 }
 
 fn local_server(port: u16, admin_port: u16) -> cloud_kit::ServerConfig {
@@ -314,14 +319,12 @@ impl Urls {
     }
 }
 
-#[allow(clippy::print_stdout)]
-fn progress(service: &str) -> Instant {
-    println!("{service:<24} starting");
-    Instant::now()
+fn progress(service: &str) -> Result<Instant> {
+    crate::outln!("{service:<24} starting")?;
+    Ok(Instant::now())
 }
 
 /// Polls the service's `/readyz` until it answers 200, printing one line when it does.
-#[allow(clippy::print_stdout)]
 async fn wait_ready(service: &str, urls: &Urls, started: Instant) -> Result<()> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
@@ -331,12 +334,12 @@ async fn wait_ready(service: &str, urls: &Urls, started: Instant) -> Result<()> 
     while started.elapsed() < READY_TIMEOUT {
         match client.get(&readyz).send().await {
             Ok(resp) if resp.status().is_success() => {
-                println!(
+                crate::outln!(
                     "{service:<24} ready in {:.1}s at {} (admin {})",
                     started.elapsed().as_secs_f64(),
                     urls.api,
                     urls.admin
-                );
+                )?;
                 return Ok(());
             }
             Ok(resp) => {

@@ -218,3 +218,76 @@ fn promote_status_rollback_round_trip_with_json_output() {
         stdout(&o)
     );
 }
+
+/// `cloudctl status --output json | head -1`: a reader that goes away early is a normal end of
+/// the output, as for `cat` or `git log`: exit 0, nothing on stderr, in particular no
+/// "failed printing to stdout: Broken pipe" panic.
+#[test]
+fn a_closed_stdout_is_a_quiet_clean_exit() {
+    let dir = fixture();
+    let root = dir.path();
+    let commands: [&[&str]; 7] = [
+        &["status", "--output", "json"],
+        &["status"],
+        &["env", "list"],
+        &["env", "list", "--output", "markdown"],
+        &["env", "show", "prod", "--output", "json"],
+        &["env", "show", "prod"],
+        &["env", "validate"],
+    ];
+    for args in commands {
+        // The read end is closed before cloudctl starts, so its first write gets EPIPE
+        // whatever the size of the output (a pipe buffer would hide a late close).
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let o = Command::new(env!("CARGO_BIN_EXE_cloudctl"))
+            .args(args)
+            .arg("--repo")
+            .arg(root)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+        // Only what the command writes there anyway (`env validate`'s summary).
+        for unwanted in ["panicked", "Broken pipe", "error"] {
+            assert!(!stderr(&o).contains(unwanted), "{args:?}: {}", stderr(&o));
+        }
+    }
+
+    // The output ends early, the verdict does not: findings still exit 1.
+    let staging = root.join("environments/staging.yaml");
+    let text = std::fs::read_to_string(&staging).unwrap();
+    std::fs::write(&staging, text.replace("    region: eu-central-1\n", "")).unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let o = Command::new(env!("CARGO_BIN_EXE_cloudctl"))
+        .args(["env", "validate", "--repo"])
+        .arg(root)
+        .stdout(writer)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("1 finding(s)"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    std::fs::write(&staging, text).unwrap();
+
+    // Like `| head -1`: read one line, then drop the read end while cloudctl may still write.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cloudctl"))
+        .args(["status", "--output", "json", "--repo"])
+        .arg(root)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert_eq!(first, "[\n");
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("Broken pipe"), "{}", stderr(&o));
+}
