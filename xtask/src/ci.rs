@@ -89,12 +89,22 @@ impl Tools {
 
     /// cargo-deny built from crates.io (its prebuilt binaries live on GitHub).
     pub fn cargo_deny(&self) -> Result<PathBuf> {
-        self.cargo_install("cargo-deny-0.20.2", CARGO_DENY, "cargo-deny")
+        self.cargo_install(
+            "cargo-deny-0.20.2",
+            CARGO_DENY,
+            "cargo-deny",
+            ToolSpeed::Irrelevant,
+        )
     }
 
     /// cargo-auditable: embeds the dependency list in the binary so image scanners can read it.
     pub fn cargo_auditable(&self) -> Result<PathBuf> {
-        self.cargo_install("cargo-auditable-0.7.7", CARGO_AUDITABLE, "cargo-auditable")
+        self.cargo_install(
+            "cargo-auditable-0.7.7",
+            CARGO_AUDITABLE,
+            "cargo-auditable",
+            ToolSpeed::Irrelevant,
+        )
     }
 
     fn venv_bin(&self, name: &str, requirement: &str, bin: &str) -> Result<PathBuf> {
@@ -105,28 +115,47 @@ impl Tools {
         Ok(path)
     }
 
-    pub(crate) fn cargo_install(&self, name: &str, spec: &str, bin: &str) -> Result<PathBuf> {
+    /// `cargo install` into the cache. The tools' own release profiles ask for fat LTO and one
+    /// codegen unit, which takes tens of minutes on a 2-core machine: LTO is off and there are 16
+    /// codegen units, and a tool whose own speed does not matter (it only drives other
+    /// programs, or reads a few files) is built at `opt-level = 1`, which compiles faster than
+    /// the default 3.
+    pub(crate) fn cargo_install(
+        &self,
+        name: &str,
+        spec: &str,
+        bin: &str,
+        speed: ToolSpeed,
+    ) -> Result<PathBuf> {
         std::fs::create_dir_all(self.root().join("cargo"))?;
         let dir = self.cached(&format!("cargo/{name}"), |tmp| {
             let build = tmp.join(".build");
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            run_cmd(
-                Command::new(cargo)
-                    .args(["install", "--locked", "--quiet", "--root"])
-                    .arg(tmp)
-                    .arg(spec)
-                    .env("CARGO_TARGET_DIR", &build)
-                    // The tools' own release profiles ask for fat LTO and one codegen unit,
-                    // which takes tens of minutes on a 2-core machine; speed of the tool itself
-                    // does not matter here.
-                    .env("CARGO_PROFILE_RELEASE_LTO", "off")
-                    .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16"),
-            )?;
+            let mut install = Command::new(cargo);
+            install
+                .args(["install", "--locked", "--quiet", "--root"])
+                .arg(tmp)
+                .arg(spec)
+                .env("CARGO_TARGET_DIR", &build)
+                .env("CARGO_PROFILE_RELEASE_LTO", "off")
+                .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16");
+            if speed == ToolSpeed::Irrelevant {
+                install.env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "1");
+            }
+            run_cmd(&mut install)?;
             std::fs::remove_dir_all(&build).ok();
             Ok(())
         })?;
         existing(dir.join("bin").join(bin))
     }
+}
+
+/// Whether a tool built from crates.io must run fast (a load generator) or not (see
+/// [`Tools::cargo_install`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ToolSpeed {
+    Matters,
+    Irrelevant,
 }
 
 /// A venv is built in a temp dir and then renamed into the cache, so pip's console scripts
@@ -731,15 +760,16 @@ fn drift_test(ctx: &Ctx, spec: &Path) -> Result<()> {
             spec.display()
         );
     }
+    // `--workspace` and a filter rather than `-p`: the test step's build, reused (see
+    // `steps::workspace_binaries`).
     run_cmd(ctx.cargo().args([
         "nextest",
         "run",
+        "--workspace",
         "--locked",
         "--no-tests=fail",
-        "-p",
-        package,
         "-E",
-        "test(/openapi/)",
+        &format!("package({package}) & test(/openapi/)"),
     ]))
     .with_context(|| {
         format!(

@@ -6,23 +6,31 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::steps::{Ctx, capture, run_cmd};
+use crate::steps::{Ctx, capture, run_cmd, workspace_binaries};
 
 const DOC: &str = "docs/environments.md";
 const BEGIN: &str = "<!-- BEGIN GENERATED: cloudctl env list --output markdown -->";
 const END: &str = "<!-- END GENERATED -->";
 
-fn cloudctl(ctx: &Ctx) -> Command {
-    let mut cmd = ctx.cargo();
-    cmd.args(["run", "--quiet", "--locked", "-p", "cloudctl", "--"]);
-    cmd
+/// The `cloudctl` binary of the test build (see [`workspace_binaries`]), run in the checkout.
+fn cloudctl(ctx: &Ctx) -> Result<Command> {
+    let binary = workspace_binaries(ctx, &["cloudctl"])?
+        .pop()
+        .context("no cloudctl binary")?;
+    let mut cmd = Command::new(binary);
+    cmd.current_dir(&ctx.root);
+    Ok(cmd)
 }
 
 /// `cloudctl env validate` on this checkout: schema, Argo CD CRD schemas, generated
 /// Applications, referenced files, parity and prod invariants.
 pub fn env_validate(ctx: &mut Ctx) -> Result<()> {
     let root = ctx.root.clone();
-    run_cmd(cloudctl(ctx).args(["env", "validate", "--repo"]).arg(&root))
+    run_cmd(
+        cloudctl(ctx)?
+            .args(["env", "validate", "--repo"])
+            .arg(&root),
+    )
 }
 
 /// `cloudctl env diff dev prod` with the real helm: every service renders in both environments.
@@ -30,7 +38,7 @@ pub fn env_diff(ctx: &mut Ctx) -> Result<()> {
     let helm = ctx.tools.helm()?;
     let root = ctx.root.clone();
     let out = capture(
-        cloudctl(ctx)
+        cloudctl(ctx)?
             .args(["env", "diff", "dev", "prod", "--output", "json", "--repo"])
             .arg(&root)
             .env("HELM", &helm),
@@ -46,7 +54,7 @@ pub fn env_diff(ctx: &mut Ctx) -> Result<()> {
 pub fn environments_doc(ctx: &mut Ctx) -> Result<()> {
     let root = ctx.root.clone();
     let table = capture(
-        cloudctl(ctx)
+        cloudctl(ctx)?
             .args(["env", "list", "--output", "markdown", "--repo"])
             .arg(&root),
     )?;

@@ -802,22 +802,15 @@ pub fn env_prefix(chart: &str) -> Result<&'static str> {
 /// probes and analysis metrics checked on the real binary ([`binary`]).
 pub fn binary(ctx: &mut Ctx) -> Result<()> {
     let renders = render_all(ctx)?;
-    let mut build = ctx.cargo();
-    build.args(["build", "--locked"]);
-    for chart in SERVICE_CHARTS {
-        build.args(["-p", chart, "--bin", chart]);
-    }
-    crate::steps::run_cmd(&mut build)?;
-    let target = match std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from) {
-        Some(dir) if dir.is_absolute() => dir,
-        Some(dir) => ctx.root.join(dir),
-        None => ctx.root.join("target"),
-    };
+    let binaries: ServiceBinaries = SERVICE_CHARTS
+        .into_iter()
+        .zip(crate::steps::workspace_binaries(ctx, &SERVICE_CHARTS)?)
+        .collect();
     let postgres = ctx.servers.postgres()?.to_string();
     let redis = ctx.servers.redis()?.to_string();
     let mut failures = Vec::new();
     for env in ENVIRONMENTS {
-        if let Err(err) = binary_environment(&renders, env, &target, &postgres, &redis) {
+        if let Err(err) = binary_environment(&renders, env, &binaries, &postgres, &redis) {
             failures.push(format!("{env}: {err:#}"));
         }
     }
@@ -828,12 +821,26 @@ pub fn binary(ctx: &mut Ctx) -> Result<()> {
             failures.join("\n")
         );
     }
-    broken_binary_example(&renders, &target, &postgres)
+    broken_binary_example(&renders, &binaries, &postgres)
+}
+
+/// The service binaries by chart name (the charts are named after their binaries).
+type ServiceBinaries<'a> = BTreeMap<&'a str, PathBuf>;
+
+fn service_binary(binaries: &ServiceBinaries, chart: &str) -> Result<PathBuf> {
+    binaries
+        .get(chart)
+        .cloned()
+        .with_context(|| format!("no binary was built for the chart {chart}"))
 }
 
 /// The check must be able to fail: dev's identity contract with a config key the binary does
 /// not know must not start.
-fn broken_binary_example(renders: &[Render], target: &Path, postgres: &str) -> Result<()> {
+fn broken_binary_example(
+    renders: &[Render],
+    binaries: &ServiceBinaries,
+    postgres: &str,
+) -> Result<()> {
     let identity = renders
         .iter()
         .find(|r| r.chart == SERVICE_CHARTS[0] && r.env == ENVIRONMENTS[0])
@@ -847,7 +854,7 @@ fn broken_binary_example(renders: &[Render], target: &Path, postgres: &str) -> R
     let database = crate::servers::create_database(postgres, "helm_binary_broken")?;
     let secrets = test_secrets(&broken, &database, "redis://127.0.0.1:1");
     match binary::start(
-        &target.join("debug").join(&identity.chart),
+        &service_binary(binaries, &identity.chart)?,
         &broken,
         env_prefix(&identity.chart)?,
         &secrets,
@@ -868,7 +875,7 @@ fn broken_binary_example(renders: &[Render], target: &Path, postgres: &str) -> R
 fn binary_environment(
     renders: &[Render],
     env: &str,
-    target: &Path,
+    binaries: &ServiceBinaries,
     postgres: &str,
     redis: &str,
 ) -> Result<()> {
@@ -883,11 +890,11 @@ fn binary_environment(
     // Each environment's identity gets its own database, as each environment has its own.
     let database = crate::servers::create_database(postgres, &format!("helm_binary_{env}"))?;
     let secrets = |c: &contract::Contract| test_secrets(c, &database, redis);
-    let binary = |chart: &str| target.join("debug").join(chart);
+    let binary = |chart: &str| service_binary(binaries, chart);
 
     if let Some(job) = contract::extract_job(&identity.objects)? {
         let report = binary::run_job(
-            &binary(&identity.chart),
+            &binary(&identity.chart)?,
             &job,
             env_prefix(&identity.chart)?,
             &secrets(&job),
@@ -897,7 +904,7 @@ fn binary_environment(
     }
     let identity_contract = contract::extract(&identity.objects)?;
     let mut identity_running = binary::start(
-        &binary(&identity.chart),
+        &binary(&identity.chart)?,
         &identity_contract,
         env_prefix(&identity.chart)?,
         &secrets(&identity_contract),
@@ -918,7 +925,7 @@ fn binary_environment(
         format!("127.0.0.1:{}", identity_running.http),
     )]);
     let mut gateway_running = binary::start(
-        &binary(&gateway.chart),
+        &binary(&gateway.chart)?,
         &gateway_contract,
         env_prefix(&gateway.chart)?,
         &secrets(&gateway_contract),

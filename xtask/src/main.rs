@@ -2,6 +2,8 @@
 //! CI (`.ci/run` and the GitHub workflows) calls the same steps, so CI is never a black box.
 
 mod ci;
+mod drills;
+mod fuzz_build;
 mod gitops;
 mod helm;
 mod previous_release;
@@ -108,90 +110,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        // Debug builds: the dev profile is what `cargo xtask test` already builds, so the drills
-        // reuse it instead of a release build with thin LTO (minutes on a small machine), and
-        // 200 req/s is far below what a debug build serves. The drills spawn the service binaries
-        // from the same target directory, so they are built first.
-        Command::Drills { args } => {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let ci = steps::running_in_ci();
-            // The drills' own tools (cargo-fuzz is built from crates.io: minutes on a fresh
-            // machine) install beside the builds below instead of after them.
-            let drill_tools = {
-                let args = args.clone();
-                std::thread::spawn(move || tools::drill_tools(&args, ci))
-            };
-            // The rolling drill's OLD binaries, before this checkout's build: the old build
-            // writes the same file names into the shared target directory.
-            let previous = if previous_release::wanted(&args) {
-                match previous_release::binaries(&root, &cargo) {
-                    Ok(dir) => Some(dir),
-                    Err(err) if ci => {
-                        return Err(
-                            err.context("CI=true: the rolling drill needs the previous release")
-                        );
-                    }
-                    Err(err) => {
-                        eprintln!("xtask: the previous release is not available: {err:#}");
-                        None
-                    }
-                }
-            } else {
-                None
-            };
-            let packages = [
-                "cloud-identity-access",
-                "cloud-api-gateway-bff",
-                "cloud-drills",
-            ];
-            let mut build = std::process::Command::new(&cargo);
-            build.current_dir(&root).arg("build");
-            for p in packages {
-                build.args(["-p", p]);
-            }
-            anyhow::ensure!(
-                build.status()?.success(),
-                "cargo build of the drills failed"
-            );
-            let mut drills = std::process::Command::new(&cargo);
-            // The Unleash drill needs the pinned unleash-server from the tools cache; without
-            // it only that drill fails, with a message saying so.
-            match tools::Tools::new().and_then(|t| t.unleash_server()) {
-                Ok(prefix) => {
-                    drills.env("CLOUD_UNLEASH_SERVER", prefix);
-                }
-                Err(err) => eprintln!("xtask: unleash-server is not available: {err:#}"),
-            }
-            // The rolling drill's load balancer, from the tools cache (a hard requirement in CI).
-            match tools::Tools::new().and_then(|t| t.nginx()) {
-                Ok(bin) => {
-                    drills.env("CLOUD_NGINX", bin);
-                }
-                Err(err) if ci => {
-                    return Err(err.context("CI=true: the drills need nginx from the tools cache"));
-                }
-                Err(err) => eprintln!("xtask: nginx is not available: {err:#}"),
-            }
-            if let Some(dir) = previous {
-                drills.env("CLOUD_DRILLS_PREVIOUS_BIN_DIR", dir);
-            }
-            let drill_tools = drill_tools
-                .join()
-                .map_err(|_| anyhow::anyhow!("installing the drills' tools panicked"))??;
-            for (var, path) in drill_tools {
-                drills.env(var, path);
-            }
-            let status = drills
-                .current_dir(&root)
-                .args(["run", "-q", "-p", "cloud-drills", "--"])
-                .args(&args)
-                .status()?;
-            anyhow::ensure!(
-                status.success(),
-                "the drills failed or found defects ({status})"
-            );
-            Ok(())
-        }
+        Command::Drills { args } => drills::run(&root, &args),
     }
 }
 

@@ -12,6 +12,13 @@ use crate::steps::{path_str, run_cmd};
 
 const BINARIES: [&str; 2] = ["cloud-identity-access", "cloud-api-gateway-bff"];
 
+/// What `cargo xtask drills` builds: the services and the drills' runner.
+pub const DRILL_PACKAGES: [&str; 3] = [
+    "cloud-identity-access",
+    "cloud-api-gateway-bff",
+    "cloud-drills",
+];
+
 /// The SHA in previous-release.txt: its first line that is neither empty nor a `#` comment.
 pub fn sha(root: &Path) -> Result<String> {
     let file = root.join("crates/cloud-drills/previous-release.txt");
@@ -38,7 +45,7 @@ fn cache_dir() -> Result<PathBuf> {
 
 /// The Cargo target directory the main workspace builds into, so that the old build shares its
 /// compiled dependencies.
-fn target_dir(root: &Path) -> PathBuf {
+pub(crate) fn target_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
 }
 
@@ -141,48 +148,22 @@ fn build(root: &Path, cargo: &str, tree: &Path) -> Result<PathBuf> {
     cmd.current_dir(tree)
         .arg("build")
         .args(["--target-dir", path_str(&target)?]);
-    for b in BINARIES {
-        cmd.args(["-p", b]);
+    // The same packages as this checkout's build for the drills, so that cargo unifies the
+    // dependencies' features the same way and that build reuses every dependency compiled here
+    // (with only the two binaries', it compiled again the ones whose features differ).
+    for p in DRILL_PACKAGES {
+        if tree.join("crates").join(p).join("Cargo.toml").is_file() {
+            cmd.args(["-p", p]);
+        }
     }
     run_cmd(&mut cmd)?;
     Ok(target.join("debug"))
-}
-
-/// Whether `cargo xtask drills -- <args>` would run the rolling drill: yes unless `--only` names
-/// only other drills (the drills match `--only` by substring of their names).
-pub fn wanted(args: &[String]) -> bool {
-    let mut only = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        if a == "--only" {
-            if let Some(v) = it.next() {
-                only.push(v.as_str());
-            }
-        } else if let Some(v) = a.strip_prefix("--only=") {
-            only.push(v);
-        }
-    }
-    only.is_empty() || only.iter().any(|o| "rolling".contains(o))
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
-
-    fn args(a: &[&str]) -> Vec<String> {
-        a.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn the_rolling_drill_is_wanted_unless_only_names_others() {
-        assert!(wanted(&args(&[])));
-        assert!(wanted(&args(&["--rate", "100"])));
-        assert!(wanted(&args(&["--only", "rolling"])));
-        assert!(wanted(&args(&["--only", "redis", "--only=roll"])));
-        assert!(!wanted(&args(&["--only", "redis"])));
-        assert!(!wanted(&args(&["--only=database"])));
-    }
 
     #[test]
     fn the_committed_file_names_a_commit() {

@@ -182,6 +182,60 @@ pub fn capture(cmd: &mut Command) -> Result<String> {
     String::from_utf8(out.stdout).with_context(|| format!("{shown} printed non-UTF-8 output"))
 }
 
+/// The workspace's binaries `names`, built the way the `tests` step builds them: `cargo test
+/// --workspace --no-run` (a no-op after that step) builds each package's binaries for its
+/// integration tests. Steps that run a binary use this instead of `cargo build -p` or `cargo run
+/// -p`, which resolve the dependencies' features without the dev-dependencies' and so compile
+/// again every dependency whose features differ: minutes per step on a cold 2-core machine (a
+/// cold `.ci/run` spent 5 min 19 s on helm-binary's build and 7 min 25 s on the two OpenAPI
+/// drift tests' before they did this). Returns the paths in the order of `names`.
+pub fn workspace_binaries(ctx: &Ctx, names: &[&str]) -> Result<Vec<PathBuf>> {
+    let out = capture(
+        ctx.cargo()
+            .args(["test", "--workspace", "--locked", "--no-run"])
+            .arg("--message-format=json-render-diagnostics")
+            // Compiler progress and errors as usual; only the JSON messages are captured.
+            .stderr(std::process::Stdio::inherit()),
+    )?;
+    binaries_from_cargo_messages(&out, names)
+}
+
+/// The `executable` of each non-test `bin` artifact named in `names`, from cargo's JSON messages.
+pub fn binaries_from_cargo_messages(messages: &str, names: &[&str]) -> Result<Vec<PathBuf>> {
+    let mut found: Vec<Option<PathBuf>> = vec![None; names.len()];
+    for line in messages.lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let is_bin = message["reason"] == "compiler-artifact"
+            && message["profile"]["test"] == false
+            && message["target"]["kind"]
+                .as_array()
+                .is_some_and(|kinds| kinds.iter().any(|k| k == "bin"));
+        if !is_bin {
+            continue;
+        }
+        let (Some(name), Some(executable)) = (
+            message["target"]["name"].as_str(),
+            message["executable"].as_str(),
+        ) else {
+            continue;
+        };
+        if let Some(i) = names.iter().position(|n| *n == name) {
+            found[i] = Some(PathBuf::from(executable));
+        }
+    }
+    names
+        .iter()
+        .zip(found)
+        .map(|(name, path)| {
+            path.with_context(|| {
+                format!("`cargo test --workspace --no-run` built no binary named {name}")
+            })
+        })
+        .collect()
+}
+
 pub fn cargo_fmt(ctx: &mut Ctx) -> Result<()> {
     run_cmd(ctx.cargo().args(["fmt", "--all", "--check"]))
 }
@@ -269,4 +323,29 @@ pub fn test_environment(ctx: &mut Ctx) -> Result<Vec<(String, String)>> {
 pub fn path_str(p: &Path) -> Result<&str> {
     p.to_str()
         .with_context(|| format!("path {} is not UTF-8", p.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn binaries_are_the_non_test_bin_artifacts_of_cargo_messages() {
+        let messages = [
+            r#"{"reason":"compiler-artifact","target":{"kind":["lib"],"name":"cloudctl"},"profile":{"test":false},"executable":null}"#,
+            r#"{"reason":"compiler-artifact","target":{"kind":["bin"],"name":"cloudctl"},"profile":{"test":true},"executable":"/t/debug/deps/cloudctl-0123"}"#,
+            r#"{"reason":"compiler-artifact","target":{"kind":["bin"],"name":"cloudctl"},"profile":{"test":false},"executable":"/t/debug/cloudctl"}"#,
+            r#"{"reason":"compiler-artifact","target":{"kind":["test"],"name":"runbook"},"profile":{"test":true},"executable":"/t/debug/deps/runbook-4567"}"#,
+            "not json: cargo prints only JSON here, but a stray line is skipped",
+            r#"{"reason":"build-finished","success":true}"#,
+        ]
+        .join("\n");
+        assert_eq!(
+            binaries_from_cargo_messages(&messages, &["cloudctl"]).unwrap(),
+            vec![PathBuf::from("/t/debug/cloudctl")]
+        );
+        let err = binaries_from_cargo_messages(&messages, &["cloudctl", "runbook"]).unwrap_err();
+        assert!(err.to_string().contains("no binary named runbook"), "{err}");
+    }
 }

@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 
+use crate::ci::ToolSpeed;
 use crate::steps::{capture, path_str, run_cmd};
 
 /// Bump when the layout of the cache changes, so old caches are never reused by mistake.
@@ -215,17 +216,20 @@ impl Tools {
         })
     }
 
-    /// The load generators and the nginx anchor of the benchmarks under `bench/` (not needed by
-    /// `cargo xtask test`): Debian's nginx and wrk, and oha from crates.io. (`NGINX_BIN`, not
-    /// `NGINX`: nginx reads `NGINX` as a list of inherited sockets.)
+    /// The load generators and the anchors of the benchmarks under `bench/` (not needed by
+    /// `cargo xtask test`): Debian's nginx and wrk, oha from crates.io, and the Node SDK
+    /// `unleash-client` with the Node 22 it runs on. (`NGINX_BIN`, not `NGINX`: nginx reads
+    /// `NGINX` as a list of inherited sockets.)
     pub fn bench_tools(&self) -> Result<Vec<(String, PathBuf)>> {
         Ok(vec![
             ("NGINX_BIN".into(), self.nginx()?),
             ("WRK_BIN".into(), self.apt(&["wrk"], "wrk")?),
             (
                 "OHA".into(),
-                self.cargo_install("oha-1.16.0", "oha@1.16.0", "oha")?,
+                self.cargo_install("oha-1.16.0", "oha@1.16.0", "oha", ToolSpeed::Matters)?,
             ),
+            ("NODE22_BIN".into(), self.node22()?),
+            ("UNLEASH_CLIENT_NODE".into(), self.unleash_client_node()?),
         ])
     }
 
@@ -276,7 +280,12 @@ impl Tools {
     /// cargo-fuzz from crates.io, for the `fuzz` drill (run it as `cargo-fuzz fuzz ...`, which is
     /// what `cargo fuzz ...` runs).
     pub fn cargo_fuzz(&self) -> Result<PathBuf> {
-        self.cargo_install("cargo-fuzz-0.13.2", CARGO_FUZZ, "cargo-fuzz")
+        self.cargo_install(
+            "cargo-fuzz-0.13.2",
+            CARGO_FUZZ,
+            "cargo-fuzz",
+            ToolSpeed::Irrelevant,
+        )
     }
 
     /// schemathesis from PyPI in its own venv, for the `schemathesis` drill. Returns the venv's
@@ -334,36 +343,6 @@ impl Tools {
     pub fn unleash_client_node(&self) -> Result<PathBuf> {
         self.npm_install("unleash-client-6.12.1", &[UNLEASH_CLIENT_NODE], None)
     }
-}
-
-/// The tools of the `fuzz` and `schemathesis` drills, as the environment variables the drills
-/// read, installed only when `args` (the drills' arguments) select that drill. Outside CI a
-/// missing tool only fails its own drill (with a message naming the variable); under CI it is
-/// an error here.
-pub fn drill_tools(args: &[String], ci: bool) -> Result<Vec<(&'static str, PathBuf)>> {
-    type Install = fn(&Tools) -> Result<PathBuf>;
-    let installers: [(&str, &str, Install); 2] = [
-        ("fuzz", "CLOUD_CARGO_FUZZ", Tools::cargo_fuzz),
-        (
-            "schemathesis",
-            "CLOUD_SCHEMATHESIS_PYTHON",
-            Tools::schemathesis,
-        ),
-    ];
-    let mut out = Vec::new();
-    for (drill, var, install) in installers {
-        if !drill_wanted(args, drill) {
-            continue;
-        }
-        match Tools::new().and_then(|t| install(&t)) {
-            Ok(path) => out.push((var, path)),
-            Err(err) if ci => {
-                return Err(err.context(format!("CI=true: the {drill} drill needs its tool")));
-            }
-            Err(err) => eprintln!("xtask: the {drill} drill's tool is not available: {err:#}"),
-        }
-    }
-    Ok(out)
 }
 
 /// Whether the drills' `--only` arguments select `drill` (none: every drill runs). The same
@@ -426,5 +405,11 @@ mod tests {
             &args(&["--only", "redis", "--rate", "10"]),
             "schemathesis"
         ));
+        assert!(drill_wanted(&args(&["--rate", "100"]), "rolling"));
+        assert!(drill_wanted(
+            &args(&["--only", "redis", "--only=roll"]),
+            "rolling"
+        ));
+        assert!(!drill_wanted(&args(&["--only=database"]), "rolling"));
     }
 }

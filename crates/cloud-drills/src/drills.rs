@@ -64,8 +64,6 @@ pub struct Settings {
     pub rate: u32,
     /// How long the broken dependency stays down.
     pub outage: Duration,
-    /// The fuzz targets' build, started with the drills when the fuzz drill is selected.
-    pub fuzz_build: Arc<std::sync::Mutex<Option<crate::fuzz::Build>>>,
 }
 
 pub(crate) const BOOTSTRAP_CLIENT: &str = "platform-admin";

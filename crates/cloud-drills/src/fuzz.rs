@@ -1,16 +1,9 @@
-//! The `fuzz` drill (issue 9, drill 7): builds the cargo-fuzz targets in `fuzz/` and runs each
-//! one for a bounded time from its committed seed corpus, counting executions and crashes.
+//! The `fuzz` drill (issue 9, drill 7): runs each cargo-fuzz target in `fuzz/` for a bounded
+//! time from its committed seed corpus, counting executions and crashes.
 //!
-//! - cargo-fuzz comes from the tools cache: `cargo xtask drills` hands its path over as
-//!   `CLOUD_CARGO_FUZZ`.
-//! - `--sanitizer none`: every workspace crate has `unsafe_code = "forbid"`, so AddressSanitizer
-//!   could only find memory errors in dependencies' unsafe code; what the drill looks for
-//!   (panics, overflow, runaway recursion, hangs, memory blow-ups) libFuzzer catches without it.
-//!   It also keeps the build on stable Rust without `RUSTC_BOOTSTRAP=1` and runs about twice as
-//!   many executions per second.
-//! - `--dev` with the fuzz crate's `opt-level = 1`: cargo-fuzz's release mode forces one codegen
-//!   unit on every crate, which takes far longer to build on a 2-core machine than the fuzzing
-//!   time itself.
+//! - The targets are built by `cargo xtask drills` (xtask/src/fuzz_build.rs: `cargo fuzz build
+//!   --dev --sanitizer none`, why there), in the background from its start; this drill waits for
+//!   the status file that build writes, named by `CLOUD_FUZZ_BUILD_STATUS`.
 //! - Each target runs its binary directly with `-max_total_time`; new inputs go to a temporary
 //!   corpus (the committed seeds under `fuzz/corpus/<target>/` are only read), crashing inputs to
 //!   `fuzz/artifacts/<target>/`.
@@ -54,13 +47,8 @@ pub struct TargetRun {
     pub report: Vec<String>,
 }
 
-pub async fn fuzz(settings: &Settings) -> Result<Row> {
-    let head_start = settings
-        .fuzz_build
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take();
-    tokio::task::spawn_blocking(move || run(head_start))
+pub async fn fuzz(_settings: &Settings) -> Result<Row> {
+    tokio::task::spawn_blocking(run)
         .await
         .context("the fuzz drill's thread failed")?
 }
@@ -80,99 +68,90 @@ fn seconds_per_target() -> Result<u64> {
     }
 }
 
-/// Its own directory: the instrumented build must not share artifacts with the main one.
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| repo_root().join("target"), PathBuf::from)
-        .join("fuzz")
+/// How long the drill waits for the build before it gives up: far longer than a fresh machine
+/// needs, short of hanging a CI run.
+const BUILD_WAIT_LIMIT: Duration = Duration::from_secs(60 * 60);
+
+/// The background build's outcome, from the status file `cargo xtask drills` has it write
+/// (`exit_code <n>` and `seconds <s>` lines).
+#[derive(Debug, PartialEq)]
+struct BuildStatus {
+    exit_code: i32,
+    seconds: f64,
 }
 
-/// The instrumented build of the fuzz targets, started when the drills start: on a fresh
-/// machine it is minutes of compiling, and the drills before this one leave most of the CPU
-/// idle (they wait on outages at a modest request rate). It runs at the lowest priority
-/// (`nice -n 19`) so that it does not disturb what those drills measure.
-#[derive(Debug)]
-pub struct Build {
-    handle: std::thread::JoinHandle<Result<()>>,
-    started: Instant,
-}
-
-/// Starts [`Build`] in the background (the `fuzz` drill joins it).
-pub fn start_build() -> Build {
-    let started = Instant::now();
-    let handle = std::thread::spawn(|| build(true));
-    Build { handle, started }
-}
-
-fn build(in_background: bool) -> Result<()> {
-    let cargo_fuzz = std::env::var_os("CLOUD_CARGO_FUZZ").map(PathBuf::from).context(
-        "CLOUD_CARGO_FUZZ is not set (the cargo-fuzz binary; `cargo xtask drills` installs it into the tools cache and sets it)",
-    )?;
-    let root = repo_root();
-    let fuzz_dir = root.join("fuzz");
-    let target_dir = target_dir();
-    // The fuzz crate is a workspace of its own: its lock file starts as a copy of the main one
-    // on every run, so the product crates are fuzzed with the dependency versions they ship with
-    // (cargo then only adds libfuzzer-sys).
-    let lock = fuzz_dir.join("Cargo.lock");
-    std::fs::copy(root.join("Cargo.lock"), &lock)
-        .with_context(|| format!("cannot copy Cargo.lock to {}", lock.display()))?;
-    std::fs::create_dir_all(&target_dir)
-        .with_context(|| format!("cannot create {}", target_dir.display()))?;
-    let mut cmd = if in_background {
-        let mut nice = Command::new("nice");
-        nice.args(["-n", "19"]).arg(&cargo_fuzz);
-        nice
-    } else {
-        Command::new(&cargo_fuzz)
-    };
-    let log_path = target_dir.join("build.log");
-    let log = std::fs::File::create(&log_path)
-        .with_context(|| format!("cannot create {}", log_path.display()))?;
-    let status = cmd
-        .current_dir(&root)
-        .args([
-            "fuzz",
-            "build",
-            "--dev",
-            "--sanitizer",
-            "none",
-            "--fuzz-dir",
-        ])
-        .arg(&fuzz_dir)
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .status()
-        .with_context(|| format!("cannot run {}", cargo_fuzz.display()))?;
-    if !status.success() {
-        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-        bail!("cargo fuzz build failed ({status}):\n{}", tail(&text, 40));
+fn parse_build_status(text: &str) -> Option<BuildStatus> {
+    let mut exit_code = None;
+    let mut seconds = None;
+    for line in text.lines() {
+        match line.split_once(' ') {
+            Some(("exit_code", v)) => exit_code = v.trim().parse().ok(),
+            Some(("seconds", v)) => seconds = v.trim().parse().ok(),
+            _ => {}
+        }
     }
-    Ok(())
+    Some(BuildStatus {
+        exit_code: exit_code?,
+        seconds: seconds?,
+    })
 }
 
-fn run(head_start: Option<Build>) -> Result<Row> {
+/// Waits for the fuzz build; returns how long it took and how long this drill waited for it.
+fn wait_for_build(status_file: &Path) -> Result<(Duration, Duration)> {
+    let waited = Instant::now();
+    let text = loop {
+        match std::fs::read_to_string(status_file) {
+            Ok(text) => break text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                if waited.elapsed() > BUILD_WAIT_LIMIT {
+                    bail!(
+                        "the fuzz build wrote no {} in {} minutes",
+                        status_file.display(),
+                        BUILD_WAIT_LIMIT.as_secs() / 60
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(err) => {
+                return Err(err).with_context(|| format!("cannot read {}", status_file.display()));
+            }
+        }
+    };
+    let status = parse_build_status(&text).with_context(|| {
+        format!(
+            "{} is not `exit_code <n>` and `seconds <s>`: {text:?}",
+            status_file.display()
+        )
+    })?;
+    if status.exit_code != 0 {
+        let log_path = status_file.with_file_name("build.log");
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        bail!(
+            "cargo fuzz build failed (exit code {}; {}):\n{}",
+            status.exit_code,
+            log_path.display(),
+            tail(&log, 40)
+        );
+    }
+    Ok((Duration::from_secs_f64(status.seconds), waited.elapsed()))
+}
+
+fn run() -> Result<Row> {
     let secs = seconds_per_target()?;
     let fuzz_dir = repo_root().join("fuzz");
-    let waited = Instant::now();
-    let build_time = match head_start {
-        Some(b) => {
-            b.handle
-                .join()
-                .map_err(|_| anyhow::anyhow!("the background fuzz build panicked"))??;
-            b.started.elapsed()
-        }
-        None => {
-            build(false)?;
-            waited.elapsed()
-        }
-    };
-    let waited = waited.elapsed();
-    let target_dir = target_dir();
+    let status_file = std::env::var_os("CLOUD_FUZZ_BUILD_STATUS")
+        .map(PathBuf::from)
+        .context(
+            "CLOUD_FUZZ_BUILD_STATUS is not set: the fuzz targets are built by `cargo xtask drills`, which sets it",
+        )?;
+    let (build_time, waited) = wait_for_build(&status_file)?;
+    // The build's target dir (`<main target dir>/fuzz`) holds the status file.
+    let target_dir = status_file
+        .parent()
+        .context("CLOUD_FUZZ_BUILD_STATUS names no directory")?;
     let mut runs = Vec::new();
     for (target, _) in TARGETS {
-        let bin = find_binary(&target_dir, target)?;
+        let bin = find_binary(target_dir, target)?;
         eprintln!("cloud-drills: fuzzing {target} for {secs} s");
         runs.push(run_target(&bin, &fuzz_dir, target, secs)?);
     }
@@ -393,6 +372,23 @@ mod tests {
         stat::new_units_added:          113\n\
         stat::slowest_unit_time_sec:    0\n\
         stat::peak_rss_mb:              88\n";
+
+    #[test]
+    fn the_build_status_file_is_read_and_a_partial_one_is_not() {
+        assert_eq!(
+            parse_build_status("exit_code 0\nseconds 612.4\n"),
+            Some(BuildStatus {
+                exit_code: 0,
+                seconds: 612.4
+            })
+        );
+        assert_eq!(
+            parse_build_status("exit_code 101\nseconds 3.0\n").map(|s| s.exit_code),
+            Some(101)
+        );
+        assert_eq!(parse_build_status("exit_code 0\n"), None);
+        assert_eq!(parse_build_status("exit_code zero\nseconds 1\n"), None);
+    }
 
     #[test]
     fn final_stats_are_read() {

@@ -82,9 +82,6 @@ async fn run(cli: Cli) -> Result<bool> {
         binaries: infra::Binaries::find()?,
         rate: cli.rate,
         outage: Duration::from_secs(cli.outage_secs),
-        fuzz_build: std::sync::Arc::new(std::sync::Mutex::new(
-            selected("fuzz").then(fuzz::start_build),
-        )),
     };
     let started = Instant::now();
     let mut rows = Vec::new();
