@@ -8,15 +8,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Backend, TestApp};
+use common::{Backend, CHALLENGE, TestApp, VERIFIER};
 use josekit::jwk::JwkSet;
 use josekit::jws::EdDSA;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
-const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
-const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
 
 struct Driver {
     child: std::process::Child,

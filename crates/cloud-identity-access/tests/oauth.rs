@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Fixture, REDIRECT, TestApp, claims};
+use common::{CHALLENGE, Fixture, REDIRECT, TestApp, VERIFIER, claims, login, redeem, refresh};
 use josekit::jwk::JwkSet;
 use josekit::jws::EdDSA;
 use josekit::jwt;
@@ -257,124 +257,6 @@ async fn introspection_and_revocation(app: TestApp) {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-}
-
-#[derive(Debug)]
-pub struct Login {
-    pub code: String,
-    pub state: String,
-}
-
-/// Drives the hosted login page over plain HTTP (the browser test does it in Chromium).
-pub async fn login(
-    app: &TestApp,
-    f: &Fixture,
-    challenge: &str,
-    password: &str,
-) -> Result<Login, (StatusCode, String)> {
-    let query = [
-        ("response_type", "code"),
-        ("client_id", f.web_client_id.as_str()),
-        ("redirect_uri", REDIRECT),
-        ("scope", "openid email orders:read"),
-        ("state", "st-123"),
-        ("nonce", "n-456"),
-        ("code_challenge", challenge),
-        ("code_challenge_method", "S256"),
-    ];
-    let page = app
-        .http
-        .get(app.url("/oauth2/authorize"))
-        .query(&query)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(page.status(), StatusCode::OK);
-    let cookie = page.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
-    let html = page.text().await.unwrap();
-    assert!(
-        html.contains("<label for=\"email\">") && html.contains("<label for=\"password\">"),
-        "labelled fields"
-    );
-    let csrf = html
-        .split("name=\"csrf_token\" value=\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap()
-        .to_string();
-    let mut form: Vec<(&str, &str)> = query.to_vec();
-    form.push(("csrf_token", &csrf));
-    form.push(("email", &f.user_email));
-    form.push(("password", password));
-    let resp = app
-        .http
-        .post(app.url("/oauth2/authorize"))
-        .header("cookie", cookie)
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
-    if resp.status() != StatusCode::SEE_OTHER {
-        let status = resp.status();
-        return Err((status, resp.text().await.unwrap()));
-    }
-    let location = url::Url::parse(resp.headers()["location"].to_str().unwrap()).unwrap();
-    assert!(location.as_str().starts_with(REDIRECT));
-    let get = |k: &str| {
-        location
-            .query_pairs()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.into_owned())
-            .unwrap()
-    };
-    assert_eq!(get("iss"), app.base);
-    Ok(Login {
-        code: get("code"),
-        state: get("state"),
-    })
-}
-
-pub const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
-pub const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
-
-async fn redeem(app: &TestApp, f: &Fixture, code: &str, verifier: &str) -> (StatusCode, Value) {
-    let resp = app
-        .http
-        .post(app.url("/oauth2/token"))
-        .form(&[
-            ("grant_type", "authorization_code"),
-            ("client_id", &f.web_client_id),
-            ("code", code),
-            ("redirect_uri", REDIRECT),
-            ("code_verifier", verifier),
-        ])
-        .send()
-        .await
-        .unwrap();
-    (resp.status(), resp.json().await.unwrap())
-}
-
-async fn refresh(app: &TestApp, f: &Fixture, token: &str) -> (StatusCode, Value) {
-    let resp = app
-        .http
-        .post(app.url("/oauth2/token"))
-        .form(&[
-            ("grant_type", "refresh_token"),
-            ("client_id", &f.web_client_id),
-            ("refresh_token", token),
-        ])
-        .send()
-        .await
-        .unwrap();
-    (resp.status(), resp.json().await.unwrap())
 }
 
 async fn authorization_code_flow_with_pkce_refresh_and_reuse_detection(app: TestApp) {

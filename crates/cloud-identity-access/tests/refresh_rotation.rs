@@ -5,14 +5,9 @@
 
 mod common;
 
-use common::{Backend, Fixture, REDIRECT, TestApp};
+use common::{Backend, CHALLENGE, Fixture, TestApp, VERIFIER, login, redeem, refresh};
 use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::Value;
-
-/// RFC 7636 appendix B.
-const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
-const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
 
 /// Raw SQL on the database of a running app, through a second connection.
 enum Db {
@@ -63,89 +58,13 @@ async fn spawn(backend: Backend) -> Option<(TestApp, Db, tempfile::TempDir)> {
 
 /// Logs the fixture's user in through the login form and redeems the code: a refresh token.
 async fn first_refresh_token(app: &TestApp, f: &Fixture) -> String {
-    let query = [
-        ("response_type", "code"),
-        ("client_id", f.web_client_id.as_str()),
-        ("redirect_uri", REDIRECT),
-        ("scope", "orders:read"),
-        ("state", "s"),
-        ("code_challenge", CHALLENGE),
-        ("code_challenge_method", "S256"),
-    ];
-    let page = app
-        .http
-        .get(app.url("/oauth2/authorize"))
-        .query(&query)
-        .send()
+    let code = login(app, f, CHALLENGE, &f.user_password)
         .await
-        .unwrap();
-    assert_eq!(page.status(), StatusCode::OK);
-    let cookie = page.headers()["set-cookie"]
-        .to_str()
         .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
-    let html = page.text().await.unwrap();
-    let csrf = html
-        .split("name=\"csrf_token\" value=\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap()
-        .to_string();
-    let mut form: Vec<(&str, &str)> = query.to_vec();
-    form.push(("csrf_token", &csrf));
-    form.push(("email", &f.user_email));
-    form.push(("password", &f.user_password));
-    let resp = app
-        .http
-        .post(app.url("/oauth2/authorize"))
-        .header("cookie", cookie)
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
-    let location = url::Url::parse(resp.headers()["location"].to_str().unwrap()).unwrap();
-    let code = location
-        .query_pairs()
-        .find(|(k, _)| k == "code")
-        .map(|(_, v)| v.into_owned())
-        .unwrap();
-    let resp = app
-        .http
-        .post(app.url("/oauth2/token"))
-        .form(&[
-            ("grant_type", "authorization_code"),
-            ("client_id", f.web_client_id.as_str()),
-            ("code", code.as_str()),
-            ("redirect_uri", REDIRECT),
-            ("code_verifier", VERIFIER),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let body: Value = resp.json().await.unwrap();
+        .code;
+    let (status, body) = redeem(app, f, &code, VERIFIER).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     body["refresh_token"].as_str().unwrap().to_string()
-}
-
-async fn refresh(app: &TestApp, f: &Fixture, token: &str) -> (StatusCode, Value) {
-    let resp = app
-        .http
-        .post(app.url("/oauth2/token"))
-        .form(&[
-            ("grant_type", "refresh_token"),
-            ("client_id", f.web_client_id.as_str()),
-            ("refresh_token", token),
-        ])
-        .send()
-        .await
-        .unwrap();
-    (resp.status(), resp.json().await.unwrap_or(Value::Null))
 }
 
 /// A refresh whose response cannot be built (the database fails on the reads after the token

@@ -189,3 +189,25 @@ pub async fn sigterm_fails_readiness_then_drains(
         "the listener is closed after exit"
     );
 }
+
+/// The committed `openapi/<package>.yaml` equals `generated`, the OpenAPI 3.1 document the
+/// package builds from its code. `UPDATE_OPENAPI=1` rewrites the committed file first.
+pub fn committed_openapi_matches(package: &str, generated: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../openapi")
+        .join(format!("{package}.yaml"));
+    if std::env::var("UPDATE_OPENAPI").is_ok_and(|v| v == "1") {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "openapi/{package}.yaml is out of date; run `UPDATE_OPENAPI=1 cargo test -p {package} --test openapi`"
+    );
+    assert!(
+        generated.starts_with("openapi: 3.1.0\n"),
+        "the generated document is not OpenAPI 3.1.0: {:?}",
+        generated.lines().next()
+    );
+}

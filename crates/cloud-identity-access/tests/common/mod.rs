@@ -287,3 +287,126 @@ macro_rules! both_backends {
         })*
     };
 }
+
+// The authorization code flow, as a client drives it over HTTP.
+
+#[derive(Debug)]
+pub struct Login {
+    pub code: String,
+    pub state: String,
+}
+
+/// Drives the hosted login page over plain HTTP as the fixture's user, for the web client, and
+/// returns the code and state the redirect carries (the browser test does it in Chromium).
+pub async fn login(
+    app: &TestApp,
+    f: &Fixture,
+    challenge: &str,
+    password: &str,
+) -> Result<Login, (StatusCode, String)> {
+    let query = [
+        ("response_type", "code"),
+        ("client_id", f.web_client_id.as_str()),
+        ("redirect_uri", REDIRECT),
+        ("scope", "openid email orders:read"),
+        ("state", "st-123"),
+        ("nonce", "n-456"),
+        ("code_challenge", challenge),
+        ("code_challenge_method", "S256"),
+    ];
+    let page = app
+        .http
+        .get(app.url("/oauth2/authorize"))
+        .query(&query)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let cookie = page.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("<label for=\"email\">") && html.contains("<label for=\"password\">"),
+        "labelled fields"
+    );
+    let csrf = html
+        .split("name=\"csrf_token\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut form: Vec<(&str, &str)> = query.to_vec();
+    form.push(("csrf_token", &csrf));
+    form.push(("email", &f.user_email));
+    form.push(("password", password));
+    let resp = app
+        .http
+        .post(app.url("/oauth2/authorize"))
+        .header("cookie", cookie)
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    if resp.status() != StatusCode::SEE_OTHER {
+        let status = resp.status();
+        return Err((status, resp.text().await.unwrap()));
+    }
+    let location = url::Url::parse(resp.headers()["location"].to_str().unwrap()).unwrap();
+    assert!(location.as_str().starts_with(REDIRECT));
+    let get = |k: &str| {
+        location
+            .query_pairs()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.into_owned())
+            .unwrap()
+    };
+    assert_eq!(get("iss"), app.base);
+    Ok(Login {
+        code: get("code"),
+        state: get("state"),
+    })
+}
+
+/// RFC 7636's example PKCE pair.
+pub const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+pub const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+
+pub async fn redeem(app: &TestApp, f: &Fixture, code: &str, verifier: &str) -> (StatusCode, Value) {
+    let resp = app
+        .http
+        .post(app.url("/oauth2/token"))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("client_id", &f.web_client_id),
+            ("code", code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", verifier),
+        ])
+        .send()
+        .await
+        .unwrap();
+    (resp.status(), resp.json().await.unwrap())
+}
+
+pub async fn refresh(app: &TestApp, f: &Fixture, token: &str) -> (StatusCode, Value) {
+    let resp = app
+        .http
+        .post(app.url("/oauth2/token"))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("client_id", &f.web_client_id),
+            ("refresh_token", token),
+        ])
+        .send()
+        .await
+        .unwrap();
+    // Null when the body is not JSON: the caller's status assertion then says what went wrong.
+    (resp.status(), resp.json().await.unwrap_or(Value::Null))
+}
