@@ -5,7 +5,9 @@
 //!   same run, over 1,024 rotating tenant contexts;
 //! - replacing a 1,000-flag state (parse + compile + swap + audit diff);
 //! - evaluation latency p50/p99 in steady state vs while another thread replaces the
-//!   1,000-flag state in a loop (printed as `update-p99:` lines).
+//!   1,000-flag state in a loop (printed as `update-p99:` lines);
+//! - our overhead over raw yggdrasil once more, measured in interleaved pairs so that the VM's
+//!   drift cancels out (printed as `paired:` lines; see `paired_overhead`).
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
@@ -69,7 +71,15 @@ fn raw_contexts() -> Vec<Context> {
         .collect()
 }
 
-fn evaluation(c: &mut Criterion) {
+/// Our client and raw yggdrasil on the same 100 flags, with the same 1,024 contexts each.
+struct Subjects {
+    client: FlagClient,
+    raw: EngineState,
+    ours_ctx: Vec<FlagContext>,
+    raw_ctx: Vec<Context>,
+}
+
+fn subjects() -> Subjects {
     let body = features_100();
     let client = FlagClient::from_features_json(&body).unwrap();
     let raw = EngineState::default();
@@ -88,6 +98,21 @@ fn evaluation(c: &mut Criterion) {
             raw.get_variant(FLAG.name(), r, &None).name
         );
     }
+    Subjects {
+        client,
+        raw,
+        ours_ctx,
+        raw_ctx,
+    }
+}
+
+fn evaluation(c: &mut Criterion, subjects: &Subjects) {
+    let Subjects {
+        client,
+        raw,
+        ours_ctx,
+        raw_ctx,
+    } = subjects;
 
     let mut group = c.benchmark_group("is_enabled");
     group.throughput(Throughput::Elements(1));
@@ -206,12 +231,88 @@ fn update_p99() {
     println!("update-p99: p99 ratio during/steady = {:.2}", p99u / p99);
 }
 
+/// ns per evaluation of `evaluate` over one block of 4,096 rotating contexts.
+fn block_ns(mut evaluate: impl FnMut(usize)) -> f64 {
+    const BLOCK: usize = 4096;
+    let t = Instant::now();
+    for i in 0..BLOCK {
+        evaluate(i & 1023);
+    }
+    t.elapsed().as_nanos() as f64 / BLOCK as f64
+}
+
+/// Our overhead over raw yggdrasil, measured in pairs: each round times one block of ours and
+/// one block of raw right after each other (in alternating order), and the figure is the median
+/// of the rounds' ratios. On a shared VM whose speed drifts by tens of percent within seconds,
+/// criterion's one-after-the-other runs can put the drift into the ratio; a drift slower than a
+/// round (about 2 ms) cancels out of each pair. Printed as `paired:` lines.
+fn paired_overhead(s: &Subjects) {
+    paired(
+        "is_enabled",
+        |i| {
+            black_box(s.client.is_enabled(FLAG, black_box(&s.ours_ctx[i])));
+        },
+        |i| {
+            black_box(
+                s.raw
+                    .is_enabled(FLAG.name(), black_box(&s.raw_ctx[i]), &None),
+            );
+        },
+    );
+    paired(
+        "variant",
+        |i| {
+            black_box(s.client.variant(FLAG, black_box(&s.ours_ctx[i])));
+        },
+        |i| {
+            black_box(
+                s.raw
+                    .get_variant(FLAG.name(), black_box(&s.raw_ctx[i]), &None),
+            );
+        },
+    );
+}
+
+fn paired(name: &str, mut ours: impl FnMut(usize), mut raw: impl FnMut(usize)) {
+    let end = Instant::now() + Duration::from_secs(3);
+    let (mut ours_ns, mut raw_ns, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut round = 0usize;
+    while Instant::now() < end {
+        let (o, r) = if round.is_multiple_of(2) {
+            let o = block_ns(&mut ours);
+            (o, block_ns(&mut raw))
+        } else {
+            let r = block_ns(&mut raw);
+            (block_ns(&mut ours), r)
+        };
+        ours_ns.push(o);
+        raw_ns.push(r);
+        ratios.push(o / r);
+        round += 1;
+    }
+    for v in [&mut ours_ns, &mut raw_ns, &mut ratios] {
+        v.sort_by(f64::total_cmp);
+    }
+    let at = |v: &[f64], q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)];
+    let ratio = at(&ratios, 0.5);
+    println!(
+        "paired: {name} ours/raw = {ratio:.3} ({:+.1}%; quartiles {:.3}-{:.3} over {round} rounds), medians ours {:.1} ns, raw {:.1} ns",
+        (ratio - 1.0) * 100.0,
+        at(&ratios, 0.25),
+        at(&ratios, 0.75),
+        at(&ours_ns, 0.5),
+        at(&raw_ns, 0.5),
+    );
+}
+
 fn main() {
     let mut c = Criterion::default().configure_from_args();
-    evaluation(&mut c);
+    let subjects = subjects();
+    evaluation(&mut c, &subjects);
     state_update(&mut c);
     c.final_summary();
     if std::env::args().all(|a| a != "--list") {
+        paired_overhead(&subjects);
         update_p99();
     }
 }
