@@ -8,12 +8,14 @@
 #   - bench/flags/node-sdk.js on Node 22, once before and once after criterion, so that a drift
 #     of the machine during the run shows up as a difference between the two.
 #
-# Usage: bench/flags/run.sh              (MEASURE=3 seconds per criterion benchmark to change)
+# Usage: bench/flags/run.sh   (MEASURE=3 seconds per criterion benchmark, PAIRED_SECS=10 seconds
+#                              per operation of the paired overhead measurement, to change)
 # Needs: Node 22 and unleash-client 6.12.1, which `cargo xtask tools --bench` installs into the
 #        tools cache (this script calls it); python3.
 set -euo pipefail
 
 MEASURE=${MEASURE:-3}
+export PAIRED_SECS=${PAIRED_SECS:-10}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/cloud-platform/target}
 eval "$(cd "$ROOT" && cargo xtask tools --bench)"
@@ -26,6 +28,9 @@ trap 'rm -rf "$WORK"' EXIT
 
 node_sdk() { "$NODE22_BIN" "$ROOT/bench/flags/node-sdk.js" "$UNLEASH_CLIENT_NODE"; }
 
+# The hypervisor's steal time over the run: a shared VM's neighbours show up here, not in the
+# load average.
+head -1 /proc/stat > "$WORK/stat-before"
 echo "Node SDK ($("$NODE22_BIN" --version)), before criterion..." >&2
 node_sdk > "$WORK/node-before.jsonl"
 echo "criterion (--measurement-time $MEASURE)..." >&2
@@ -36,6 +41,7 @@ rm -rf "$CARGO_TARGET_DIR/criterion/is_enabled" "$CARGO_TARGET_DIR/criterion/var
   | tee "$WORK/criterion.txt" >&2
 echo "Node SDK, after criterion..." >&2
 node_sdk > "$WORK/node-after.jsonl"
+head -1 /proc/stat > "$WORK/stat-after"
 
 echo
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), commit $(cd "$ROOT" && git rev-parse --short HEAD)"
@@ -87,5 +93,9 @@ for op in ("is_enabled", "variant"):
 for line in criterion_text.splitlines():
     if line.startswith(("paired:", "update-p99:")):
         print(line)
+# /proc/stat's cpu line: user nice system idle iowait irq softirq steal ...
+stat_before, stat_after = ([int(v) for v in (work / f).read_text().split()[1:9]] for f in ("stat-before", "stat-after"))
+ticks = [b - a for a, b in zip(stat_before, stat_after)]
+print(f"CPU steal during the run: {100 * ticks[7] / max(sum(ticks), 1):.1f}% of the machine's CPU time")
 print("targets: " + ("all met" if not missed else "MISSED: " + "; ".join(missed)))
 EOF

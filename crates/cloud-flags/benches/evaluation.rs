@@ -273,8 +273,20 @@ fn paired_overhead(s: &Subjects) {
     );
 }
 
+/// `PAIRED_SECS` seconds per operation (default 3): `bench/flags/run.sh` asks for more.
+fn paired_duration() -> Duration {
+    let secs = std::env::var("PAIRED_SECS")
+        .ok()
+        .map(|v| {
+            v.parse::<u64>()
+                .expect("PAIRED_SECS is a whole number of seconds")
+        })
+        .unwrap_or(3);
+    Duration::from_secs(secs)
+}
+
 fn paired(name: &str, mut ours: impl FnMut(usize), mut raw: impl FnMut(usize)) {
-    let end = Instant::now() + Duration::from_secs(3);
+    let end = Instant::now() + paired_duration();
     let (mut ours_ns, mut raw_ns, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let mut round = 0usize;
     while Instant::now() < end {
