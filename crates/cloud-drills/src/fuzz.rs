@@ -1,9 +1,9 @@
 //! The `fuzz` drill (issue 9, drill 7): runs each cargo-fuzz target in `fuzz/` for a bounded
 //! time from its committed seed corpus, counting executions and crashes.
 //!
-//! - The targets are built by `cargo xtask drills` (xtask/src/fuzz_build.rs: `cargo fuzz build
-//!   --dev --sanitizer none`, why there), in the background from its start; this drill waits for
-//!   the status file that build writes, named by `CLOUD_FUZZ_BUILD_STATUS`.
+//! - The targets are built by `cargo xtask drills` (xtask/src/fuzz_build.rs: the build `cargo
+//!   fuzz build --dev --sanitizer none` runs, why there), in the background from its start; this
+//!   drill waits for the status file that build writes, named by `CLOUD_FUZZ_BUILD_STATUS`.
 //! - Each target runs its binary directly with `-max_total_time`; new inputs go to a temporary
 //!   corpus (the committed seeds under `fuzz/corpus/<target>/` are only read), crashing inputs to
 //!   `fuzz/artifacts/<target>/`.
@@ -127,7 +127,7 @@ fn wait_for_build(status_file: &Path) -> Result<(Duration, Duration)> {
         let log_path = status_file.with_file_name("build.log");
         let log = std::fs::read_to_string(&log_path).unwrap_or_default();
         bail!(
-            "cargo fuzz build failed (exit code {}; {}):\n{}",
+            "the fuzz targets' build failed (exit code {}; {}):\n{}",
             status.exit_code,
             log_path.display(),
             tail(&log, 40)
@@ -149,16 +149,42 @@ fn run() -> Result<Row> {
     let target_dir = status_file
         .parent()
         .context("CLOUD_FUZZ_BUILD_STATUS names no directory")?;
+    let binaries = TARGETS
+        .iter()
+        .map(|(target, _)| Ok((*target, find_binary(target_dir, target)?)))
+        .collect::<Result<Vec<_>>>()?;
     let mut runs = Vec::new();
-    for (target, _) in TARGETS {
-        let bin = find_binary(target_dir, target)?;
-        eprintln!("cloud-drills: fuzzing {target} for {secs} s");
-        runs.push(run_target(&bin, &fuzz_dir, target, secs)?);
+    for batch in binaries.chunks(targets_at_once()) {
+        let names: Vec<&str> = batch.iter().map(|(t, _)| *t).collect();
+        eprintln!("cloud-drills: fuzzing {} for {secs} s", names.join(", "));
+        let batch_runs = std::thread::scope(|scope| {
+            let handles: Vec<_> = batch
+                .iter()
+                .map(|(target, bin)| {
+                    let fuzz_dir = &fuzz_dir;
+                    scope.spawn(move || run_target(bin, fuzz_dir, target, secs))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .map_err(|_| anyhow::anyhow!("a fuzz target's thread panicked"))?
+                })
+                .collect::<Result<Vec<_>>>()
+        })?;
+        runs.extend(batch_runs);
     }
     Ok(row(&runs, secs, build_time, waited))
 }
 
-/// `<target dir>/<host triple>/debug/<name>`: cargo-fuzz always builds for an explicit target.
+/// How many targets fuzz at once: one per core (a libFuzzer process is single-threaded).
+fn targets_at_once() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// `<target dir>/<host triple>/debug/<name>`: the build names the target explicitly, as
+/// cargo-fuzz does.
 fn find_binary(target_dir: &Path, name: &str) -> Result<PathBuf> {
     let entries = std::fs::read_dir(target_dir)
         .with_context(|| format!("cannot read {}", target_dir.display()))?;
@@ -315,9 +341,10 @@ fn row(runs: &[TargetRun], secs: u64, build: Duration, waited: Duration) -> Row 
     let executions = runs.iter().map(|r| r.executions).sum();
     let crashes: usize = runs.iter().map(|r| r.crashes.len()).sum();
     let mut details = vec![format!(
-        "cargo fuzz build (--dev, --sanitizer none): done {:.0} s after it started, {:.0} s of it waited for by this drill; then each target for {secs} s",
+        "fuzz build (cargo-fuzz's --dev --sanitizer none flags): done {:.0} s after it started, {:.0} s of it waited for by this drill; then each target for {secs} s, {} at a time",
         build.as_secs_f64(),
-        waited.as_secs_f64()
+        waited.as_secs_f64(),
+        targets_at_once()
     )];
     let mut findings = Vec::new();
     for r in runs {

@@ -27,7 +27,7 @@ use drills::{Row, Settings, Verdict};
 #[derive(Debug, Parser)]
 #[command(about = "Reliability drills against real processes on loopback (issue 9)")]
 struct Cli {
-    /// Run only the drills whose name contains this text (repeatable): redis, identity, database, unleash, upstream, hostile.
+    /// Run only the drills whose name contains this text (repeatable): redis, identity, database, unleash, upstream, hostile, rolling, schemathesis, fuzz.
     #[arg(long = "only")]
     only: Vec<String>,
     /// Requests per second of the steady load.
@@ -55,8 +55,10 @@ fn drill_list() -> Vec<(&'static str, DrillFn)> {
         }),
         ("hostile", |s| Box::pin(hostile::hostile_input(s))),
         ("rolling", |s| Box::pin(rolling::rolling_update(s))),
-        ("fuzz", |s| Box::pin(fuzz::fuzz(s))),
+        // Last: it waits for the fuzz targets' background build, which the drills before it
+        // leave CPU for.
         ("schemathesis", |s| Box::pin(schemathesis::schemathesis(s))),
+        ("fuzz", |s| Box::pin(fuzz::fuzz(s))),
     ]
 }
 
