@@ -65,8 +65,9 @@ fn variant_decides_enabled(feature: &ClientFeature) -> bool {
 pub struct YggdrasilEngine {
     state: EngineState,
     /// Flags whose `disabled` variant always means the feature is off (see
-    /// [`variant_decides_enabled`]): for them one evaluation answers both questions.
-    variant_decides: HashSet<String>,
+    /// [`variant_decides_enabled`]): for them one evaluation answers both questions. Looked up
+    /// on most `variant` calls, so with the evaluation path's fast hash.
+    variant_decides: HashSet<String, foldhash::fast::RandomState>,
 }
 
 impl std::fmt::Debug for YggdrasilEngine {

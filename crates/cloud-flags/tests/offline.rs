@@ -553,6 +553,55 @@ fn verify_detects_an_edited_a_deleted_and_a_reordered_line() {
 
 // ------------------------------------------------------------------ observability
 
+/// An update is seen by the very next evaluation on every thread, and two clients on one thread
+/// never answer from each other's state.
+#[test]
+fn every_thread_sees_an_update_at_once_and_clients_keep_their_own_state() {
+    let flag = FlagKey::new("cache.flag");
+    let on = doc(vec![rollout_flag("cache.flag", 100, "tenantId")]);
+    let off = doc(vec![rollout_flag("cache.flag", 0, "tenantId")]);
+    let a = FlagClient::from_features_json(&on).unwrap();
+    let b = FlagClient::from_features_json(&off).unwrap();
+    let ctx = tenant(7);
+    for _ in 0..3 {
+        assert!(a.is_enabled(flag, &ctx));
+        assert!(!b.is_enabled(flag, &ctx));
+        assert!(a.variant(flag, &ctx).feature_enabled);
+        assert!(!b.variant(flag, &ctx).feature_enabled);
+    }
+    let other_thread = {
+        let a = a.clone();
+        let (to_main, from_other) = std::sync::mpsc::channel();
+        let (to_other, from_main) = std::sync::mpsc::channel::<()>();
+        let handle = std::thread::spawn(move || {
+            let ctx = tenant(7);
+            to_main.send(a.is_enabled(flag, &ctx)).unwrap();
+            from_main.recv().unwrap();
+            a.is_enabled(flag, &ctx)
+        });
+        assert!(
+            from_other.recv().unwrap(),
+            "the other thread saw the first state"
+        );
+        (handle, to_other)
+    };
+    a.apply_features_json(&off).unwrap();
+    assert!(
+        !a.is_enabled(flag, &ctx),
+        "this thread saw the update at once"
+    );
+    assert!(!a.variant(flag, &ctx).feature_enabled);
+    let (handle, to_other) = other_thread;
+    to_other.send(()).unwrap();
+    assert!(
+        !handle.join().unwrap(),
+        "the other thread saw the update at once"
+    );
+    b.apply_features_json(&on).unwrap();
+    assert!(b.is_enabled(flag, &ctx));
+    assert!(!a.is_enabled(flag, &ctx));
+}
+
 #[test]
 fn evaluations_are_counted_in_prometheus() {
     let client = FlagClient::from_bootstrap_file(cloud_flags::bundled_bootstrap_path()).unwrap();
