@@ -149,38 +149,13 @@ fn run() -> Result<Row> {
     let target_dir = status_file
         .parent()
         .context("CLOUD_FUZZ_BUILD_STATUS names no directory")?;
-    let binaries = TARGETS
-        .iter()
-        .map(|(target, _)| Ok((*target, find_binary(target_dir, target)?)))
-        .collect::<Result<Vec<_>>>()?;
     let mut runs = Vec::new();
-    for batch in binaries.chunks(targets_at_once()) {
-        let names: Vec<&str> = batch.iter().map(|(t, _)| *t).collect();
-        eprintln!("cloud-drills: fuzzing {} for {secs} s", names.join(", "));
-        let batch_runs = std::thread::scope(|scope| {
-            let handles: Vec<_> = batch
-                .iter()
-                .map(|(target, bin)| {
-                    let fuzz_dir = &fuzz_dir;
-                    scope.spawn(move || run_target(bin, fuzz_dir, target, secs))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .map_err(|_| anyhow::anyhow!("a fuzz target's thread panicked"))?
-                })
-                .collect::<Result<Vec<_>>>()
-        })?;
-        runs.extend(batch_runs);
+    for (target, _) in TARGETS {
+        let bin = find_binary(target_dir, target)?;
+        eprintln!("cloud-drills: fuzzing {target} for {secs} s");
+        runs.push(run_target(&bin, &fuzz_dir, target, secs)?);
     }
     Ok(row(&runs, secs, build_time, waited))
-}
-
-/// How many targets fuzz at once: one per core (a libFuzzer process is single-threaded).
-fn targets_at_once() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 /// `<target dir>/<host triple>/debug/<name>`: the build names the target explicitly, as
@@ -341,10 +316,9 @@ fn row(runs: &[TargetRun], secs: u64, build: Duration, waited: Duration) -> Row 
     let executions = runs.iter().map(|r| r.executions).sum();
     let crashes: usize = runs.iter().map(|r| r.crashes.len()).sum();
     let mut details = vec![format!(
-        "fuzz build (cargo-fuzz's --dev --sanitizer none flags): done {:.0} s after it started, {:.0} s of it waited for by this drill; then each target for {secs} s, {} at a time",
+        "fuzz build (cargo-fuzz's --dev --sanitizer none flags): done {:.0} s after it started, {:.0} s of it waited for by this drill; then each target for {secs} s, one after the other",
         build.as_secs_f64(),
-        waited.as_secs_f64(),
-        targets_at_once()
+        waited.as_secs_f64()
     )];
     let mut findings = Vec::new();
     for r in runs {
