@@ -156,7 +156,8 @@ impl Identity {
 pub(crate) const DRILL_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A gateway with one token-protected route `/api/` to `upstream`, a generous rate limit (the
-/// load must never be limited: a 429 would be a failure), and an optional Redis.
+/// load must never be limited: a 429 would be a failure), and an optional Redis; returned once
+/// its `/readyz` answers 200.
 pub(crate) async fn start_gateway(
     bin: &Binaries,
     issuer: &str,
@@ -187,13 +188,22 @@ pub(crate) async fn start_gateway(
             format!("{}s", DRILL_HEADER_READ_TIMEOUT.as_secs()),
         ),
     ];
-    start_service_with_args(
+    let gateway = start_service_with_args(
         &bin.gateway,
         "GATEWAY",
         env,
         vec!["--config".into(), path.display().to_string()],
     )
-    .await
+    .await?;
+    // Ready = the key set is loaded; before that every token would get the (documented) 503.
+    wait_for_status(
+        &reqwest::Client::new(),
+        &gateway.admin_url("/readyz"),
+        200,
+        Duration::from_secs(30),
+    )
+    .await?;
+    Ok(gateway)
 }
 
 pub(crate) async fn start_service_with_args(
@@ -299,13 +309,6 @@ pub async fn redis_outage(settings: &Settings) -> Result<Row> {
         upstream,
         Some(redis.url()),
         dir.path(),
-    )
-    .await?;
-    wait_for_status(
-        &client,
-        &gateway.admin_url("/readyz"),
-        200,
-        Duration::from_secs(30),
     )
     .await?;
     let token = identity.admin_token(&client).await?;
@@ -460,13 +463,6 @@ pub async fn identity_outage(settings: &Settings) -> Result<Row> {
         dir.path(),
     )
     .await?;
-    wait_for_status(
-        &client,
-        &gateway.admin_url("/readyz"),
-        200,
-        Duration::from_secs(30),
-    )
-    .await?;
     let token = identity.admin_token(&client).await?;
 
     let origin = Instant::now();
@@ -598,13 +594,6 @@ pub async fn database_outage(settings: &Settings) -> Result<Row> {
         upstream,
         None,
         dir.path(),
-    )
-    .await?;
-    wait_for_status(
-        &client,
-        &gateway.admin_url("/readyz"),
-        200,
-        Duration::from_secs(30),
     )
     .await?;
     wait_for_status(

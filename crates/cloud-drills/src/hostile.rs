@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use crate::drills::{
     BOOTSTRAP_CLIENT, Identity, Row, Settings, Verdict, describe, secs, start_gateway,
 };
-use crate::infra::{spawn_upstream, wait_for_status};
+use crate::infra::spawn_upstream;
 use crate::load::{Bounds, Load, Summary};
 use crate::procstat;
 
@@ -747,13 +747,6 @@ pub async fn hostile_input(settings: &Settings) -> Result<Row> {
         upstream,
         None,
         dir.path(),
-    )
-    .await?;
-    wait_for_status(
-        &client,
-        &gateway.admin_url("/readyz"),
-        200,
-        Duration::from_secs(30),
     )
     .await?;
     let token = identity.admin_token(&client).await?;

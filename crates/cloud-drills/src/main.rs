@@ -55,9 +55,9 @@ fn drill_list() -> Vec<(&'static str, DrillFn)> {
         }),
         ("hostile", |s| Box::pin(hostile::hostile_input(s))),
         ("rolling", |s| Box::pin(rolling::rolling_update(s))),
+        ("schemathesis", |s| Box::pin(schemathesis::schemathesis(s))),
         // Last: it waits for the fuzz targets' background build, which the drills before it
         // leave CPU for.
-        ("schemathesis", |s| Box::pin(schemathesis::schemathesis(s))),
         ("fuzz", |s| Box::pin(fuzz::fuzz(s))),
     ]
 }

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::drills::{BOOTSTRAP_CLIENT, Identity, Row, Settings, Verdict, start_gateway};
-use crate::infra::{spawn_upstream, wait_for_status};
+use crate::infra::spawn_upstream;
 
 const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance";
 const DEFAULT_MAX_EXAMPLES: u32 = 50;
@@ -146,14 +146,6 @@ pub async fn schemathesis(settings: &Settings) -> Result<Row> {
         upstream,
         None,
         data.path(),
-    )
-    .await?;
-    // Ready = the key set is loaded; before that every token would get the (documented) 503.
-    wait_for_status(
-        &client,
-        &gateway.admin_url("/readyz"),
-        200,
-        Duration::from_secs(30),
     )
     .await?;
 

@@ -557,9 +557,9 @@ fn verify_detects_an_edited_a_deleted_and_a_reordered_line() {
 /// never answer from each other's state.
 #[test]
 fn every_thread_sees_an_update_at_once_and_clients_keep_their_own_state() {
-    let flag = FlagKey::new("cache.flag");
-    let on = doc(vec![rollout_flag("cache.flag", 100, "tenantId")]);
-    let off = doc(vec![rollout_flag("cache.flag", 0, "tenantId")]);
+    let flag = FlagKey::new("update.flag");
+    let on = doc(vec![rollout_flag("update.flag", 100, "tenantId")]);
+    let off = doc(vec![rollout_flag("update.flag", 0, "tenantId")]);
     let a = FlagClient::from_features_json(&on).unwrap();
     let b = FlagClient::from_features_json(&off).unwrap();
     let ctx = tenant(7);

@@ -34,16 +34,8 @@ struct BearerAuth;
 
 impl Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        cloud_kit::openapi::add_bearer_jwt_scheme(openapi);
         if let Some(components) = openapi.components.as_mut() {
-            components.add_security_scheme(
-                "bearer",
-                SecurityScheme::Http(
-                    Http::builder()
-                        .scheme(HttpAuthScheme::Bearer)
-                        .bearer_format("JWT")
-                        .build(),
-                ),
-            );
             components.add_security_scheme(
                 "client",
                 SecurityScheme::Http(Http::new(HttpAuthScheme::Basic)),

@@ -61,13 +61,7 @@ fn unescape(text: &str) -> String {
 async fn sign_in(app: &TestApp, f: &Fixture, authorize_url: &url::Url) -> (String, String) {
     let page = app.http.get(authorize_url.as_str()).send().await.unwrap();
     assert_eq!(page.status(), StatusCode::OK, "the login page is shown");
-    let cookie = page.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let cookie = common::session_cookie(&page);
     let html = page.text().await.unwrap();
     let mut form = hidden_inputs(&html);
     assert!(

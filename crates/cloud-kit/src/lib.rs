@@ -9,6 +9,7 @@ pub mod config;
 pub mod extract;
 pub mod http_layers;
 pub mod metrics;
+pub mod openapi;
 pub mod problem;
 pub mod server;
 pub mod shutdown;

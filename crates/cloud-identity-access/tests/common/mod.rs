@@ -296,6 +296,18 @@ pub struct Login {
     pub state: String,
 }
 
+/// The `name=value` part of a response's `Set-Cookie`: the login page's session cookie, to send
+/// back with the form.
+pub fn session_cookie(response: &reqwest::Response) -> String {
+    response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
 /// Drives the hosted login page over plain HTTP as the fixture's user, for the web client, and
 /// returns the code and state the redirect carries (the browser test does it in Chromium).
 pub async fn login(
@@ -322,13 +334,7 @@ pub async fn login(
         .await
         .unwrap();
     assert_eq!(page.status(), StatusCode::OK);
-    let cookie = page.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let cookie = session_cookie(&page);
     let html = page.text().await.unwrap();
     assert!(
         html.contains("<label for=\"email\">") && html.contains("<label for=\"password\">"),
