@@ -5,8 +5,9 @@
 //! Proxied routes and the aggregations are declared in the route config and described by the
 //! upstreams' own documents.
 
+use cloud_kit::openapi::BearerJwt;
 use serde::Serialize;
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{OpenApi, ToSchema};
 
 use crate::bff::{self, Session, SessionUser};
 
@@ -16,18 +17,10 @@ use crate::bff::{self, Session, SessionUser};
     servers((url = "http://127.0.0.1:8080", description = "cloudctl up")),
     paths(bff::session, docs::version),
     components(schemas(Session, SessionUser, ProblemDetails, docs::Version)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerJwt),
     tags((name = "bff", description = "Backend-for-frontend endpoints built into the gateway"), (name = "meta", description = "What is running")),
 )]
 pub struct ApiDoc;
-
-struct BearerAuth;
-
-impl Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        cloud_kit::openapi::add_bearer_jwt_scheme(openapi);
-    }
-}
 
 /// The document as YAML, as committed.
 pub fn yaml() -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
