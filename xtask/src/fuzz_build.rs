@@ -241,25 +241,36 @@ mod tests {
     /// A build that is cancelled leaves no process behind: `sh` and the `sleep` it started.
     #[test]
     fn descendants_finds_grandchildren() {
+        fn commands(pids: &[u32]) -> Vec<String> {
+            pids.iter()
+                .map(|pid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .unwrap_or_default()
+                        .trim()
+                        .to_owned()
+                })
+                .collect()
+        }
         let mut child = Command::new("sh")
             .args(["-c", "sleep 30 & sleep 30; wait"])
             .spawn()
             .unwrap();
+        // A forked child shows up as `sh` until its exec of `sleep` completes, so wait for both
+        // the process and its exec rather than only the process.
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut found = descendants(child.id());
-        while found.len() < 2 && Instant::now() < deadline {
+        while (found.len() < 2 || commands(&found).iter().any(|c| c != "sleep"))
+            && Instant::now() < deadline
+        {
             std::thread::sleep(Duration::from_millis(20));
             found = descendants(child.id());
         }
-        assert_eq!(found.len(), 2, "{found:?}");
-        for pid in &found {
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
-            assert_eq!(comm.trim(), "sleep");
-        }
+        let names = commands(&found);
         let _ = Command::new("kill")
             .args(found.iter().map(u32::to_string))
             .status();
         child.kill().unwrap();
         child.wait().unwrap();
+        assert_eq!(names, ["sleep", "sleep"], "{found:?}");
     }
 }
