@@ -762,7 +762,7 @@ fn drift_test(ctx: &Ctx, spec: &Path) -> Result<()> {
     }
     // `--workspace` and a filter rather than `-p`: the test step's build, reused (see
     // `steps::workspace_binaries`).
-    run_cmd(ctx.cargo().args([
+    run_cmd(ctx.cargo_with_lints()?.args([
         "nextest",
         "run",
         "--workspace",

@@ -24,6 +24,7 @@ pub struct Ctx {
     pub servers: Servers,
     /// The image binaries' release build, when a step started it ahead of time.
     pub image_build: Option<crate::ci::ImageBuild>,
+    clippy_driver: std::cell::OnceCell<PathBuf>,
 }
 
 impl Ctx {
@@ -32,6 +33,7 @@ impl Ctx {
             tools: Tools::new()?,
             servers: Servers::default(),
             image_build: None,
+            clippy_driver: std::cell::OnceCell::new(),
             root,
             ci,
         })
@@ -43,6 +45,53 @@ impl Ctx {
         cmd.current_dir(&self.root);
         cmd
     }
+
+    /// A `cargo` command for the one dev-profile build that the `clippy` and `tests` steps, and
+    /// every step that runs a workspace binary, share: the workspace's own crates are compiled by
+    /// `clippy-driver` (a rustc that also runs clippy's lints) with warnings denied, as `cargo
+    /// clippy -- -D warnings` would check them. A separate `cargo clippy` would compile every
+    /// dependency a second time, in check mode, which was five of the twenty minutes of a cold
+    /// `.ci/run` on 2 cores. Cargo keeps these artifacts apart from a plain build's (the wrapper
+    /// is part of their hash), so every command of that build must come from here.
+    pub fn cargo_with_lints(&self) -> Result<Command> {
+        let driver = match self.clippy_driver.get() {
+            Some(driver) => driver.clone(),
+            None => {
+                let driver = clippy_driver()?;
+                self.clippy_driver.get_or_init(|| driver).clone()
+            }
+        };
+        let mut cmd = self.cargo();
+        with_lints(&mut cmd, &driver);
+        Ok(cmd)
+    }
+}
+
+/// `RUSTC_WORKSPACE_WRAPPER` and `CLIPPY_ARGS` as `cargo clippy -- -D warnings` sets them for
+/// `cargo check` (clippy's driver reads its arguments from `CLIPPY_ARGS`, each one followed by
+/// `__CLIPPY_HACKERY__`), but for any cargo command.
+pub fn with_lints(cmd: &mut Command, clippy_driver: &Path) {
+    cmd.env("RUSTC_WORKSPACE_WRAPPER", clippy_driver).env(
+        "CLIPPY_ARGS",
+        ["-D", "warnings"]
+            .iter()
+            .map(|arg| format!("{arg}__CLIPPY_HACKERY__"))
+            .collect::<String>(),
+    );
+}
+
+/// The toolchain's `clippy-driver`, beside the `rustc` that cargo uses.
+fn clippy_driver() -> Result<PathBuf> {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let sysroot = capture(Command::new(&rustc).args(["--print", "sysroot"]))?;
+    let driver = Path::new(sysroot.trim()).join("bin").join("clippy-driver");
+    if !driver.is_file() {
+        bail!(
+            "{} does not exist: the lints need clippy (`rustup component add clippy`)",
+            driver.display()
+        );
+    }
+    Ok(driver)
 }
 
 pub type StepFn = fn(&mut Ctx) -> Result<()>;
@@ -183,15 +232,15 @@ pub fn capture(cmd: &mut Command) -> Result<String> {
 }
 
 /// The workspace's binaries `names`, built the way the `tests` step builds them: `cargo test
-/// --workspace --no-run` (a no-op after that step) builds each package's binaries for its
-/// integration tests. Steps that run a binary use this instead of `cargo build -p` or `cargo run
+/// --workspace --no-run` with the lints (a no-op after that step) builds each package's binaries
+/// for its integration tests. Steps that run a binary use this instead of `cargo build -p` or `cargo run
 /// -p`, which resolve the dependencies' features without the dev-dependencies' and so compile
 /// again every dependency whose features differ: minutes per step on a cold 2-core machine (a
 /// cold `.ci/run` spent 5 min 19 s on helm-binary's build and 7 min 25 s on the two OpenAPI
 /// drift tests' before they did this). Returns the paths in the order of `names`.
 pub fn workspace_binaries(ctx: &Ctx, names: &[&str]) -> Result<Vec<PathBuf>> {
     let out = capture(
-        ctx.cargo()
+        ctx.cargo_with_lints()?
             .args(["test", "--workspace", "--locked", "--no-run"])
             .arg("--message-format=json-render-diagnostics")
             // Compiler progress and errors as usual; only the JSON messages are captured.
@@ -240,15 +289,15 @@ pub fn cargo_fmt(ctx: &mut Ctx) -> Result<()> {
     run_cmd(ctx.cargo().args(["fmt", "--all", "--check"]))
 }
 
+/// Clippy's lints, as errors, on every target of every workspace crate, in the build of the
+/// test binaries (see [`Ctx::cargo_with_lints`]): the `tests` step then only runs them.
 pub fn cargo_clippy(ctx: &mut Ctx) -> Result<()> {
-    run_cmd(ctx.cargo().args([
-        "clippy",
+    run_cmd(ctx.cargo_with_lints()?.args([
+        "test",
         "--workspace",
         "--all-targets",
         "--locked",
-        "--",
-        "-D",
-        "warnings",
+        "--no-run",
     ]))
 }
 
@@ -260,7 +309,7 @@ pub fn cargo_tests(ctx: &mut Ctx) -> Result<()> {
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
-    let mut cmd = ctx.cargo();
+    let mut cmd = ctx.cargo_with_lints()?;
     // CI splits the suite across jobs: CLOUD_TEST_PARTITION=hash:1/2 (nextest's --partition).
     let partition = std::env::var("CLOUD_TEST_PARTITION")
         .ok()
@@ -285,7 +334,7 @@ pub fn cargo_tests(ctx: &mut Ctx) -> Result<()> {
     let first_partition = partition.as_deref().is_none_or(|p| p.contains(":1/"));
     if nextest && first_partition {
         run_cmd(
-            ctx.cargo()
+            ctx.cargo_with_lints()?
                 .args(["test", "--workspace", "--locked", "--doc"]),
         )?;
     }
@@ -347,5 +396,37 @@ mod tests {
         );
         let err = binaries_from_cargo_messages(&messages, &["cloudctl", "runbook"]).unwrap_err();
         assert!(err.to_string().contains("no binary named runbook"), "{err}");
+    }
+
+    /// The shared build really lints: a fixture that plain cargo builds fails the linted build,
+    /// with clippy's finding in the library and the compiler's warning in a test target.
+    #[test]
+    fn the_linted_build_denies_clippy_findings_and_warnings_in_every_target() {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/lints");
+        let target = tempfile::tempdir().unwrap();
+        let build = |lints: bool| {
+            let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+            cmd.current_dir(&fixture)
+                .args(["test", "--all-targets", "--no-run", "--offline", "--locked"])
+                .env("CARGO_TARGET_DIR", target.path())
+                // This test runs inside the linted build's environment in `cargo xtask test`.
+                .env_remove("RUSTC_WORKSPACE_WRAPPER")
+                .env_remove("CLIPPY_ARGS");
+            if lints {
+                with_lints(&mut cmd, &clippy_driver().unwrap());
+            }
+            cmd.output().unwrap()
+        };
+        let plain = build(false);
+        assert!(
+            plain.status.success(),
+            "{}",
+            String::from_utf8_lossy(&plain.stderr)
+        );
+        let linted = build(true);
+        let stderr = String::from_utf8_lossy(&linted.stderr);
+        assert!(!linted.status.success(), "{stderr}");
+        assert!(stderr.contains("clippy::unwrap-used"), "{stderr}");
+        assert!(stderr.contains("unused variable"), "{stderr}");
     }
 }
