@@ -2,9 +2,11 @@
 //! (`crates/cloud-drills`, docs/reliability.md).
 //!
 //! Debug builds: the dev profile is what `cargo xtask test` already builds, so the drills reuse
-//! it instead of a release build with thin LTO (minutes on a small machine), and 200 req/s is far
-//! below what a debug build serves. The drills spawn the service binaries from the same target
-//! directory, so they are built first.
+//! its compiled dependencies instead of a release build with thin LTO (minutes on a small
+//! machine), and 200 req/s is far below what a debug build serves. Only the workspace's own
+//! crates are compiled again: `cargo xtask test` compiles them with clippy's lints (see
+//! `Ctx::cargo_with_lints`), and cargo keeps those artifacts apart. The drills spawn the service
+//! binaries from the same target directory, so they are built first.
 //!
 //! On a fresh machine the run is bound by CPU, so nothing waits that need not: the fuzz targets'
 //! build starts first, in the background (see fuzz_build.rs); while this thread builds the
