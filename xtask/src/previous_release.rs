@@ -137,12 +137,24 @@ pub fn binaries(root: &Path, cargo: &str) -> Result<PathBuf> {
 /// old crates' artifacts take the same file names as the new ones': the next build of this
 /// checkout recompiles its own crates once, and the binaries are copied out before that.
 ///
+/// The worktree also gets this checkout's `[profile.*]` tables (cargo reads profiles from the
+/// workspace's root manifest only): a dependency compiled with other settings, such as another
+/// opt-level, is another artifact, and every dependency would be compiled twice. The profiles
+/// are build settings; the old code is the old code.
+///
 /// `/version` reports the SHA: cloud-kit's build script asks git, which answers from the
 /// worktree. (Not `CLOUD_GIT_SHA`: changing it would also re-run the build script of this
 /// checkout's next build, which shares the script's output directory.)
 fn build(root: &Path, cargo: &str, tree: &Path) -> Result<PathBuf> {
     std::fs::copy(root.join("Cargo.lock"), tree.join("Cargo.lock"))
         .context("cannot copy Cargo.lock into the worktree")?;
+    let read = |dir: &Path| {
+        let path = dir.join("Cargo.toml");
+        std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let manifest = with_profiles_of(&read(root)?, &read(tree)?)?;
+    std::fs::write(tree.join("Cargo.toml"), manifest)
+        .context("cannot write the worktree's Cargo.toml")?;
     let target = target_dir(root);
     let mut cmd = Command::new(cargo);
     cmd.current_dir(tree)
@@ -160,6 +172,36 @@ fn build(root: &Path, cargo: &str, tree: &Path) -> Result<PathBuf> {
     Ok(target.join("debug"))
 }
 
+/// `old` with its `[profile.*]` tables replaced by those of `current`. Both manifests must keep
+/// their profiles last (every table from the first `[profile.` header on is a profile), so that
+/// nothing else is dropped or taken over.
+fn with_profiles_of(current: &str, old: &str) -> Result<String> {
+    fn split(manifest: &str, which: &str) -> Result<(String, String)> {
+        let (mut head, mut profiles) = (String::new(), String::new());
+        for line in manifest.lines() {
+            let trimmed = line.trim_start();
+            let profile = trimmed.starts_with("[profile.");
+            if profile || !profiles.is_empty() {
+                if trimmed.starts_with('[') && !profile {
+                    bail!(
+                        "{which} Cargo.toml has a table after its profiles ({}): keep the `[profile.*]` tables last",
+                        line.trim()
+                    );
+                }
+                profiles.push_str(line);
+                profiles.push('\n');
+            } else {
+                head.push_str(line);
+                head.push('\n');
+            }
+        }
+        Ok((head, profiles))
+    }
+    let (_, profiles) = split(current, "this checkout's")?;
+    let (head, _) = split(old, "the previous release's")?;
+    Ok(head + &profiles)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -169,5 +211,28 @@ mod tests {
     fn the_committed_file_names_a_commit() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
         assert_eq!(sha(root).unwrap().len(), 40);
+    }
+
+    #[test]
+    fn the_old_manifest_gets_this_checkouts_profiles_and_keeps_the_rest() {
+        let current = "[workspace]\nmembers = [\"new\"]\n\n[profile.release]\nlto = \"thin\"\n\n# why\n[profile.dev.package.\"*\"]\ndebug = false\n";
+        let old = "[workspace]\nmembers = [\"old\"]\n[workspace.lints.rust]\nunsafe_code = \"forbid\"\n\n[profile.dev.package.\"*\"]\nopt-level = 1\n";
+        assert_eq!(
+            with_profiles_of(current, old).unwrap(),
+            "[workspace]\nmembers = [\"old\"]\n[workspace.lints.rust]\nunsafe_code = \"forbid\"\n\n[profile.release]\nlto = \"thin\"\n\n# why\n[profile.dev.package.\"*\"]\ndebug = false\n"
+        );
+        let err =
+            with_profiles_of("[profile.dev]\ndebug = 0\n[patch.crates-io]\n", old).unwrap_err();
+        assert!(err.to_string().contains("[patch.crates-io]"), "{err}");
+    }
+
+    /// The committed manifest keeps its profiles last, as `with_profiles_of` needs.
+    #[test]
+    fn the_workspace_manifest_keeps_its_profiles_last() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+        let merged = with_profiles_of(&manifest, &manifest).unwrap();
+        assert_eq!(merged, manifest);
+        assert!(manifest.contains("[profile.dev.package.argon2]"));
     }
 }
