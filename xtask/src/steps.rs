@@ -70,7 +70,7 @@ impl Ctx {
 /// `RUSTC_WORKSPACE_WRAPPER` and `CLIPPY_ARGS` as `cargo clippy -- -D warnings` sets them for
 /// `cargo check` (clippy's driver reads its arguments from `CLIPPY_ARGS`, each one followed by
 /// `__CLIPPY_HACKERY__`), but for any cargo command.
-pub fn with_lints(cmd: &mut Command, clippy_driver: &Path) {
+fn with_lints(cmd: &mut Command, clippy_driver: &Path) {
     cmd.env("RUSTC_WORKSPACE_WRAPPER", clippy_driver).env(
         "CLIPPY_ARGS",
         ["-D", "warnings"]
@@ -233,9 +233,9 @@ pub fn capture(cmd: &mut Command) -> Result<String> {
 
 /// The workspace's binaries `names`, built the way the `tests` step builds them: `cargo test
 /// --workspace --no-run` with the lints (a no-op after that step) builds each package's binaries
-/// for its integration tests. Steps that run a binary use this instead of `cargo build -p` or `cargo run
-/// -p`, which resolve the dependencies' features without the dev-dependencies' and so compile
-/// again every dependency whose features differ: minutes per step on a cold 2-core machine (a
+/// for its integration tests. Steps that run a binary use this instead of `cargo build -p` or
+/// `cargo run -p`, which resolve the dependencies' features without the dev-dependencies' and so
+/// compile again every dependency whose features differ: minutes per step on a cold 2-core machine (a
 /// cold `.ci/run` spent 5 min 19 s on helm-binary's build and 7 min 25 s on the two OpenAPI
 /// drift tests' before they did this). Returns the paths in the order of `names`.
 pub fn workspace_binaries(ctx: &Ctx, names: &[&str]) -> Result<Vec<PathBuf>> {
