@@ -7,7 +7,8 @@
 //! - evaluation latency p50/p99 in steady state vs while another thread replaces the
 //!   1,000-flag state in a loop (printed as `update-p99:` lines);
 //! - our overhead over raw yggdrasil once more, measured in interleaved pairs so that the VM's
-//!   drift cancels out (printed as `paired:` lines; see `paired_overhead`).
+//!   drift cancels out (printed as `paired:` lines; see `paired_overhead`). With `PAIRED_ONLY=1`
+//!   only these lines.
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
@@ -318,8 +319,14 @@ fn paired(name: &str, mut ours: impl FnMut(usize), mut raw: impl FnMut(usize)) {
 }
 
 fn main() {
-    let mut c = Criterion::default().configure_from_args();
     let subjects = subjects();
+    // `PAIRED_ONLY=1`: only the paired lines, for bench/flags/run.sh's extra processes (each
+    // process draws its own hash seeds, see there).
+    if std::env::var_os("PAIRED_ONLY").is_some() {
+        paired_overhead(&subjects);
+        return;
+    }
+    let mut c = Criterion::default().configure_from_args();
     evaluation(&mut c, &subjects);
     state_update(&mut c);
     c.final_summary();

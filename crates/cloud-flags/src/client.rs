@@ -22,7 +22,9 @@ use crate::definition::{ChangeKind, FlagDefinition, diff};
 use crate::engine::{EngineVariant, FlagEngine, known_strategies};
 use crate::error::FlagError;
 use crate::killswitch::KillSwitchSource;
-use crate::metrics::{CounterRegistry, EvaluationCollector, NO_VARIANT, usage_between};
+use crate::metrics::{
+    CounterRegistry, DISABLED_VARIANT, EvaluationCollector, NO_VARIANT, usage_between,
+};
 use crate::persist;
 use crate::state::{Compiled, FlagState};
 
@@ -62,7 +64,7 @@ impl Variant {
     /// The variant of a flag that is off.
     pub fn disabled() -> Self {
         Self {
-            name: "disabled".into(),
+            name: DISABLED_VARIANT.into(),
             enabled: false,
             feature_enabled: false,
             payload: None,
@@ -717,19 +719,23 @@ impl FlagClient {
                 } else {
                     state
                         .engine
-                        .variant(flag, ctx)
+                        .variant(flag, ctx, slot.variant_decides_enabled)
                         .map_or_else(Variant::disabled, Variant::from_engine)
                 };
-                match slot
-                    .variant_counters
-                    .iter()
-                    .find(|(name, _)| **name == *variant.name)
-                {
-                    Some((_, counter)) => counter.record(variant.feature_enabled),
-                    None => shared
-                        .counters
-                        .get(flag, &variant.name)
-                        .record(variant.feature_enabled),
+                if !variant.enabled && variant.name == DISABLED_VARIANT {
+                    slot.disabled_counter.record(variant.feature_enabled);
+                } else {
+                    match slot
+                        .variant_counters
+                        .iter()
+                        .find(|(name, _)| **name == *variant.name)
+                    {
+                        Some((_, counter)) => counter.record(variant.feature_enabled),
+                        None => shared
+                            .counters
+                            .get(flag, &variant.name)
+                            .record(variant.feature_enabled),
+                    }
                 }
                 if slot.impression {
                     self.impression(

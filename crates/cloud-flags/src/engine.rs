@@ -25,8 +25,21 @@ pub trait FlagEngine: Send + Sync + 'static {
     /// `None` when the flag is unknown to this state.
     fn is_enabled(&self, flag: &str, ctx: &FlagContext) -> Option<bool>;
 
-    /// `None` when the flag is unknown to this state.
-    fn variant(&self, flag: &str, ctx: &FlagContext) -> Option<EngineVariant>;
+    /// Whether a `disabled` variant of `flag` always means the flag is off, so that one
+    /// evaluation answers both (see [`variant_decides_enabled`]). Asked once per flag when a
+    /// state is installed, off the hot path; the caller hands the answer back to
+    /// [`FlagEngine::variant`].
+    fn variant_decides_enabled(&self, flag: &str) -> bool;
+
+    /// `None` when the flag is unknown to this state. `variant_decides_enabled` is this state's
+    /// [`FlagEngine::variant_decides_enabled`] for `flag`, kept next to the caller's own per-flag
+    /// data so that the hot path makes no second lookup by name.
+    fn variant(
+        &self,
+        flag: &str,
+        ctx: &FlagContext,
+        variant_decides_enabled: bool,
+    ) -> Option<EngineVariant>;
 }
 
 /// A variant as the engine resolved it.
@@ -65,9 +78,8 @@ fn variant_decides_enabled(feature: &ClientFeature) -> bool {
 pub struct YggdrasilEngine {
     state: EngineState,
     /// Flags whose `disabled` variant always means the feature is off (see
-    /// [`variant_decides_enabled`]): for them one evaluation answers both questions. Looked up
-    /// on most `variant` calls, so with the evaluation path's fast hash.
-    variant_decides: HashSet<String, foldhash::fast::RandomState>,
+    /// [`variant_decides_enabled`]): for them one evaluation answers both questions.
+    variant_decides: HashSet<String>,
 }
 
 impl std::fmt::Debug for YggdrasilEngine {
@@ -135,14 +147,22 @@ impl FlagEngine for YggdrasilEngine {
         self.state.check_enabled(&enriched(flag, ctx))
     }
 
-    fn variant(&self, flag: &str, ctx: &FlagContext) -> Option<EngineVariant> {
+    fn variant_decides_enabled(&self, flag: &str) -> bool {
+        self.variant_decides.contains(flag)
+    }
+
+    fn variant(
+        &self,
+        flag: &str,
+        ctx: &FlagContext,
+        variant_decides_enabled: bool,
+    ) -> Option<EngineVariant> {
         let context = enriched(flag, ctx);
         let variant = self.state.check_variant(&context)?;
         // A variant is only handed out while the feature is on, so the second evaluation is
         // needed only for the `disabled` answer: feature off, or on without variants.
         let feature_enabled = variant.enabled
-            || (!self.variant_decides.contains(flag)
-                && self.state.check_enabled(&context).unwrap_or(false));
+            || (!variant_decides_enabled && self.state.check_enabled(&context).unwrap_or(false));
         Some(EngineVariant {
             name: variant.name,
             enabled: variant.enabled,
@@ -186,7 +206,7 @@ mod tests {
             "off",
         ]
         .into_iter()
-        .filter(|f| engine.variant_decides.contains(*f))
+        .filter(|f| engine.variant_decides_enabled(f))
         .collect();
         assert_eq!(decided, ["strategy-variants", "top-level", "off"]);
         let mut seen_on_without_variant = false;
@@ -201,7 +221,9 @@ mod tests {
                 "no-variants",
                 "off",
             ] {
-                let variant = engine.variant(flag, &ctx).unwrap();
+                let variant = engine
+                    .variant(flag, &ctx, engine.variant_decides_enabled(flag))
+                    .unwrap();
                 let enabled = engine.is_enabled(flag, &ctx).unwrap();
                 assert_eq!(
                     variant.feature_enabled,

@@ -13,6 +13,8 @@ use prometheus_client::metrics::counter::ConstCounter;
 
 /// The `variant` label of `is_enabled` evaluations (which resolve no variant).
 pub const NO_VARIANT: &str = "none";
+/// The variant of a flag that is off, or on without variants.
+pub const DISABLED_VARIANT: &str = "disabled";
 
 /// Counters of one (flag, variant) pair, split by the feature's enabled state.
 #[derive(Debug, Default)]

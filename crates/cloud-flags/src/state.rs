@@ -10,7 +10,7 @@ use unleash_types::client_features::ClientFeatures;
 use crate::audit::StateSource;
 use crate::definition::{FlagDefinition, definitions};
 use crate::engine::{FlagEngine, YggdrasilEngine};
-use crate::metrics::{CounterRegistry, NO_VARIANT, PairCounter};
+use crate::metrics::{CounterRegistry, DISABLED_VARIANT, NO_VARIANT, PairCounter};
 
 /// foldhash: flag names are short and come from our own code and the server, so a fast hash is
 /// the right trade on the evaluation path. (FNV-1a, used before, is one dependent multiply per
@@ -21,9 +21,14 @@ pub(crate) type SlotMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 #[derive(Clone, Debug)]
 pub(crate) struct Slot {
     pub enabled_counter: Arc<PairCounter>,
+    /// The counter of the `disabled` variant, the most frequent answer, found without a name
+    /// comparison; also in `variant_counters`.
+    pub disabled_counter: Arc<PairCounter>,
     pub variant_counters: Arc<[(Box<str>, Arc<PairCounter>)]>,
     pub impression: bool,
     pub killed: bool,
+    /// The engine's [`FlagEngine::variant_decides_enabled`] for this flag.
+    pub variant_decides_enabled: bool,
 }
 
 /// A compiled features document, before it is installed.
@@ -79,7 +84,7 @@ pub(crate) struct FlagState {
 
 fn variant_names(def: &Value) -> BTreeSet<String> {
     let mut names: BTreeSet<String> = BTreeSet::new();
-    names.insert("disabled".into());
+    names.insert(DISABLED_VARIANT.into());
     let collect = |list: Option<&Value>, names: &mut BTreeSet<String>| {
         for v in list.and_then(Value::as_array).into_iter().flatten() {
             if let Some(n) = v.get("name").and_then(Value::as_str) {
@@ -117,9 +122,11 @@ impl FlagState {
                     .collect();
                 let slot = Slot {
                     enabled_counter: counters.get(name, NO_VARIANT),
+                    disabled_counter: counters.get(name, DISABLED_VARIANT),
                     variant_counters: variant_counters.into(),
                     impression: compiled.impressions.contains(name),
                     killed: killed.contains(name),
+                    variant_decides_enabled: compiled.engine.variant_decides_enabled(name),
                 };
                 (name.clone().into_boxed_str(), slot)
             })
