@@ -55,14 +55,14 @@ impl Ctx {
     /// is part of their hash), so every command of that build must come from here.
     pub fn cargo_with_lints(&self) -> Result<Command> {
         let driver = match self.clippy_driver.get() {
-            Some(driver) => driver.clone(),
+            Some(driver) => driver,
             None => {
-                let driver = clippy_driver()?;
-                self.clippy_driver.get_or_init(|| driver).clone()
+                let found = clippy_driver()?;
+                self.clippy_driver.get_or_init(|| found)
             }
         };
         let mut cmd = self.cargo();
-        with_lints(&mut cmd, &driver);
+        with_lints(&mut cmd, driver);
         Ok(cmd)
     }
 }
