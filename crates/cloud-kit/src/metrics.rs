@@ -4,11 +4,8 @@
 
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::extract::{MatchedPath, Request};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -28,7 +25,7 @@ pub const UNMATCHED_ROUTE: &str = "unmatched";
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     pub method: Cow<'static, str>,
-    pub route: String,
+    pub route: Cow<'static, str>,
     pub status: u16,
 }
 
@@ -93,9 +90,9 @@ pub fn new_latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
 }
 
-/// Middleware recording RED metrics. Install with `Router::layer` so `MatchedPath` is known.
-pub async fn record(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
+/// The method and route labels of a request, taken before it is handled. Run by
+/// [`crate::http_layers`] inside the router, where `MatchedPath` is known.
+pub(crate) fn request_labels(request: &Request) -> (Cow<'static, str>, Cow<'static, str>) {
     let method = static_method(request.method()).map_or_else(
         || Cow::Owned(request.method().as_str().to_string()),
         Cow::Borrowed,
@@ -103,16 +100,10 @@ pub async fn record(State(metrics): State<Metrics>, request: Request, next: Next
     let route = request
         .extensions()
         .get::<MatchedPath>()
-        .map_or(UNMATCHED_ROUTE, |p| p.as_str())
-        .to_string();
-    let response = next.run(request).await;
-    let labels = HttpLabels {
-        method,
-        route,
-        status: response.status().as_u16(),
-    };
-    metrics.observe(&labels, started.elapsed().as_secs_f64());
-    response
+        .map_or(Cow::Borrowed(UNMATCHED_ROUTE), |p| {
+            Cow::Owned(p.as_str().to_string())
+        });
+    (method, route)
 }
 
 fn static_method(method: &axum::http::Method) -> Option<&'static str> {
