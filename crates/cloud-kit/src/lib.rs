@@ -21,7 +21,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{ConfigError, ServerConfig, TelemetryConfig};
 pub use metrics::Metrics;
 pub use problem::Problem;
-pub use server::{Server, ServerError};
+pub use server::{EventLoops, Server, ServerError};
 pub use shutdown::Shutdown;
 
 /// The git commit this build comes from (`CLOUD_GIT_SHA` at build time, else `git rev-parse`).

@@ -9,7 +9,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::runtime::Handle;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
@@ -18,6 +20,22 @@ use crate::admin::{self, Readiness};
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
 use crate::shutdown::{Shutdown, Signals};
+
+/// Where the API listener's connections are served.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EventLoops {
+    /// On the runtime that runs the server: tokio's work-stealing pool.
+    #[default]
+    Shared,
+    /// On one thread per available core, each with its own single-threaded runtime and its own
+    /// `SO_REUSEPORT` listener on the same port, as nginx runs a worker per core: the kernel
+    /// spreads the connections, and everything a connection does stays on one core, with no
+    /// work stealing or cross-thread wake-ups. For a proxy, whose work per request is small
+    /// and all I/O, that is about a quarter less CPU per request (docs/benchmarks.md). Shared
+    /// state must be `Send + Sync`, as with `Shared`; the server's other tasks (admin listener,
+    /// background refreshers) stay on the calling runtime.
+    PerCore,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -40,7 +58,8 @@ pub enum ServerError {
 pub struct Server {
     name: &'static str,
     app: Router,
-    app_listener: TcpListener,
+    /// One per event loop; all on the same address.
+    app_listeners: Vec<TcpListener>,
     admin_listener: TcpListener,
     readiness: Readiness,
     metrics: Metrics,
@@ -53,7 +72,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds both listeners and wraps `router` in the standard middleware stack.
+    /// Binds both listeners and wraps `router` in the standard middleware stack; the API is
+    /// served on the calling runtime ([`EventLoops::Shared`]).
     pub async fn bind(
         name: &'static str,
         config: &ServerConfig,
@@ -61,16 +81,34 @@ impl Server {
         readiness: Readiness,
         metrics: Metrics,
     ) -> Result<Self, ServerError> {
+        Self::bind_with(name, config, router, readiness, metrics, EventLoops::Shared).await
+    }
+
+    /// [`Self::bind`], with the API served on `event_loops`.
+    pub async fn bind_with(
+        name: &'static str,
+        config: &ServerConfig,
+        router: Router,
+        readiness: Readiness,
+        metrics: Metrics,
+        event_loops: EventLoops,
+    ) -> Result<Self, ServerError> {
         let app_addr = SocketAddr::new(config.host, config.port);
         let admin_addr = SocketAddr::new(config.host, config.admin_port);
-        let app_listener =
-            TcpListener::bind(app_addr)
-                .await
-                .map_err(|source| ServerError::Bind {
-                    what: "api",
-                    addr: app_addr,
-                    source,
-                })?;
+        let app_listeners = match event_loops {
+            EventLoops::Shared => {
+                vec![
+                    TcpListener::bind(app_addr)
+                        .await
+                        .map_err(|source| ServerError::Bind {
+                            what: "api",
+                            addr: app_addr,
+                            source,
+                        })?,
+                ]
+            }
+            EventLoops::PerCore => bind_reuseport(app_addr, per_core_event_loops())?,
+        };
         let admin_listener =
             TcpListener::bind(admin_addr)
                 .await
@@ -88,7 +126,7 @@ impl Server {
         Ok(Self {
             name,
             app,
-            app_listener,
+            app_listeners,
             admin_listener,
             readiness,
             metrics,
@@ -105,10 +143,10 @@ impl Server {
     }
 
     pub fn port(&self) -> u16 {
-        self.app_listener
-            .local_addr()
-            .map(|a| a.port())
-            .unwrap_or(0)
+        self.app_listeners
+            .first()
+            .and_then(|l| l.local_addr().ok())
+            .map_or(0, |a| a.port())
     }
 
     pub fn admin_port(&self) -> u16 {
@@ -160,7 +198,7 @@ impl Server {
         let Self {
             name,
             app,
-            app_listener,
+            app_listeners,
             admin_listener,
             readiness,
             metrics,
@@ -176,19 +214,20 @@ impl Server {
         let stop_app = CancellationToken::new();
         let stop_admin = CancellationToken::new();
         let admin_router = admin::router(readiness.clone(), metrics);
-        let mut app_task = tokio::spawn(serve(
-            app_listener,
+        let mut app_task = ApiServing::start(
+            app_listeners,
             app,
             limits,
             stop_app.clone(),
-            Some(readiness.clone()),
-        ));
+            readiness.clone(),
+        )?;
         let mut admin_task = tokio::spawn(serve(
             admin_listener,
             admin_router,
             limits,
             stop_admin.clone(),
             None,
+            Handle::current(),
         ));
         let signals = async {
             match signals {
@@ -199,15 +238,15 @@ impl Server {
         tokio::select! {
             () = shutdown.triggered() => tracing::info!(service = name, "shutdown requested"),
             () = signals => {}
-            result = &mut app_task => return serve_result("api", result),
+            result = app_task.finished() => return result,
             result = &mut admin_task => return serve_result("admin", result),
         }
         readiness.start_draining();
         tracing::info!(service = name, drain = ?drain_period, "readiness now fails; draining before closing the listener");
         tokio::time::sleep(drain_period).await;
         stop_app.cancel();
-        let app_result = match tokio::time::timeout(shutdown_timeout, &mut app_task).await {
-            Ok(result) => serve_result("api", result),
+        let app_result = match tokio::time::timeout(shutdown_timeout, app_task.finished()).await {
+            Ok(result) => result,
             Err(_) => {
                 tracing::warn!(service = name, timeout = ?shutdown_timeout, "in-flight requests did not finish in time; closing them");
                 app_task.abort();
@@ -219,6 +258,221 @@ impl Server {
         tracing::info!(service = name, "stopped");
         app_result.and(admin_result)
     }
+}
+
+/// How many event loops [`EventLoops::PerCore`] runs: the cores this process may use (its
+/// cgroup's CPU quota included, as in a Kubernetes pod with a CPU limit).
+pub fn per_core_event_loops() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
+thread_local! {
+    static EVENT_LOOP: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// The index (below [`per_core_event_loops`]) of the [`EventLoops::PerCore`] thread the caller
+/// runs on, `None` elsewhere: for state kept per event loop, such as a proxy's upstream pools.
+pub fn current_event_loop() -> Option<usize> {
+    EVENT_LOOP.with(std::cell::Cell::get)
+}
+
+/// `count` listeners on `addr`, all with `SO_REUSEPORT`: the kernel spreads new connections
+/// over them. Port 0 picks a free port once and the others share it. (Linux lets only sockets
+/// of the same user join a port's group, so another user cannot take a share of the traffic.)
+fn bind_reuseport(addr: SocketAddr, count: usize) -> Result<Vec<TcpListener>, ServerError> {
+    let mut addr = addr;
+    let mut listeners = Vec::with_capacity(count);
+    for _ in 0..count.max(1) {
+        let failed = |source| ServerError::Bind {
+            what: "api",
+            addr,
+            source,
+        };
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(failed)?;
+        socket.set_reuseaddr(true).map_err(failed)?;
+        socket.set_reuseport(true).map_err(failed)?;
+        socket.bind(addr).map_err(failed)?;
+        let listener = socket.listen(1024).map_err(failed)?;
+        addr = listener.local_addr().map_err(failed)?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+/// The API listeners being served, as [`EventLoops`] chose.
+enum ApiServing {
+    Shared(tokio::task::JoinHandle<std::io::Result<()>>),
+    PerCore(PerCoreServing),
+}
+
+struct PerCoreServing {
+    /// One result per event loop, when its listener has stopped and its connections ended.
+    results: mpsc::UnboundedReceiver<std::io::Result<()>>,
+    running: usize,
+    /// Drops every connection still open (the shutdown timeout has passed).
+    abort: CancellationToken,
+    /// Lets the event loops' runtimes end: see [`serve_on_own_thread`].
+    release: CancellationToken,
+}
+
+impl Drop for PerCoreServing {
+    fn drop(&mut self) {
+        self.abort.cancel();
+        self.release.cancel();
+    }
+}
+
+impl ApiServing {
+    fn start(
+        listeners: Vec<TcpListener>,
+        app: Router,
+        limits: ConnectionLimits,
+        stop: CancellationToken,
+        readiness: Readiness,
+    ) -> Result<Self, ServerError> {
+        let linger_on = Handle::current();
+        let mut listeners = listeners;
+        // One listener (`Shared`, or `PerCore` on one core): nothing to spread, so it is served
+        // on the calling runtime.
+        if listeners.len() == 1
+            && let Some(listener) = listeners.pop()
+        {
+            return Ok(Self::Shared(tokio::spawn(serve(
+                listener,
+                app,
+                limits,
+                stop,
+                Some(readiness),
+                linger_on,
+            ))));
+        }
+        let (results, receiver) = mpsc::unbounded_channel();
+        let serving = PerCoreServing {
+            results: receiver,
+            running: listeners.len(),
+            abort: CancellationToken::new(),
+            release: CancellationToken::new(),
+        };
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let failed = |source| ServerError::Serve {
+                what: "api",
+                source,
+            };
+            // Registered again with the event loop's own runtime there.
+            let listener = listener.into_std().map_err(failed)?;
+            let event_loop = EventLoop {
+                index,
+                listener,
+                app: app.clone(),
+                limits,
+                stop: stop.clone(),
+                readiness: readiness.clone(),
+                linger_on: linger_on.clone(),
+                abort: serving.abort.clone(),
+                release: serving.release.clone(),
+                results: results.clone(),
+            };
+            std::thread::Builder::new()
+                .name(format!("api-{index}"))
+                .spawn(move || serve_on_own_thread(event_loop))
+                .map_err(failed)?;
+        }
+        Ok(Self::PerCore(serving))
+    }
+
+    /// Waits until every listener has stopped and its connections have ended.
+    async fn finished(&mut self) -> Result<(), ServerError> {
+        match self {
+            Self::Shared(task) => serve_result("api", task.await),
+            Self::PerCore(serving) => {
+                while serving.running > 0 {
+                    match serving.results.recv().await {
+                        Some(Ok(())) => serving.running -= 1,
+                        Some(Err(source)) => {
+                            return Err(ServerError::Serve {
+                                what: "api",
+                                source,
+                            });
+                        }
+                        None => break,
+                    }
+                }
+                serving.release.cancel();
+                Ok(())
+            }
+        }
+    }
+
+    /// Drops the connections still open.
+    fn abort(&self) {
+        match self {
+            Self::Shared(task) => task.abort(),
+            Self::PerCore(serving) => {
+                serving.abort.cancel();
+                serving.release.cancel();
+            }
+        }
+    }
+}
+
+/// What one [`EventLoops::PerCore`] thread serves.
+struct EventLoop {
+    index: usize,
+    listener: std::net::TcpListener,
+    app: Router,
+    limits: ConnectionLimits,
+    stop: CancellationToken,
+    readiness: Readiness,
+    linger_on: Handle,
+    abort: CancellationToken,
+    release: CancellationToken,
+    results: mpsc::UnboundedSender<std::io::Result<()>>,
+}
+
+/// Serves one listener on a single-threaded runtime of its own, then keeps that runtime running
+/// until every event loop is done: what a runtime spawned (a pooled upstream connection, a
+/// client's background task) may be in use by a connection of another event loop that is still
+/// draining.
+fn serve_on_own_thread(event_loop: EventLoop) {
+    let EventLoop {
+        index,
+        listener,
+        app,
+        limits,
+        stop,
+        readiness,
+        linger_on,
+        abort,
+        release,
+        results,
+    } = event_loop;
+    EVENT_LOOP.with(|current| current.set(Some(index)));
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            let _ = results.send(Err(err));
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let result = match TcpListener::from_std(listener) {
+            Ok(listener) => tokio::select! {
+                result = serve(listener, app, limits, stop, Some(readiness), linger_on) => result,
+                () = abort.cancelled() => Ok(()),
+            },
+            Err(err) => Err(err),
+        };
+        let _ = results.send(result);
+        release.cancelled().await;
+    });
 }
 
 fn serve_result(
@@ -266,6 +520,7 @@ async fn serve(
     limits: ConnectionLimits,
     stop: CancellationToken,
     draining: Option<Readiness>,
+    linger_on: Handle,
 ) -> std::io::Result<()> {
     let connections = TaskTracker::new();
     loop {
@@ -288,7 +543,14 @@ async fn serve(
         } else {
             stop.clone()
         };
-        connections.spawn(serve_connection(stream, remote, app.clone(), limits, stop));
+        connections.spawn(serve_connection(
+            stream,
+            remote,
+            app.clone(),
+            limits,
+            stop,
+            linger_on.clone(),
+        ));
     }
     drop(listener);
     connections.close();
@@ -311,6 +573,7 @@ async fn serve_connection(
     app: Router,
     limits: ConnectionLimits,
     stop: CancellationToken,
+    linger_on: Handle,
 ) {
     // hyper-util reads the first bytes to choose HTTP/1 or HTTP/2 before hyper's header timer
     // starts, so that wait needs its own bound; a shutdown does not wait for it either.
@@ -333,7 +596,7 @@ async fn serve_connection(
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BYTES));
     let connection = builder.serve_connection_with_upgrades(
-        TokioIo::new(LingeringClose::new(stream)),
+        TokioIo::new(LingeringClose::new(stream, linger_on)),
         TowerToHyperService::new(service),
     );
     tokio::pin!(connection);
@@ -379,12 +642,15 @@ const LINGER_BYTES: usize = 8 * 1024 * 1024;
 /// time and amount, before closing.
 struct LingeringClose {
     stream: Option<TcpStream>,
+    /// The server's own runtime: the connection's event loop may be ending.
+    linger_on: Handle,
 }
 
 impl LingeringClose {
-    fn new(stream: TcpStream) -> Self {
+    fn new(stream: TcpStream, linger_on: Handle) -> Self {
         Self {
             stream: Some(stream),
+            linger_on,
         }
     }
 
@@ -397,10 +663,15 @@ impl LingeringClose {
 
 impl Drop for LingeringClose {
     fn drop(&mut self) {
+        // Moved to `linger_on`'s reactor: registered there again inside the task.
         if let Some(stream) = self.stream.take()
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+            && let Ok(stream) = stream.into_std()
         {
-            runtime.spawn(linger(stream));
+            self.linger_on.spawn(async move {
+                if let Ok(stream) = TcpStream::from_std(stream) {
+                    linger(stream).await;
+                }
+            });
         }
     }
 }

@@ -7,8 +7,6 @@
 
 use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue};
-use axum::middleware::Next;
-use axum::response::Response;
 use rand::Rng;
 
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -62,12 +60,16 @@ impl TraceContext {
 
     /// The `traceparent` this hop sends downstream: same trace, this hop's span as parent.
     pub fn child_traceparent(&self) -> String {
-        format!(
-            "00-{}-{}-{:02x}",
-            self.trace_id_hex(),
-            self.span_id_hex(),
-            u8::from(self.sampled)
-        )
+        String::from_utf8(self.child_traceparent_bytes().to_vec()).unwrap_or_default()
+    }
+
+    /// [`Self::child_traceparent`] on the stack (a proxy sends one with every request).
+    pub fn child_traceparent_bytes(&self) -> [u8; 55] {
+        let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        hex_into(&self.trace_id, &mut out[3..35]);
+        hex_into(&self.span_id, &mut out[36..52]);
+        out[54] = if self.sampled { b'1' } else { b'0' };
+        out
     }
 }
 
@@ -82,13 +84,18 @@ fn non_zero<const N: usize>(mut make: impl FnMut() -> [u8; N]) -> [u8; N] {
 
 /// Lowercase hex in one allocation (this runs for every request's span).
 fn hex(bytes: &[u8]) -> String {
+    let mut out = vec![0u8; bytes.len() * 2];
+    hex_into(bytes, &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Lowercase hex of `bytes` into `out`, which holds twice as many bytes.
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0x0f)];
     }
-    out
 }
 
 fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
@@ -131,9 +138,10 @@ fn sane_request_id(value: &HeaderValue) -> Option<String> {
         .then(|| s.to_string())
 }
 
-/// Middleware: assigns the request id and trace context, records them on a span around the
-/// request, and echoes `x-request-id` in the response.
-pub async fn propagate(mut request: Request, next: Next) -> Response {
+/// Assigns the request's id and trace context (into its extensions) and opens its span. Returns
+/// the span and the `x-request-id` to echo in the response. Run by [`crate::http_layers`] for
+/// every request.
+pub(crate) fn begin(request: &mut Request) -> (tracing::Span, Option<HeaderValue>) {
     let request_id = request
         .headers()
         .get(&REQUEST_ID)
@@ -145,10 +153,7 @@ pub async fn propagate(mut request: Request, next: Next) -> Response {
             .get(&TRACEPARENT)
             .and_then(|v| v.to_str().ok()),
     );
-    request
-        .extensions_mut()
-        .insert(RequestId(request_id.clone()));
-    request.extensions_mut().insert(trace);
+    let echo = HeaderValue::from_str(&request_id).ok();
     let span = tracing::info_span!(
         "http_request",
         method = %request.method(),
@@ -158,11 +163,9 @@ pub async fn propagate(mut request: Request, next: Next) -> Response {
         span_id = %trace.span_id_hex(),
     );
     crate::telemetry::set_remote_parent(&span, &trace);
-    let mut response = tracing::Instrument::instrument(next.run(request), span).await;
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(REQUEST_ID.clone(), value);
-    }
-    response
+    request.extensions_mut().insert(RequestId(request_id));
+    request.extensions_mut().insert(trace);
+    (span, echo)
 }
 
 #[cfg(test)]
