@@ -20,7 +20,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use axum::Router;
 use axum::routing::get;
-use cloud_kit::{Metrics, Readiness, Server, ServerError, Shutdown, SystemClock};
+use cloud_kit::{EventLoops, Metrics, Readiness, Server, ServerError, Shutdown, SystemClock};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -343,7 +343,16 @@ pub async fn build_with(config: Config, hooks: Hooks) -> Result<Application, Bui
         .fallback(proxy::handle)
         .method_not_allowed_fallback(cloud_kit::problem::method_not_allowed_fallback)
         .with_state(state.clone());
-    let server = Server::bind(SERVICE_NAME, &config.server, router, readiness, metrics).await?;
+    // A worker per core, as nginx: see `EventLoops::PerCore`.
+    let server = Server::bind_with(
+        SERVICE_NAME,
+        &config.server,
+        router,
+        readiness,
+        metrics,
+        EventLoops::PerCore,
+    )
+    .await?;
     let reload = ReloadHandle {
         state: state.clone(),
         source_file: config.source_file.clone(),

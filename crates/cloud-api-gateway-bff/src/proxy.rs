@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use cloud_kit::Problem;
 use cloud_kit::trace_context::{RequestId, TraceContext};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Method, StatusCode, Uri};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -354,7 +355,7 @@ fn has_body(headers: &HeaderMap) -> bool {
             .is_some_and(|v| v.trim() != "0")
 }
 
-fn upstream_uri(upstream: &Upstream, route: &Route, uri: &Uri) -> Option<Uri> {
+pub(crate) fn upstream_uri(upstream: &Upstream, route: &Route, uri: &Uri) -> Option<Uri> {
     let path = uri.path();
     let rest = if route.strip_prefix {
         path.strip_prefix(route.prefix.trim_end_matches('/'))
@@ -362,21 +363,24 @@ fn upstream_uri(upstream: &Upstream, route: &Route, uri: &Uri) -> Option<Uri> {
     } else {
         path
     };
-    let rest = if rest.starts_with('/') {
-        rest.to_string()
+    let path_and_query = if upstream.base_path.is_empty() && rest.len() == path.len() {
+        // The path is forwarded as it came (the common case): share its bytes, no copy.
+        uri.path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"))
     } else {
-        format!("/{rest}")
+        let slash = if rest.starts_with('/') { "" } else { "/" };
+        let joined = match uri.query() {
+            Some(q) => format!("{}{slash}{rest}?{q}", upstream.base_path),
+            None => format!("{}{slash}{rest}", upstream.base_path),
+        };
+        PathAndQuery::try_from(joined).ok()?
     };
-    let path_and_query = match uri.query() {
-        Some(q) => format!("{}{rest}?{q}", upstream.base_path),
-        None => format!("{}{rest}", upstream.base_path),
-    };
-    Uri::builder()
-        .scheme(upstream.scheme.clone())
-        .authority(upstream.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .ok()
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(upstream.scheme.clone());
+    parts.authority = Some(upstream.authority.clone());
+    parts.path_and_query = Some(path_and_query);
+    Uri::from_parts(parts).ok()
 }
 
 /// The headers sent upstream: the client's minus hop-by-hop, spoofable identity and forwarding
@@ -435,7 +439,7 @@ fn upstream_headers(
         out.insert(X_FORWARDED_HOST.clone(), host);
     }
     if let Some(trace) = parts.extensions.get::<TraceContext>()
-        && let Ok(v) = HeaderValue::from_str(&trace.child_traceparent())
+        && let Ok(v) = HeaderValue::from_bytes(&trace.child_traceparent_bytes())
     {
         out.insert(cloud_kit::trace_context::TRACEPARENT.clone(), v);
     }
@@ -496,7 +500,9 @@ async fn forward(
         return Err(ForwardError::BodyTooLarge);
     }
     let with_body = has_body(&parts.headers);
-    let headers = upstream_headers(state, route, &parts, claims, client_ip, upgrade);
+    let mut headers = Some(upstream_headers(
+        state, route, &parts, claims, client_ip, upgrade,
+    ));
     let attempts = if idempotent(&parts.method) && !with_body && !upgrade {
         1 + route.retries.attempts
     } else {
@@ -535,8 +541,14 @@ async fn forward(
         let mut outgoing = http::Request::new(body.take().unwrap_or_else(Body::empty));
         *outgoing.method_mut() = parts.method.clone();
         *outgoing.uri_mut() = uri;
-        *outgoing.headers_mut() = headers.clone();
-        let result = tokio::time::timeout_at(deadline, route.client.request(outgoing)).await;
+        // Copied only while another attempt may need them.
+        *outgoing.headers_mut() = if attempt + 1 < attempts {
+            headers.clone().unwrap_or_default()
+        } else {
+            headers.take().unwrap_or_default()
+        };
+        let result =
+            tokio::time::timeout_at(deadline, route.clients.current().request(outgoing)).await;
         backoff = retry_backoff(&route.retries, attempt + 1);
         let last = attempt + 1 == attempts || tokio::time::Instant::now() + backoff >= deadline;
         match result {
@@ -612,19 +624,19 @@ fn retry_backoff(retries: &RetryConfig, retry: u32) -> Duration {
 }
 
 fn strip_response_headers(headers: &mut HeaderMap) {
+    // One pass to find out: most responses carry no hop-by-hop header at all.
+    let hop_by_hop: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_hop_by_hop(name))
+        .cloned()
+        .collect();
+    if hop_by_hop.is_empty() {
+        return;
+    }
     for name in connection_listed(headers) {
         headers.remove(name);
     }
-    for name in [
-        header::CONNECTION,
-        KEEP_ALIVE.clone(),
-        PROXY_CONNECTION.clone(),
-        header::PROXY_AUTHENTICATE,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
+    for name in hop_by_hop {
         headers.remove(name);
     }
 }

@@ -126,12 +126,23 @@ impl LocalLimiter {
             // Entries whose tat has passed hold no state worth keeping.
             map.retain(|_, tat| *tat > now);
         }
-        let tat = map.get(key).copied().unwrap_or(now);
-        let (decision, new_tat) = gcra(tat, now, policy);
-        if let Some(new_tat) = new_tat {
-            map.insert(key.to_string(), new_tat);
+        // Updated in place: the key is copied only for a tenant not seen yet.
+        match map.get_mut(key) {
+            Some(tat) => {
+                let (decision, new_tat) = gcra(*tat, now, policy);
+                if let Some(new_tat) = new_tat {
+                    *tat = new_tat;
+                }
+                decision
+            }
+            None => {
+                let (decision, new_tat) = gcra(now, now, policy);
+                if let Some(new_tat) = new_tat {
+                    map.insert(key.to_string(), new_tat);
+                }
+                decision
+            }
         }
-        decision
     }
 }
 

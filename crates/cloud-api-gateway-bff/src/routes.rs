@@ -143,7 +143,7 @@ pub struct Route {
     pub canary: Option<Canary>,
     /// Only requests for which this flag is on see the route; for the others it does not exist.
     pub flag: Option<String>,
-    pub client: HttpClient,
+    pub clients: UpstreamClients,
     next: AtomicUsize,
 }
 
@@ -473,9 +473,31 @@ fn compile_route(
         max_body_bytes: config.max_body_bytes.unwrap_or(default_max_body),
         canary,
         flag: config.flag.clone(),
-        client: http_client(config.timeouts.connect),
+        clients: UpstreamClients::new(config.timeouts.connect),
         next: AtomicUsize::new(0),
     })
+}
+
+/// A route's upstream connection pools, one per event loop (`EventLoops::PerCore`): a pooled
+/// connection is driven by the runtime that opened it, so with one pool for all, each reuse by
+/// another event loop is a cross-thread wake-up (an eventfd write and a context switch).
+#[derive(Debug)]
+pub struct UpstreamClients(Vec<HttpClient>);
+
+impl UpstreamClients {
+    fn new(connect_timeout: Duration) -> Self {
+        Self(
+            (0..cloud_kit::server::per_core_event_loops().max(1))
+                .map(|_| http_client(connect_timeout))
+                .collect(),
+        )
+    }
+
+    /// The calling event loop's pool (the first one off the event loops).
+    pub fn current(&self) -> &HttpClient {
+        let index = cloud_kit::server::current_event_loop().unwrap_or(0);
+        &self.0[index % self.0.len()]
+    }
 }
 
 /// A pooled HTTP/1.1 client for one route.
@@ -654,6 +676,27 @@ mod tests {
             "routes.b.permission: required when auth is `permission`",
         ] {
             assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_upstream_uri_keeps_path_and_query_and_applies_strip_prefix_and_base_path() {
+        let c = config(
+            "routes:\n  plain: {path_prefix: /, auth: public, upstreams: [\"http://up:1\"]}\n  stripped: {path_prefix: /api/, auth: public, strip_prefix: true, upstreams: [\"http://up:2/base/\"]}\n  kept: {path_prefix: /keep/, auth: public, upstreams: [\"http://up:3/base\"]}\n",
+        );
+        let table = RouteTable::compile(&c).unwrap();
+        for (incoming, expected) in [
+            ("/a/b?x=1&y=%20z", "http://up:1/a/b?x=1&y=%20z"),
+            ("/", "http://up:1/"),
+            ("/api/v1/x?q=1", "http://up:2/base/v1/x?q=1"),
+            ("/api/", "http://up:2/base/"),
+            ("/keep/it?q", "http://up:3/base/keep/it?q"),
+        ] {
+            let uri: http::Uri = incoming.parse().unwrap();
+            let route = table.find(uri.path()).unwrap();
+            let upstream = &route.upstreams[0];
+            let forwarded = crate::proxy::upstream_uri(upstream, route, &uri).unwrap();
+            assert_eq!(forwarded.to_string(), expected, "for {incoming}");
         }
     }
 
