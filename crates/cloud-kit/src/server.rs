@@ -96,27 +96,10 @@ impl Server {
         let app_addr = SocketAddr::new(config.host, config.port);
         let admin_addr = SocketAddr::new(config.host, config.admin_port);
         let app_listeners = match event_loops {
-            EventLoops::Shared => {
-                vec![
-                    TcpListener::bind(app_addr)
-                        .await
-                        .map_err(|source| ServerError::Bind {
-                            what: "api",
-                            addr: app_addr,
-                            source,
-                        })?,
-                ]
-            }
+            EventLoops::Shared => vec![bind_one("api", app_addr).await?],
             EventLoops::PerCore => bind_reuseport(app_addr, per_core_event_loops())?,
         };
-        let admin_listener =
-            TcpListener::bind(admin_addr)
-                .await
-                .map_err(|source| ServerError::Bind {
-                    what: "admin",
-                    addr: admin_addr,
-                    source,
-                })?;
+        let admin_listener = bind_one("admin", admin_addr).await?;
         let app = crate::http_layers::apply(
             router,
             metrics.clone(),
@@ -274,6 +257,12 @@ thread_local! {
 /// runs on, `None` elsewhere: for state kept per event loop, such as a proxy's upstream pools.
 pub fn current_event_loop() -> Option<usize> {
     EVENT_LOOP.with(std::cell::Cell::get)
+}
+
+async fn bind_one(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { what, addr, source })
 }
 
 /// `count` listeners on `addr`, all with `SO_REUSEPORT`: the kernel spreads new connections
