@@ -189,6 +189,15 @@ mod tests {
             !child.contains("00f067aa0ba902b7"),
             "the child must carry this hop's span id"
         );
+        assert_eq!(
+            child,
+            format!("00-{}-{}-01", ctx.trace_id_hex(), ctx.span_id_hex())
+        );
+        let unsampled = TraceContext::from_traceparent(Some(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+        ));
+        assert!(!unsampled.sampled);
+        assert!(unsampled.child_traceparent().ends_with("-00"));
     }
 
     #[test]
