@@ -666,8 +666,10 @@ impl FlagClient {
                 next_live.insert(name.clone(), (new_def.cloned(), new_killed));
             }
         }
-        shared.state.store(Arc::new(new_state));
+        // Written ahead: an evaluation that sees the new state finds its record in the log. A
+        // failed append still installs the state (flags must follow the server) and is returned.
         let records = shared.audit.append(pending);
+        shared.state.store(Arc::new(new_state));
         *live = next_live;
         records
     }

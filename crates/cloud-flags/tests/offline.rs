@@ -293,6 +293,37 @@ fn offline_with(
     (FlagClient::offline(cfg, clock).unwrap(), log)
 }
 
+/// The audit log is written ahead: an evaluation that sees a new definition finds its record
+/// in the log already (CI once saw a flag live before the log it was audited to existed).
+#[test]
+fn a_change_is_in_the_audit_log_before_any_evaluation_sees_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client, log) = offline_with(dir.path(), vec![], clock());
+    for round in 0..20 {
+        let flag = format!("new-{round}");
+        let watcher = {
+            let (client, log, flag) = (client.clone(), log.clone(), flag.clone());
+            std::thread::spawn(move || {
+                while !client.is_enabled(&flag, &FlagContext::new()) {
+                    std::hint::spin_loop();
+                }
+                audit::read_records(&log)
+                    .map(|records| records.iter().any(|r| r.flag == flag))
+                    .map_err(|e| e.to_string())
+            })
+        };
+        client
+            .apply_features_json(&doc(vec![json!({"name": flag, "enabled": true,
+                "strategies": [{"name": "default", "parameters": {}, "constraints": []}]})]))
+            .unwrap();
+        assert_eq!(
+            watcher.join().unwrap(),
+            Ok(true),
+            "round {round}: `{flag}` was live before its audit record was written"
+        );
+    }
+}
+
 #[test]
 fn kill_switch_file_forces_a_flag_off_and_is_audited() {
     let dir = tempfile::tempdir().unwrap();
