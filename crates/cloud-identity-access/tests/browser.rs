@@ -18,6 +18,8 @@ const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 struct Driver {
     child: std::process::Child,
+    /// chromedriver's port.
+    port: u16,
     base: String,
     session: String,
     http: reqwest::Client,
@@ -26,6 +28,19 @@ struct Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        // Ends the session first, so chromedriver quits its Chromium: a SIGKILL to chromedriver
+        // alone left the browser running after every test run. Blocking, as `drop` cannot await.
+        use std::io::{Read, Write};
+        if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+            let _ = write!(
+                stream,
+                "DELETE /session/{} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                self.session, self.port
+            );
+            // The answer comes once the browser has quit.
+            let _ = stream.read_to_end(&mut Vec::new());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -77,6 +92,7 @@ impl Driver {
             .to_string();
         Self {
             child,
+            port,
             base: format!("{base}/session/{session}"),
             session,
             http,
