@@ -25,7 +25,7 @@ fn main() -> anyhow::Result<()> {
     };
     let listen = SocketAddr::from(([127, 0, 0, 1], port.parse::<u16>()?));
     let upstream: hyper::http::uri::Authority = upstream.parse()?;
-    let loops = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let loops = cloud_kit::server::per_core_event_loops();
     let threads = (0..loops)
         .map(|_| {
             let upstream = upstream.clone();

@@ -127,22 +127,17 @@ impl LocalLimiter {
             map.retain(|_, tat| *tat > now);
         }
         // Updated in place: the key is copied only for a tenant not seen yet.
-        match map.get_mut(key) {
-            Some(tat) => {
-                let (decision, new_tat) = gcra(*tat, now, policy);
-                if let Some(new_tat) = new_tat {
-                    *tat = new_tat;
-                }
-                decision
-            }
-            None => {
-                let (decision, new_tat) = gcra(now, now, policy);
-                if let Some(new_tat) = new_tat {
+        let entry = map.get_mut(key);
+        let (decision, new_tat) = gcra(entry.as_deref().copied().unwrap_or(now), now, policy);
+        if let Some(new_tat) = new_tat {
+            match entry {
+                Some(tat) => *tat = new_tat,
+                None => {
                     map.insert(key.to_string(), new_tat);
                 }
-                decision
             }
         }
+        decision
     }
 }
 

@@ -244,9 +244,13 @@ impl Server {
 }
 
 /// How many event loops [`EventLoops::PerCore`] runs: the cores this process may use (its
-/// cgroup's CPU quota included, as in a Kubernetes pod with a CPU limit).
+/// cgroup's CPU quota included, as in a Kubernetes pod with a CPU limit). Read once: the std
+/// call reads the cgroup files each time, and whatever is kept per event loop (a proxy's
+/// upstream pools, built again on every route reload) must agree with the listeners' count.
 pub fn per_core_event_loops() -> usize {
-    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES
+        .get_or_init(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
 }
 
 thread_local! {
@@ -318,14 +322,13 @@ impl Drop for PerCoreServing {
 
 impl ApiServing {
     fn start(
-        listeners: Vec<TcpListener>,
+        mut listeners: Vec<TcpListener>,
         app: Router,
         limits: ConnectionLimits,
         stop: CancellationToken,
         readiness: Readiness,
     ) -> Result<Self, ServerError> {
         let linger_on = Handle::current();
-        let mut listeners = listeners;
         // One listener (`Shared`, or `PerCore` on one core): nothing to spread, so it is served
         // on the calling runtime.
         if listeners.len() == 1
