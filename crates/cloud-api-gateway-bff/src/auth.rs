@@ -72,9 +72,38 @@ pub struct Claims {
     pub roles: Vec<String>,
     #[serde(default)]
     pub permissions: Vec<String>,
+    /// Worked out once per verified token (the token cache keeps it with the claims) instead of
+    /// on every request that presents the token.
+    #[serde(skip)]
+    pub(crate) derived: Derived,
+}
+
+/// What every request with a token needs from its claims.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Derived {
+    /// `x-tenant-id` for the upstream (`None` without a tenant or if not a valid header value).
+    pub tenant_header: Option<http::HeaderValue>,
+    /// `x-user-id` for the upstream.
+    pub user_header: Option<http::HeaderValue>,
+    /// Whose quota a request spends: `tenant:<tid>`, or `sub:<sub>` for a token without a tenant.
+    pub rate_limit_key: String,
 }
 
 impl Claims {
+    fn derive(&mut self) {
+        self.derived = Derived {
+            tenant_header: self
+                .tid
+                .as_deref()
+                .and_then(|t| http::HeaderValue::from_str(t).ok()),
+            user_header: http::HeaderValue::from_str(&self.sub).ok(),
+            rate_limit_key: match &self.tid {
+                Some(tid) => format!("tenant:{tid}"),
+                None => format!("sub:{}", self.sub),
+            },
+        };
+    }
+
     /// Whether the token grants `permission`, through `permissions` or a `scope` value.
     pub fn has_permission(&self, permission: &str) -> bool {
         self.permissions.iter().any(|p| p == permission)
@@ -541,7 +570,7 @@ impl Validator {
         ring::signature::UnparsedPublicKey::new(algorithm, &key.public)
             .verify(signed.as_bytes(), &signature)
             .map_err(|_| TokenError::BadSignature)?;
-        let claims: Claims = decode_json(payload_b64).ok_or(TokenError::Malformed(
+        let mut claims: Claims = decode_json(payload_b64).ok_or(TokenError::Malformed(
             "the claims are not base64url JSON with iss, sub and exp",
         ))?;
         if claims.iss.trim_end_matches('/') != self.inner.issuer {
@@ -551,6 +580,7 @@ impl Validator {
             return Err(TokenError::WrongAudience);
         }
         self.check_times(&claims)?;
+        claims.derive();
         Ok((claims, generation))
     }
 

@@ -95,7 +95,10 @@ fn context_of<'a>(request: &Request, token: &'a str, claims: &'a Claims) -> Call
         token,
         claims,
         trace: request.extensions().get::<TraceContext>().copied(),
-        request_id: request.extensions().get::<RequestId>().map(|r| r.0.clone()),
+        request_id: request
+            .extensions()
+            .get::<RequestId>()
+            .map(|r| r.as_str().to_string()),
     }
 }
 

@@ -14,6 +14,7 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod routes;
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -52,8 +53,8 @@ pub enum BuildError {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamLabels {
-    route: String,
-    outcome: String,
+    route: Arc<String>,
+    outcome: Cow<'static, str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -109,14 +110,28 @@ impl GatewayMetrics {
             .inc();
     }
 
-    pub(crate) fn upstream(&self, route: &str, outcome: &str) {
+    /// Counts a proxied request of `route` by its outcome: the upstream's status code, or why
+    /// there was none.
+    pub(crate) fn upstream(&self, route: &Arc<String>, outcome: Outcome) {
+        let outcome = match outcome {
+            Outcome::Status(status) => proxy::static_digits(u64::from(status.as_u16()))
+                .map_or_else(|| Cow::Owned(status.as_str().to_string()), Cow::Borrowed),
+            Outcome::Failed(label) => Cow::Borrowed(label),
+        };
         self.upstream_requests
             .get_or_create(&UpstreamLabels {
-                route: route.to_string(),
-                outcome: outcome.to_string(),
+                route: route.clone(),
+                outcome,
             })
             .inc();
     }
+}
+
+/// How a proxied request ended, as `gateway_upstream_requests_total` labels it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Outcome {
+    Status(http::StatusCode),
+    Failed(&'static str),
 }
 
 /// Shared by every request handler.
@@ -319,11 +334,15 @@ pub async fn build_with(config: Config, hooks: Hooks) -> Result<Application, Bui
         });
     }
     let mut router: Router<Arc<AppState>> = Router::new();
+    // The gateway's own paths: the router answers these, the proxy every other one.
+    let mut own_paths = vec!["/version".to_string()];
     if config.bff.session.enabled {
         router = router.route("/bff/v1/session", get(bff::session));
+        own_paths.push("/bff/v1/session".to_string());
     }
     for aggregation in aggregations {
         let path = aggregation.config.path.clone();
+        own_paths.push(path.clone());
         router = router.route(
             &path,
             get(
@@ -340,10 +359,12 @@ pub async fn build_with(config: Config, hooks: Hooks) -> Result<Application, Bui
     let router = Router::new()
         .merge(cloud_kit::version_route(cloud_kit::build_info!()))
         .merge(router)
-        .fallback(proxy::handle)
+        .fallback_service(proxy::ProxyService(state.clone()))
         .method_not_allowed_fallback(cloud_kit::problem::method_not_allowed_fallback)
         .with_state(state.clone());
-    // A worker per core, as nginx: see `EventLoops::PerCore`.
+    // A worker per core, as nginx: see `EventLoops::PerCore`. Proxied paths skip the router
+    // (`with_direct_fallback`), which stays their fallback all the same.
+    let proxy_state = state.clone();
     let server = Server::bind_with(
         SERVICE_NAME,
         &config.server,
@@ -352,7 +373,11 @@ pub async fn build_with(config: Config, hooks: Hooks) -> Result<Application, Bui
         metrics,
         EventLoops::PerCore,
     )
-    .await?;
+    .await?
+    .with_direct_fallback(
+        own_paths,
+        Arc::new(move |request| proxy::handle_owned(proxy_state.clone(), request)),
+    );
     let reload = ReloadHandle {
         state: state.clone(),
         source_file: config.source_file.clone(),

@@ -1,15 +1,18 @@
 //! The reverse proxy: route lookup, CORS, authentication, rate limiting, circuit breaking, and
 //! the streamed forward to the upstream.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Request};
 use axum::response::{IntoResponse, Response};
 use cloud_kit::Problem;
 use cloud_kit::trace_context::{RequestId, TraceContext};
+use futures::future::BoxFuture;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, StatusCode, Uri};
@@ -17,11 +20,11 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use rand::Rng;
 
-use crate::AppState;
 use crate::auth::{Claims, TokenError};
 use crate::config::{AuthMode, RetryConfig};
 use crate::ratelimit::Decision;
 use crate::routes::{Route, Upstream};
+use crate::{AppState, Outcome};
 
 static X_TENANT_ID: HeaderName = HeaderName::from_static("x-tenant-id");
 static X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
@@ -137,8 +140,33 @@ pub(crate) async fn authenticate(
     Ok(Some(claims))
 }
 
-/// The axum handler for every path that is not one of the gateway's own.
-pub(crate) async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Response {
+/// Every path that is not one of the gateway's own, as a plain service (the router's fallback)
+/// rather than an axum handler, whose machinery (extractors, a boxed future of its own, the
+/// response mapping) costs another copy of this large future per request.
+#[derive(Clone)]
+pub(crate) struct ProxyService(pub(crate) Arc<AppState>);
+
+impl tower::Service<Request> for ProxyService {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let state = self.0.clone();
+        Box::pin(async move { Ok(handle(&state, request).await) })
+    }
+}
+
+/// The proxy as the server's direct handler (`Server::with_direct_fallback`).
+pub(crate) fn handle_owned(state: Arc<AppState>, request: Request) -> BoxFuture<'static, Response> {
+    Box::pin(async move { handle(&state, request).await })
+}
+
+async fn handle(state: &AppState, request: Request) -> Response {
     let table = state.table.load_full();
     let Some(route) = table.find(request.uri().path()).cloned() else {
         return problem_response(not_found(request.uri().path()));
@@ -174,7 +202,7 @@ pub(crate) async fn handle(State(state): State<Arc<AppState>>, request: Request)
         }
         return response;
     }
-    let mut response = proxy(&state, &route, request).await;
+    let mut response = proxy(state, &route, request).await;
     if let Some(cors) = &route.cors
         && let Some(allow) = cors.allow_origin(origin.as_ref())
     {
@@ -205,16 +233,28 @@ pub(crate) async fn handle(State(state): State<Arc<AppState>>, request: Request)
     response
 }
 
-fn ratelimit_headers(headers: &mut HeaderMap, limit: u64, decision: &Decision) {
-    headers.insert(RATELIMIT_LIMIT.clone(), HeaderValue::from(limit));
-    headers.insert(
-        RATELIMIT_REMAINING.clone(),
-        HeaderValue::from(decision.remaining),
-    );
-    headers.insert(
-        RATELIMIT_RESET.clone(),
-        HeaderValue::from(ceil_secs(decision.reset)),
-    );
+fn ratelimit_headers(headers: &mut HeaderMap, limit: &HeaderValue, decision: &Decision) {
+    headers.insert(RATELIMIT_LIMIT.clone(), limit.clone());
+    headers.insert(RATELIMIT_REMAINING.clone(), number(decision.remaining));
+    headers.insert(RATELIMIT_RESET.clone(), number(ceil_secs(decision.reset)));
+}
+
+/// Numbers below this come from a table instead of a fresh allocation per header.
+const SMALL_NUMBERS: usize = 1024;
+
+/// The decimal digits of `n` from a table built once, for `n` below [`SMALL_NUMBERS`].
+pub(crate) fn static_digits(n: u64) -> Option<&'static str> {
+    static TABLE: LazyLock<Vec<String>> =
+        LazyLock::new(|| (0..SMALL_NUMBERS).map(|n| n.to_string()).collect());
+    usize::try_from(n)
+        .ok()
+        .and_then(|i| TABLE.get(i))
+        .map(String::as_str)
+}
+
+/// `n` as a header value.
+fn number(n: u64) -> HeaderValue {
+    static_digits(n).map_or_else(|| HeaderValue::from(n), HeaderValue::from_static)
 }
 
 fn ceil_secs(d: Duration) -> u64 {
@@ -249,14 +289,16 @@ async fn proxy(state: &AppState, route: &Route, request: Request) -> Response {
         .map(|c| c.0.ip());
     let mut limited = None;
     if let Some(policy) = &route.policy {
+        let anonymous;
         let key = match claims.as_deref() {
-            Some(c) => c
-                .tid
-                .clone()
-                .map_or_else(|| format!("sub:{}", c.sub), |t| format!("tenant:{t}")),
-            None => client_ip.map_or_else(|| "anonymous".to_string(), |ip| format!("ip:{ip}")),
+            Some(c) => c.derived.rate_limit_key.as_str(),
+            None => {
+                anonymous =
+                    client_ip.map_or_else(|| "anonymous".to_string(), |ip| format!("ip:{ip}"));
+                anonymous.as_str()
+            }
         };
-        let decision = state.limiter.check(&key, policy).await;
+        let decision = state.limiter.check(key, policy).await;
         if !decision.allowed {
             let mut response = Problem::new(StatusCode::TOO_MANY_REQUESTS)
                 .with_detail(format!(
@@ -268,15 +310,17 @@ async fn proxy(state: &AppState, route: &Route, request: Request) -> Response {
                     HeaderValue::from(ceil_secs(decision.retry_after).max(1)),
                 )
                 .into_response();
-            ratelimit_headers(response.headers_mut(), policy.limit, &decision);
+            ratelimit_headers(response.headers_mut(), &policy.limit_header, &decision);
             return response;
         }
-        limited = Some((policy.limit, decision));
+        limited = Some((&policy.limit_header, decision));
     }
     let permit = match route.breaker.acquire() {
         Ok(p) => p,
         Err(retry_after) => {
-            state.metrics.upstream(&route.name, "circuit_open");
+            state
+                .metrics
+                .upstream(&route.name, Outcome::Failed("circuit_open"));
             return Problem::service_unavailable(format!(
                 "the upstream of route `{}` is failing; its circuit breaker is open",
                 route.name
@@ -294,7 +338,7 @@ async fn proxy(state: &AppState, route: &Route, request: Request) -> Response {
             permit.record(!response.status().is_server_error());
             state
                 .metrics
-                .upstream(&route.name, response.status().as_str());
+                .upstream(&route.name, Outcome::Status(response.status()));
             response
         }
         Err(err) => {
@@ -330,7 +374,7 @@ async fn proxy(state: &AppState, route: &Route, request: Request) -> Response {
             };
             // A body that was too large is the client's fault, not the upstream's.
             permit.record(matches!(err, ForwardError::BodyTooLarge));
-            state.metrics.upstream(&route.name, label);
+            state.metrics.upstream(&route.name, Outcome::Failed(label));
             problem.into_response()
         }
     };
@@ -422,11 +466,13 @@ fn upstream_headers(
         }
         out.append(name.clone(), value.clone());
     }
-    if let Some(ip) = client_ip {
-        let ip = ip.to_string();
-        forwarded_for = Some(forwarded_for.map_or_else(|| ip.clone(), |f| format!("{f}, {ip}")));
-    }
-    if let Some(v) = forwarded_for.and_then(|f| HeaderValue::from_str(&f).ok()) {
+    let forwarded_for = match (forwarded_for, client_ip) {
+        (Some(f), Some(ip)) => HeaderValue::from_str(&format!("{f}, {ip}")).ok(),
+        (Some(f), None) => HeaderValue::from_str(&f).ok(),
+        (None, Some(ip)) => Some(ip_header(ip)),
+        (None, None) => None,
+    };
+    if let Some(v) = forwarded_for {
         out.insert(X_FORWARDED_FOR.clone(), v);
     }
     out.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
@@ -443,21 +489,18 @@ fn upstream_headers(
     {
         out.insert(cloud_kit::trace_context::TRACEPARENT.clone(), v);
     }
-    if let Some(RequestId(id)) = parts.extensions.get::<RequestId>()
-        && let Ok(v) = HeaderValue::from_str(id)
-    {
-        out.insert(cloud_kit::trace_context::REQUEST_ID.clone(), v);
+    if let Some(id) = parts.extensions.get::<RequestId>() {
+        out.insert(
+            cloud_kit::trace_context::REQUEST_ID.clone(),
+            id.header_value().clone(),
+        );
     }
     if let Some(claims) = claims {
-        if let Some(v) = claims
-            .tid
-            .as_deref()
-            .and_then(|t| HeaderValue::from_str(t).ok())
-        {
-            out.insert(X_TENANT_ID.clone(), v);
+        if let Some(v) = &claims.derived.tenant_header {
+            out.insert(X_TENANT_ID.clone(), v.clone());
         }
-        if let Ok(v) = HeaderValue::from_str(&claims.sub) {
-            out.insert(X_USER_ID.clone(), v);
+        if let Some(v) = &claims.derived.user_header {
+            out.insert(X_USER_ID.clone(), v.clone());
         }
     }
     for name in &route.headers.request_remove {
@@ -474,6 +517,19 @@ fn upstream_headers(
     }
     let _ = state;
     out
+}
+
+/// The client's address as a header value, formatted on the stack (one allocation, the value's).
+fn ip_header(ip: std::net::IpAddr) -> HeaderValue {
+    use std::io::Write;
+    let mut buf = [0u8; 64];
+    let len = {
+        let mut cursor = std::io::Cursor::new(&mut buf[..]);
+        // An IPv6 address is at most 45 characters: it always fits.
+        let _ = write!(cursor, "{ip}");
+        usize::try_from(cursor.position()).unwrap_or(0)
+    };
+    HeaderValue::from_bytes(&buf[..len]).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 async fn forward(
@@ -547,6 +603,10 @@ async fn forward(
         } else {
             headers.take().unwrap_or_default()
         };
+        // Set here rather than by the client, which formats it anew for every request.
+        outgoing
+            .headers_mut()
+            .insert(header::HOST, upstream.host.clone());
         let result =
             tokio::time::timeout_at(deadline, route.clients.current().request(outgoing)).await;
         backoff = retry_backoff(&route.retries, attempt + 1);
@@ -633,8 +693,16 @@ fn strip_response_headers(headers: &mut HeaderMap) {
     if hop_by_hop.is_empty() {
         return;
     }
-    for name in connection_listed(headers) {
-        headers.remove(name);
+    // The names `Connection` lists, removed by name as spelled: most are options (`keep-alive`,
+    // `close`) rather than headers, and a `HeaderName` each would be an allocation for nothing.
+    // The values are cloned (their bytes are shared) so that the map can change meanwhile.
+    let mut values = headers.get_all(header::CONNECTION).iter();
+    let first = values.next().cloned();
+    let more: Vec<HeaderValue> = values.cloned().collect();
+    for value in first.iter().chain(&more) {
+        for name in value.to_str().unwrap_or_default().split(',') {
+            headers.remove(name.trim());
+        }
     }
     for name in hop_by_hop {
         headers.remove(name);

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use http::HeaderValue;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use secrecy::ExposeSecret;
@@ -29,6 +30,8 @@ pub struct Policy {
     pub interval_us: u64,
     /// Requests that may arrive at once.
     pub burst: u64,
+    /// `limit` as the `RateLimit-Limit` header value.
+    pub limit_header: HeaderValue,
 }
 
 impl Policy {
@@ -47,6 +50,7 @@ impl Policy {
         Ok(Self {
             name: name.to_string(),
             limit: config.requests,
+            limit_header: HeaderValue::from(config.requests),
             interval_us: period_us / config.requests,
             burst,
         })
@@ -101,39 +105,52 @@ const LOCAL_MAX_KEYS_PER_SHARD: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct LocalLimiter {
     start: Instant,
-    shards: Vec<Mutex<HashMap<String, u64>>>,
+    /// Sharded by tenant. Looked up with the request's own strings: no key is built per request.
+    shards: Vec<Mutex<TatsByPolicy>>,
 }
+
+/// Per policy name, each tenant's theoretical arrival time.
+type TatsByPolicy = Vec<(String, HashMap<String, u64>)>;
 
 impl Default for LocalLimiter {
     fn default() -> Self {
         Self {
             start: Instant::now(),
-            shards: (0..LOCAL_SHARDS)
-                .map(|_| Mutex::new(HashMap::new()))
-                .collect(),
+            shards: (0..LOCAL_SHARDS).map(|_| Mutex::default()).collect(),
         }
     }
 }
 
 impl LocalLimiter {
-    pub fn check(&self, key: &str, policy: &Policy) -> Decision {
+    /// One request of `tenant` under `policy`: its quota is the pair's, shared by every route
+    /// with that policy.
+    pub fn check(&self, tenant: &str, policy: &Policy) -> Decision {
         let now = u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX);
-        let shard = &self.shards[key.bytes().fold(0usize, |a, b| {
+        let shard = &self.shards[tenant.bytes().fold(0usize, |a, b| {
             a.wrapping_mul(31).wrapping_add(usize::from(b))
         }) % LOCAL_SHARDS];
-        let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= LOCAL_MAX_KEYS_PER_SHARD {
+        let mut policies = shard.lock().unwrap_or_else(|p| p.into_inner());
+        // A handful of policies: a list is as quick as a map and borrows more simply.
+        let index = match policies.iter().position(|(name, _)| *name == policy.name) {
+            Some(index) => index,
+            None => {
+                policies.push((policy.name.clone(), HashMap::new()));
+                policies.len() - 1
+            }
+        };
+        let tats = &mut policies[index].1;
+        if tats.len() >= LOCAL_MAX_KEYS_PER_SHARD {
             // Entries whose tat has passed hold no state worth keeping.
-            map.retain(|_, tat| *tat > now);
+            tats.retain(|_, tat| *tat > now);
         }
-        // Updated in place: the key is copied only for a tenant not seen yet.
-        let entry = map.get_mut(key);
+        // Updated in place: the tenant is copied only when not seen yet.
+        let entry = tats.get_mut(tenant);
         let (decision, new_tat) = gcra(entry.as_deref().copied().unwrap_or(now), now, policy);
         if let Some(new_tat) = new_tat {
             match entry {
                 Some(tat) => *tat = new_tat,
                 None => {
-                    map.insert(key.to_string(), new_tat);
+                    tats.insert(tenant.to_string(), new_tat);
                 }
             }
         }
@@ -273,10 +290,10 @@ impl RateLimiter {
                         );
                         self.metrics.redis_fallback.set(1);
                     }
-                    self.local.check(&local_key(tenant, policy), policy)
+                    self.local.check(tenant, policy)
                 }
             },
-            None => self.local.check(&local_key(tenant, policy), policy),
+            None => self.local.check(tenant, policy),
         };
         if !decision.allowed {
             self.metrics.rejected.inc();
@@ -316,10 +333,6 @@ impl KindStr for redis::RedisError {
         // The category only: a RedisError may carry connection details.
         format!("{:?}", self.kind())
     }
-}
-
-fn local_key(tenant: &str, policy: &Policy) -> String {
-    format!("{tenant}\u{0}{}", policy.name)
 }
 
 impl RedisLimiter {
@@ -481,5 +494,11 @@ mod tests {
         assert!(limiter.check("a", &p).allowed);
         assert!(!limiter.check("a", &p).allowed);
         assert!(limiter.check("b", &p).allowed);
+        // Another policy is another quota for the same tenant.
+        let mut other = policy(1, Duration::from_secs(3600), None);
+        other.name = "other".into();
+        assert!(limiter.check("a", &other).allowed);
+        assert!(!limiter.check("a", &other).allowed);
+        assert!(!limiter.check("a", &p).allowed);
     }
 }

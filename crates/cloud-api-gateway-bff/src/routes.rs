@@ -54,6 +54,8 @@ pub trait VariantResolver: Send + Sync + std::fmt::Debug {
 pub struct Upstream {
     pub scheme: Scheme,
     pub authority: Authority,
+    /// `authority` as the `Host` header sent upstream.
+    pub host: HeaderValue,
     /// Without a trailing `/`.
     pub base_path: String,
 }
@@ -77,9 +79,12 @@ impl Upstream {
         };
         let authority =
             Authority::try_from(authority.as_str()).map_err(|e| format!("`{url}`: {e}"))?;
+        let host =
+            HeaderValue::from_str(authority.as_str()).map_err(|e| format!("`{url}`: {e}"))?;
         Ok(Self {
             scheme: Scheme::HTTP,
             authority,
+            host,
             base_path: url.path().trim_end_matches('/').to_string(),
         })
     }
@@ -127,7 +132,8 @@ pub struct CompiledHeaders {
 
 #[derive(Debug)]
 pub struct Route {
-    pub name: String,
+    /// Shared with the route's metric labels (a clone per request is no allocation).
+    pub name: Arc<String>,
     pub prefix: String,
     pub upstreams: Vec<Upstream>,
     pub strip_prefix: bool,
@@ -458,7 +464,7 @@ fn compile_route(
         return Err(errors);
     }
     Ok(Route {
-        name: name.to_string(),
+        name: Arc::new(name.to_string()),
         prefix: config.path_prefix.clone(),
         upstreams,
         strip_prefix: config.strip_prefix,
@@ -706,9 +712,9 @@ mod tests {
             "routes:\n  a: {path_prefix: /api/, upstreams: [http://127.0.0.1:1]}\n  b: {path_prefix: /api/orders/, upstreams: [http://127.0.0.1:2]}\n",
         );
         let t = RouteTable::compile(&c).unwrap();
-        assert_eq!(t.find("/api/orders/7").unwrap().name, "b");
-        assert_eq!(t.find("/api/x").unwrap().name, "a");
-        assert_eq!(t.find("/api").unwrap().name, "a");
+        assert_eq!(t.find("/api/orders/7").unwrap().name.as_str(), "b");
+        assert_eq!(t.find("/api/x").unwrap().name.as_str(), "a");
+        assert_eq!(t.find("/api").unwrap().name.as_str(), "a");
         assert!(t.find("/other").is_none());
     }
 

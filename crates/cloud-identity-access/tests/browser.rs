@@ -164,6 +164,39 @@ impl Driver {
             .to_string()
     }
 
+    /// [`Self::text`] of the first element matching `css` once the page has one: a click that
+    /// submits a form can return before the next page has loaded when the machine is busy (CI
+    /// saw "no such element" for the alert right after the click).
+    async fn text_once_shown(&self, css: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let found = self
+                .cmd(
+                    reqwest::Method::POST,
+                    "/elements",
+                    Some(json!({ "using": "css selector", "value": css })),
+                )
+                .await;
+            if let Some(id) = found
+                .as_array()
+                .and_then(|all| all.first())
+                .and_then(|e| e[ELEMENT].as_str())
+            {
+                return self
+                    .cmd(reqwest::Method::GET, &format!("/element/{id}/text"), None)
+                    .await
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no element matches {css} after 15 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn url(&self) -> String {
         self.cmd(reqwest::Method::GET, "/url", None)
             .await
@@ -239,7 +272,7 @@ async fn hosted_login_in_chromium_yields_tokens_that_verify_against_the_jwks() {
     driver.type_into("#password", "not the password").await;
     driver.click("#sign-in").await;
     assert_eq!(
-        driver.text("[role=alert]").await,
+        driver.text_once_shown("[role=alert]").await,
         "The email address or password is incorrect."
     );
     driver.type_into("#password", &f.user_password).await;

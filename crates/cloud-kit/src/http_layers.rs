@@ -4,6 +4,8 @@
 
 use std::any::Any;
 use std::convert::Infallible;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -13,9 +15,9 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::header::{CONNECTION, X_CONTENT_TYPE_OPTIONS};
 use axum::http::{HeaderValue, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
+use futures::FutureExt;
 use futures::future::BoxFuture;
-use tower::{Layer, Service};
-use tower_http::catch_panic::CatchPanicLayer;
+use tower::{Layer, Service, ServiceBuilder};
 use tracing::Instrument;
 
 use crate::admin::Readiness;
@@ -31,12 +33,21 @@ pub fn apply(
     max_body_bytes: usize,
     readiness: Readiness,
 ) -> Router {
-    router
-        .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(CatchPanicLayer::custom(panic_to_problem))
-        .layer(StandardLayer {
-            shared: Arc::new(Shared { metrics, readiness }),
-        })
+    apply_shared(
+        router,
+        Arc::new(Shared { metrics, readiness }),
+        max_body_bytes,
+    )
+}
+
+fn apply_shared(router: Router, shared: Arc<Shared>, max_body_bytes: usize) -> Router {
+    // One `Router::layer` call: each wraps every route in another boxed service, so a request
+    // pays a boxed future (and a copy of the future it wraps) per call.
+    router.layer(
+        ServiceBuilder::new()
+            .layer(StandardLayer { shared })
+            .layer(DefaultBodyLimit::max(max_body_bytes)),
+    )
 }
 
 /// 404 and 405 as problem+json instead of empty bodies.
@@ -79,7 +90,9 @@ impl<S> Layer<S> for StandardLayer {
 /// - the RED metrics `http_requests_total` and `http_request_duration_seconds`;
 /// - `Connection: close` on an HTTP/1 response when hyper will close the connection or the
 ///   service drains (below);
-/// - `X-Content-Type-Options: nosniff` unless the handler set it.
+/// - `X-Content-Type-Options: nosniff` unless the handler set it;
+/// - a handler that panics answers a problem+json 500, and the connection lives on (what
+///   tower-http's `CatchPanic` does, done here to save its boxed future).
 ///
 /// A 413 is answered before the body is read, so hyper cannot reuse the HTTP/1 connection and
 /// closes it after the response. Without `Connection: close` a keep-alive client does not know
@@ -113,17 +126,40 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request) -> Self::Future {
-        // The service that was polled ready handles this request; the clone waits for the next.
-        let ready = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, ready);
-        let shared = self.shared.clone();
+    fn call(&mut self, request: Request) -> Self::Future {
+        // Called at once, on the service that was polled ready (the tower contract), rather
+        // than on a clone inside the future: cloning axum's boxed `Route` is an allocation per
+        // request.
+        let inner = &mut self.inner;
+        self.shared.serve(request, |request| inner.call(request))
+    }
+}
+
+impl Shared {
+    /// The work of [`Standard`] around one request, which `handle` answers.
+    fn serve<F>(
+        self: &Arc<Self>,
+        mut request: Request,
+        handle: impl FnOnce(Request) -> F,
+    ) -> BoxFuture<'static, Result<Response, Infallible>>
+    where
+        F: Future<Output = Result<Response, Infallible>> + Send + 'static,
+    {
+        let shared = self.clone();
         let started = Instant::now();
         let http1 = request.version() < Version::HTTP_2;
         let (method, route) = crate::metrics::request_labels(&request);
         let (span, request_id) = crate::trace_context::begin(&mut request);
+        let called =
+            std::panic::catch_unwind(AssertUnwindSafe(|| handle(request).instrument(span)));
         Box::pin(async move {
-            let Ok(mut response) = inner.call(request).instrument(span).await;
+            let mut response = match called {
+                Ok(future) => match AssertUnwindSafe(future).catch_unwind().await {
+                    Ok(Ok(response)) => response,
+                    Err(payload) => panic_to_problem(payload),
+                },
+                Err(payload) => panic_to_problem(payload),
+            };
             shared.metrics.observe(
                 &HttpLabels {
                     method,
@@ -146,6 +182,96 @@ where
                 .or_insert(HeaderValue::from_static("nosniff"));
             Ok(response)
         })
+    }
+}
+
+/// Answers the requests for every path a service's router does not own, without the router:
+/// see [`crate::server::Server::with_direct_fallback`].
+pub type DirectHandler = Arc<dyn Fn(Request) -> BoxFuture<'static, Response> + Send + Sync>;
+
+/// A service's API as its listeners serve it: the router in the standard stack, and optionally
+/// a [`DirectHandler`] for the paths the router does not own, in the same standard work.
+#[derive(Clone)]
+pub(crate) struct Api {
+    router: Router,
+    /// `None` for a bare router (the admin listener's).
+    standard: Option<Arc<Shared>>,
+    direct: Option<Direct>,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api")
+            .field("direct_except", &self.direct.as_ref().map(|d| &d.owned))
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone)]
+struct Direct {
+    /// The router's own paths (exact): everything else goes to `handler`.
+    owned: Arc<[String]>,
+    handler: DirectHandler,
+    shared: Arc<Shared>,
+}
+
+/// The future of one request to an [`Api`].
+pub(crate) type ApiFuture = futures::future::Either<
+    <Router as Service<Request>>::Future,
+    BoxFuture<'static, Result<Response, Infallible>>,
+>;
+
+impl Api {
+    /// `router` in the standard stack ([`apply`]).
+    pub(crate) fn new(
+        router: Router,
+        metrics: Metrics,
+        max_body_bytes: usize,
+        readiness: Readiness,
+    ) -> Self {
+        let shared = Arc::new(Shared { metrics, readiness });
+        Self {
+            router: apply_shared(router, shared.clone(), max_body_bytes),
+            standard: Some(shared),
+            direct: None,
+        }
+    }
+
+    /// `router` as it is, without the standard stack.
+    pub(crate) fn bare(router: Router) -> Self {
+        Self {
+            router,
+            standard: None,
+            direct: None,
+        }
+    }
+
+    /// Sends the paths not in `owned` to `handler` (an API built by [`Self::new`] only: the
+    /// handler gets the same standard work as the routes).
+    pub(crate) fn with_direct(mut self, owned: Vec<String>, handler: DirectHandler) -> Self {
+        if let Some(shared) = &self.standard {
+            self.direct = Some(Direct {
+                owned: owned.into(),
+                handler,
+                shared: shared.clone(),
+            });
+        }
+        self
+    }
+
+    pub(crate) fn call(&self, request: Request) -> ApiFuture {
+        match &self.direct {
+            Some(direct) if !direct.owned.iter().any(|p| p == request.uri().path()) => {
+                let handler = &direct.handler;
+                futures::future::Either::Right(
+                    direct
+                        .shared
+                        .serve(request, |request| handler(request).map(Ok)),
+                )
+            }
+            // axum's `Router` is always ready, and a clone is a reference count.
+            _ => futures::future::Either::Left(self.router.clone().call(request)),
+        }
     }
 }
 

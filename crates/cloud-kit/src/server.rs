@@ -8,16 +8,15 @@ use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::ServiceExt;
 
 use crate::admin::{self, Readiness};
 use crate::config::ServerConfig;
+use crate::http_layers::{Api, ApiFuture, DirectHandler};
 use crate::metrics::Metrics;
 use crate::shutdown::{Shutdown, Signals};
 
@@ -57,7 +56,7 @@ pub enum ServerError {
 #[derive(Debug)]
 pub struct Server {
     name: &'static str,
-    app: Router,
+    app: Api,
     /// One per event loop; all on the same address.
     app_listeners: Vec<TcpListener>,
     admin_listener: TcpListener,
@@ -100,7 +99,7 @@ impl Server {
             EventLoops::PerCore => bind_reuseport(app_addr, per_core_event_loops())?,
         };
         let admin_listener = bind_one("admin", admin_addr).await?;
-        let app = crate::http_layers::apply(
+        let app = Api::new(
             router,
             metrics.clone(),
             config.max_body_bytes,
@@ -150,6 +149,23 @@ impl Server {
     /// A handle that starts the shutdown sequence, as SIGTERM would.
     pub fn shutdown_handle(&self) -> Shutdown {
         self.shutdown.clone()
+    }
+
+    /// Serves every request whose path is not one of `owned_paths` (the router's own routes,
+    /// exact paths) with `handler`, without going through the router: for a proxy, whose every
+    /// other path is its fallback, and for which the router's per-request work (boxed route
+    /// futures, cloned route services, URL parameters) is a noticeable share of the whole.
+    /// `handler` gets the same standard work as a route (request id, trace context, RED
+    /// metrics under the `unmatched` route, panic to 500), but no default body limit: it
+    /// applies its own. Keep the same handler as the router's fallback, so that a path missing
+    /// from `owned_paths` is still answered the same way.
+    pub fn with_direct_fallback(
+        mut self,
+        owned_paths: Vec<String>,
+        handler: DirectHandler,
+    ) -> Self {
+        self.app = self.app.with_direct(owned_paths, handler);
+        self
     }
 
     /// Uses `shutdown` as this server's trigger (e.g. one handle for several services).
@@ -206,7 +222,7 @@ impl Server {
         )?;
         let mut admin_task = tokio::spawn(serve(
             admin_listener,
-            admin_router,
+            Api::bare(admin_router),
             limits,
             stop_admin.clone(),
             None,
@@ -323,7 +339,7 @@ impl Drop for PerCoreServing {
 impl ApiServing {
     fn start(
         mut listeners: Vec<TcpListener>,
-        app: Router,
+        app: Api,
         limits: ConnectionLimits,
         stop: CancellationToken,
         readiness: Readiness,
@@ -416,7 +432,7 @@ impl ApiServing {
 struct EventLoop {
     index: usize,
     listener: std::net::TcpListener,
-    app: Router,
+    app: Api,
     limits: ConnectionLimits,
     stop: CancellationToken,
     readiness: Readiness,
@@ -508,7 +524,7 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// bound such a connection.
 async fn serve(
     listener: TcpListener,
-    app: Router,
+    app: Api,
     limits: ConnectionLimits,
     stop: CancellationToken,
     draining: Option<Readiness>,
@@ -562,7 +578,7 @@ fn is_connection_error(err: &std::io::Error) -> bool {
 async fn serve_connection(
     stream: TcpStream,
     remote: SocketAddr,
-    app: Router,
+    app: Api,
     limits: ConnectionLimits,
     stop: CancellationToken,
     linger_on: Handle,
@@ -577,10 +593,7 @@ async fn serve_connection(
         }
         () = stop.cancelled() => return,
     }
-    let service = app.map_request(move |mut request: http::Request<Incoming>| {
-        request.extensions_mut().insert(ConnectInfo(remote));
-        request
-    });
+    let service = ConnectionService { app, remote };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -589,7 +602,7 @@ async fn serve_connection(
         .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BYTES));
     let connection = builder.serve_connection_with_upgrades(
         TokioIo::new(LingeringClose::new(stream, linger_on)),
-        TowerToHyperService::new(service),
+        service,
     );
     tokio::pin!(connection);
     tokio::select! {
@@ -602,6 +615,24 @@ async fn serve_connection(
             connection.as_mut().graceful_shutdown();
             let _ = connection.await;
         }
+    }
+}
+
+/// One connection's requests, handed to the API with the peer's address (`ConnectInfo`).
+/// hyper's own service trait, which takes `&self`: no clone of the API per request.
+struct ConnectionService {
+    app: Api,
+    remote: SocketAddr,
+}
+
+impl hyper::service::Service<http::Request<Incoming>> for ConnectionService {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = ApiFuture;
+
+    fn call(&self, mut request: http::Request<Incoming>) -> Self::Future {
+        request.extensions_mut().insert(ConnectInfo(self.remote));
+        self.app.call(request.map(axum::body::Body::new))
     }
 }
 

@@ -14,7 +14,20 @@ pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// The request's id, as found in the extensions.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestId(pub String);
+pub struct RequestId(HeaderValue);
+
+impl RequestId {
+    /// The id (visible ASCII, at most 128 bytes).
+    pub fn as_str(&self) -> &str {
+        // Only built from values that passed `sane_request_id` or from a UUID.
+        self.0.to_str().unwrap_or_default()
+    }
+
+    /// The id as a header value, to pass on (a clone shares its bytes).
+    pub fn header_value(&self) -> &HeaderValue {
+        &self.0
+    }
+}
 
 /// A W3C trace context: the trace this request belongs to and the span id of this hop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,38 +145,49 @@ pub fn parse_traceparent(value: &str) -> Option<([u8; 16], [u8; 8], u8)> {
 
 /// Accepts a caller's request id only if it is short printable ASCII; anything else could be
 /// used to forge or flood log lines.
-fn sane_request_id(value: &HeaderValue) -> Option<String> {
+fn sane_request_id(value: &HeaderValue) -> Option<HeaderValue> {
     let s = value.to_str().ok()?;
     (!s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()))
-        .then(|| s.to_string())
+        .then(|| value.clone())
+}
+
+/// A new request id: a random UUID.
+fn new_request_id() -> HeaderValue {
+    let mut buf = uuid::Uuid::encode_buffer();
+    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("invalid-uuid"))
 }
 
 /// Assigns the request's id and trace context (into its extensions) and opens its span. Returns
 /// the span and the `x-request-id` to echo in the response. Run by [`crate::http_layers`] for
 /// every request.
 pub(crate) fn begin(request: &mut Request) -> (tracing::Span, Option<HeaderValue>) {
-    let request_id = request
-        .headers()
-        .get(&REQUEST_ID)
-        .and_then(sane_request_id)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    // One header value serves the extension, the echo and the upstream copy: a caller's is
+    // shared as it came, a new one is allocated once.
+    let request_id = RequestId(
+        request
+            .headers()
+            .get(&REQUEST_ID)
+            .and_then(sane_request_id)
+            .unwrap_or_else(new_request_id),
+    );
     let trace = TraceContext::from_traceparent(
         request
             .headers()
             .get(&TRACEPARENT)
             .and_then(|v| v.to_str().ok()),
     );
-    let echo = HeaderValue::from_str(&request_id).ok();
+    let echo = Some(request_id.header_value().clone());
     let span = tracing::info_span!(
         "http_request",
         method = %request.method(),
         path = %request.uri().path(),
-        request_id = %request_id,
+        request_id = %request_id.as_str(),
         trace_id = %trace.trace_id_hex(),
         span_id = %trace.span_id_hex(),
     );
     crate::telemetry::set_remote_parent(&span, &trace);
-    request.extensions_mut().insert(RequestId(request_id));
+    request.extensions_mut().insert(request_id);
     request.extensions_mut().insert(trace);
     (span, echo)
 }
@@ -224,7 +248,7 @@ mod tests {
     fn insane_request_ids_are_replaced() {
         assert_eq!(
             sane_request_id(&HeaderValue::from_static("abc-123")),
-            Some("abc-123".into())
+            Some(HeaderValue::from_static("abc-123"))
         );
         assert_eq!(
             sane_request_id(&HeaderValue::from_static("has space")),
@@ -235,5 +259,8 @@ mod tests {
             sane_request_id(&HeaderValue::from_str(&long).unwrap()),
             None
         );
+        let new = RequestId(new_request_id());
+        assert!(uuid::Uuid::parse_str(new.as_str()).is_ok(), "{new:?}");
+        assert_eq!(new.header_value().to_str().unwrap(), new.as_str());
     }
 }

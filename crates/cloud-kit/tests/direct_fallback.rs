@@ -1,0 +1,116 @@
+//! `Server::with_direct_fallback`: the paths a router does not own go straight to a handler,
+//! with the same standard work a route gets (request id, nosniff, RED metrics, panic to 500),
+//! while the router keeps its own paths.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::extract::Request;
+use axum::routing::get;
+use axum::{Router, response::IntoResponse};
+use cloud_kit::http_layers::DirectHandler;
+use cloud_kit::trace_context::{RequestId, TraceContext};
+use cloud_kit::{Metrics, Readiness, Server, ServerConfig};
+
+/// What the direct handler saw of a request, as its response body.
+fn direct_handler() -> DirectHandler {
+    Arc::new(|request: Request| {
+        Box::pin(async move {
+            if request.uri().path() == "/boom" {
+                panic!("secret-in-panic-payload");
+            }
+            let extensions = request.extensions();
+            format!(
+                "direct {} request_id={} trace={} peer={}",
+                request.uri().path(),
+                extensions.get::<RequestId>().is_some(),
+                extensions.get::<TraceContext>().is_some(),
+                extensions.get::<ConnectInfo<SocketAddr>>().is_some(),
+            )
+            .into_response()
+        })
+    })
+}
+
+async fn start() -> (u16, u16) {
+    let config = ServerConfig {
+        port: 0,
+        admin_port: 0,
+        drain_period: Duration::ZERO,
+        ..ServerConfig::default()
+    };
+    let router = Router::new()
+        .route("/own", get(|| async { "router" }))
+        .fallback(|| async { "router fallback" });
+    let server = Server::bind("test", &config, router, Readiness::new(), Metrics::new())
+        .await
+        .unwrap()
+        .with_direct_fallback(vec!["/own".into()], direct_handler())
+        .without_signals();
+    let ports = (server.port(), server.admin_port());
+    tokio::spawn(server.run_until_stopped());
+    ports
+}
+
+#[tokio::test]
+async fn paths_the_router_does_not_own_go_to_the_handler_with_the_standard_work() {
+    let (port, admin) = start().await;
+    let client = reqwest::Client::new();
+    let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
+
+    let own = client.get(url("/own")).send().await.unwrap();
+    assert_eq!(own.status(), 200);
+    assert_eq!(own.text().await.unwrap(), "router");
+
+    let direct = client
+        .get(url("/orders/7"))
+        .header("x-request-id", "req-7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(direct.status(), 200);
+    assert_eq!(direct.headers()["x-request-id"], "req-7");
+    assert_eq!(direct.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(
+        direct.text().await.unwrap(),
+        "direct /orders/7 request_id=true trace=true peer=true"
+    );
+
+    let assigned = client.get(url("/other")).send().await.unwrap();
+    let id = assigned.headers()["x-request-id"].to_str().unwrap();
+    assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
+
+    // A panic is a problem+json 500 that does not leak its payload, and the connection lives on.
+    let boom = client.get(url("/boom")).send().await.unwrap();
+    assert_eq!(boom.status(), 500);
+    assert_eq!(boom.headers()["content-type"], "application/problem+json");
+    assert!(!boom.text().await.unwrap().contains("secret"));
+    let after = client.get(url("/after")).send().await.unwrap();
+    assert_eq!(after.status(), 200);
+
+    let metrics = client
+        .get(format!("http://127.0.0.1:{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = |route: &str, status: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("http_requests_total{")
+                    && l.contains(&format!("route=\"{route}\""))
+                    && l.contains(&format!("status=\"{status}\""))
+            })
+            .unwrap_or_else(|| panic!("no {route} {status} line in:\n{metrics}"))
+            .to_string()
+    };
+    assert!(line("unmatched", "200").ends_with(" 3"), "{metrics}");
+    assert!(line("unmatched", "500").ends_with(" 1"), "{metrics}");
+    assert!(line("/own", "200").ends_with(" 1"), "{metrics}");
+}
