@@ -2,16 +2,21 @@
 //! atomically, so requests in flight keep the table (and connection pool) they started with.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
+use futures::future::BoxFuture;
+use http::Uri;
 use http::header::{HeaderName, HeaderValue};
 use http::uri::{Authority, Scheme};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
 use url::Url;
 
 use crate::breaker::Breaker;
@@ -21,7 +26,7 @@ use crate::config::{
 };
 use crate::ratelimit::Policy;
 
-pub type HttpClient = Client<HttpConnector, Body>;
+pub type HttpClient = Client<UpstreamConnector, Body>;
 
 /// Every problem found in a route table, each naming the route and field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -515,7 +520,78 @@ pub fn http_client(connect_timeout: Duration) -> HttpClient {
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(256)
-        .build(connector)
+        .build(UpstreamConnector(connector))
+}
+
+/// hyper-util's `HttpConnector` without the `HttpInfo` it attaches to each connection, which the
+/// pooled client copies into the extensions of every response (two allocations per request for
+/// something nothing here reads).
+#[derive(Debug, Clone)]
+pub struct UpstreamConnector(HttpConnector);
+
+/// A connection made by [`UpstreamConnector`].
+#[derive(Debug)]
+pub struct UpstreamStream(TokioIo<TcpStream>);
+
+impl tower::Service<Uri> for UpstreamConnector {
+    type Response = UpstreamStream;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = BoxFuture<'static, Result<UpstreamStream, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.0.call(uri);
+        Box::pin(async move { connecting.await.map(UpstreamStream).map_err(Into::into) })
+    }
+}
+
+impl Connection for UpstreamStream {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl hyper::rt::Read for UpstreamStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for UpstreamStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
 }
 
 fn joined(
