@@ -107,6 +107,9 @@ fn context_of<'a>(request: &Request, token: &'a str, claims: &'a Claims) -> Call
 // `preserve_order` feature), so the bytes on the wire stay the same. Every field is always
 // present, `null` when it has no value (hence `required` on the `Option`s).
 
+/// Where [`session`] answers.
+pub const SESSION_PATH: &str = "/bff/v1/session";
+
 /// The body of `GET /bff/v1/session`.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Session {

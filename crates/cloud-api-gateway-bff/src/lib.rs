@@ -335,10 +335,10 @@ pub async fn build_with(config: Config, hooks: Hooks) -> Result<Application, Bui
     }
     let mut router: Router<Arc<AppState>> = Router::new();
     // The gateway's own paths: the router answers these, the proxy every other one.
-    let mut own_paths = vec!["/version".to_string()];
+    let mut own_paths = vec![cloud_kit::VERSION_PATH.to_string()];
     if config.bff.session.enabled {
-        router = router.route("/bff/v1/session", get(bff::session));
-        own_paths.push("/bff/v1/session".to_string());
+        router = router.route(bff::SESSION_PATH, get(bff::session));
+        own_paths.push(bff::SESSION_PATH.to_string());
     }
     for aggregation in aggregations {
         let path = aggregation.config.path.clone();

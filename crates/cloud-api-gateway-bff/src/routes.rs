@@ -341,7 +341,7 @@ fn compile_route(
             ),
         );
     }
-    if config.path_prefix.starts_with("/bff/") || config.path_prefix == "/version" {
+    if config.path_prefix.starts_with("/bff/") || config.path_prefix == cloud_kit::VERSION_PATH {
         err(
             "path_prefix",
             format!(

@@ -47,10 +47,13 @@ macro_rules! build_info {
     };
 }
 
+/// Where [`version_route`] answers.
+pub const VERSION_PATH: &str = "/version";
+
 /// `GET /version`: service name, version and git sha.
 pub fn version_route<S: Clone + Send + Sync + 'static>(info: BuildInfo) -> axum::Router<S> {
     axum::Router::new().route(
-        "/version",
+        VERSION_PATH,
         axum::routing::get(move || async move { axum::Json(info) }),
     )
 }
