@@ -12,6 +12,7 @@ use axum::extract::{ConnectInfo, Request};
 use axum::response::{IntoResponse, Response};
 use cloud_kit::Problem;
 use cloud_kit::trace_context::{RequestId, TraceContext};
+use futures::FutureExt;
 use futures::future::BoxFuture;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
@@ -52,25 +53,26 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Headers named in `Connection` are hop-by-hop too.
 fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
+    connection_tokens(&headers.get_all(header::CONNECTION))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect()
+}
+
+/// The comma-separated tokens of `Connection` header values, trimmed.
+fn connection_tokens<'a>(
+    values: impl IntoIterator<Item = &'a HeaderValue>,
+) -> impl Iterator<Item = &'a str> {
+    values
+        .into_iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect()
+        .map(str::trim)
 }
 
 fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
+        && connection_tokens(&headers.get_all(header::CONNECTION))
+            .any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
 /// Why the gateway could not get an answer from the upstream.
@@ -156,8 +158,7 @@ impl tower::Service<Request> for ProxyService {
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let state = self.0.clone();
-        Box::pin(async move { Ok(handle(&state, request).await) })
+        Box::pin(handle_owned(self.0.clone(), request).map(Ok))
     }
 }
 
@@ -699,10 +700,8 @@ fn strip_response_headers(headers: &mut HeaderMap) {
     let mut values = headers.get_all(header::CONNECTION).iter();
     let first = values.next().cloned();
     let more: Vec<HeaderValue> = values.cloned().collect();
-    for value in first.iter().chain(&more) {
-        for name in value.to_str().unwrap_or_default().split(',') {
-            headers.remove(name.trim());
-        }
+    for name in connection_tokens(first.iter().chain(&more)) {
+        headers.remove(name);
     }
     for name in hop_by_hop {
         headers.remove(name);

@@ -157,6 +157,10 @@ impl Driver {
 
     async fn text(&self, css: &str) -> String {
         let id = self.find(css).await;
+        self.element_text(&id).await
+    }
+
+    async fn element_text(&self, id: &str) -> String {
         self.cmd(reqwest::Method::GET, &format!("/element/{id}/text"), None)
             .await
             .as_str()
@@ -182,12 +186,7 @@ impl Driver {
                 .and_then(|all| all.first())
                 .and_then(|e| e[ELEMENT].as_str())
             {
-                return self
-                    .cmd(reqwest::Method::GET, &format!("/element/{id}/text"), None)
-                    .await
-                    .as_str()
-                    .unwrap()
-                    .to_string();
+                return self.element_text(id).await;
             }
             assert!(
                 Instant::now() < deadline,

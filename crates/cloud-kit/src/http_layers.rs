@@ -25,22 +25,9 @@ use crate::metrics::{HttpLabels, Metrics};
 use crate::problem::Problem;
 use crate::trace_context::REQUEST_ID;
 
-/// Wraps `router` in the standard stack. Apply after all routes (and any fallback) are added.
-/// `readiness` tells when the service drains (see [`Standard`]).
-pub fn apply(
-    router: Router,
-    metrics: Metrics,
-    max_body_bytes: usize,
-    readiness: Readiness,
-) -> Router {
-    apply_shared(
-        router,
-        Arc::new(Shared { metrics, readiness }),
-        max_body_bytes,
-    )
-}
-
-fn apply_shared(router: Router, shared: Arc<Shared>, max_body_bytes: usize) -> Router {
+/// Wraps every route of `router` in the standard stack (after all routes and any fallback are
+/// added).
+fn standard_stack(router: Router, shared: Arc<Shared>, max_body_bytes: usize) -> Router {
     // One `Router::layer` call: each wraps every route in another boxed service, so a request
     // pays a boxed future (and a copy of the future it wraps) per call.
     router.layer(
@@ -196,6 +183,7 @@ pub(crate) struct Api {
     router: Router,
     /// `None` for a bare router (the admin listener's).
     standard: Option<Arc<Shared>>,
+    /// Only with `standard`.
     direct: Option<Direct>,
 }
 
@@ -212,7 +200,6 @@ struct Direct {
     /// The router's own paths (exact): everything else goes to `handler`.
     owned: Arc<[String]>,
     handler: DirectHandler,
-    shared: Arc<Shared>,
 }
 
 /// The future of one request to an [`Api`].
@@ -222,7 +209,8 @@ pub(crate) type ApiFuture = futures::future::Either<
 >;
 
 impl Api {
-    /// `router` in the standard stack ([`apply`]).
+    /// `router` in the standard stack; `readiness` tells when the service drains (see
+    /// [`Standard`]).
     pub(crate) fn new(
         router: Router,
         metrics: Metrics,
@@ -231,7 +219,7 @@ impl Api {
     ) -> Self {
         let shared = Arc::new(Shared { metrics, readiness });
         Self {
-            router: apply_shared(router, shared.clone(), max_body_bytes),
+            router: standard_stack(router, shared.clone(), max_body_bytes),
             standard: Some(shared),
             direct: None,
         }
@@ -249,24 +237,23 @@ impl Api {
     /// Sends the paths not in `owned` to `handler` (an API built by [`Self::new`] only: the
     /// handler gets the same standard work as the routes).
     pub(crate) fn with_direct(mut self, owned: Vec<String>, handler: DirectHandler) -> Self {
-        if let Some(shared) = &self.standard {
+        if self.standard.is_some() {
             self.direct = Some(Direct {
                 owned: owned.into(),
                 handler,
-                shared: shared.clone(),
             });
         }
         self
     }
 
     pub(crate) fn call(&self, request: Request) -> ApiFuture {
-        match &self.direct {
-            Some(direct) if !direct.owned.iter().any(|p| p == request.uri().path()) => {
+        match (&self.direct, &self.standard) {
+            (Some(direct), Some(shared))
+                if !direct.owned.iter().any(|p| p == request.uri().path()) =>
+            {
                 let handler = &direct.handler;
                 futures::future::Either::Right(
-                    direct
-                        .shared
-                        .serve(request, |request| handler(request).map(Ok)),
+                    shared.serve(request, |request| handler(request).map(Ok)),
                 )
             }
             // axum's `Router` is always ready, and a clone is a reference count.
