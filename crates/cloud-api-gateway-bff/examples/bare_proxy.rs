@@ -1,19 +1,21 @@
-//! The floor under the gateway, for `bench/gateway/run.sh`: the same hyper server and pooled
-//! hyper client on the same runtime model (`EventLoops::PerCore`: a single-threaded runtime and
-//! an `SO_REUSEPORT` listener per core, a pool per event loop), forwarding every request as it
-//! came and doing nothing else: no routing, token, rate limit, headers, metrics or request id.
+//! The floor under the gateway, for `bench/gateway/run.sh`: the same hyper server and upstream
+//! pool (`cloud_api_gateway_bff::upstream`) on the same runtime model (`EventLoops::PerCore`: a
+//! single-threaded runtime and an `SO_REUSEPORT` listener per core, idle connections per event
+//! loop), forwarding every request as it came and doing nothing else: no routing, token, rate limit, headers, metrics or request id.
 //! What the gateway costs above this is the cost of its features.
 //!
 //! Usage: `bare_proxy <listen port> <upstream host:port>`
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
+use cloud_api_gateway_bff::upstream::{PoolSettings, UpstreamPool};
+use hyper::Request;
 use hyper::body::Incoming;
-use hyper::{Request, Uri};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::http::uri::Authority;
+use hyper_util::rt::TokioIo;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -24,7 +26,7 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("usage: bare_proxy <listen port> <upstream host:port>");
     };
     let listen = SocketAddr::from(([127, 0, 0, 1], port.parse::<u16>()?));
-    let upstream: hyper::http::uri::Authority = upstream.parse()?;
+    let upstream: Authority = upstream.parse()?;
     let loops = cloud_kit::server::per_core_event_loops();
     let threads = (0..loops)
         .map(|_| {
@@ -40,13 +42,13 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn event_loop(listen: SocketAddr, upstream: hyper::http::uri::Authority) -> anyhow::Result<()> {
+fn event_loop(listen: SocketAddr, upstream: Authority) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let client: Client<HttpConnector, Incoming> =
-            Client::builder(TokioExecutor::new()).build_http();
+        let pool: Arc<UpstreamPool<Incoming>> =
+            Arc::new(UpstreamPool::new(PoolSettings::new(Duration::from_secs(5))));
         let socket = tokio::net::TcpSocket::new_v4()?;
         socket.set_reuseaddr(true)?;
         socket.set_reuseport(true)?;
@@ -54,17 +56,13 @@ fn event_loop(listen: SocketAddr, upstream: hyper::http::uri::Authority) -> anyh
         let listener = socket.listen(1024)?;
         loop {
             let (stream, _) = listener.accept().await?;
-            let (client, upstream) = (client.clone(), upstream.clone());
+            let (pool, upstream) = (Arc::clone(&pool), upstream.clone());
             tokio::spawn(async move {
+                // The request goes on as it came: origin form, with the client's `Host`.
                 let forward = hyper::service::service_fn(move |request: Request<Incoming>| {
-                    let (client, upstream) = (client.clone(), upstream.clone());
+                    let (pool, upstream) = (Arc::clone(&pool), upstream.clone());
                     async move {
-                        let (mut parts, body) = request.into_parts();
-                        let mut uri = parts.uri.into_parts();
-                        uri.scheme = Some(hyper::http::uri::Scheme::HTTP);
-                        uri.authority = Some(upstream);
-                        parts.uri = Uri::from_parts(uri).unwrap_or_default();
-                        let response = client.request(Request::from_parts(parts, body)).await;
+                        let response = pool.send(&upstream, request).await;
                         Ok::<_, Infallible>(response.map_or_else(
                             |_| {
                                 let mut bad_gateway = hyper::Response::new(

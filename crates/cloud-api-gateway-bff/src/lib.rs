@@ -13,6 +13,7 @@ pub mod openapi;
 pub mod proxy;
 pub mod ratelimit;
 pub mod routes;
+pub mod upstream;
 
 use std::borrow::Cow;
 use std::path::PathBuf;

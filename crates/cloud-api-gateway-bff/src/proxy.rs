@@ -421,11 +421,8 @@ pub(crate) fn upstream_uri(upstream: &Upstream, route: &Route, uri: &Uri) -> Opt
         };
         PathAndQuery::try_from(joined).ok()?
     };
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(upstream.scheme.clone());
-    parts.authority = Some(upstream.authority.clone());
-    parts.path_and_query = Some(path_and_query);
-    Uri::from_parts(parts).ok()
+    // Origin form: the connection is to the upstream already, and `Host` names it.
+    Some(Uri::from(path_and_query))
 }
 
 /// The headers sent upstream: the client's minus hop-by-hop, spoofable identity and forwarding
@@ -609,7 +606,7 @@ async fn forward(
             .headers_mut()
             .insert(header::HOST, upstream.host.clone());
         let result =
-            tokio::time::timeout_at(deadline, route.clients.current().request(outgoing)).await;
+            tokio::time::timeout_at(deadline, route.pool.send(&upstream.authority, outgoing)).await;
         backoff = retry_backoff(&route.retries, attempt + 1);
         let last = attempt + 1 == attempts || tokio::time::Instant::now() + backoff >= deadline;
         match result {

@@ -2,21 +2,12 @@
 //! atomically, so requests in flight keep the table (and connection pool) they started with.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
-use std::time::Duration;
 
 use axum::body::Body;
-use futures::future::BoxFuture;
-use http::Uri;
 use http::header::{HeaderName, HeaderValue};
-use http::uri::{Authority, Scheme};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
+use http::uri::Authority;
 use url::Url;
 
 use crate::breaker::Breaker;
@@ -25,8 +16,7 @@ use crate::config::{
     TimeoutConfig,
 };
 use crate::ratelimit::Policy;
-
-pub type HttpClient = Client<UpstreamConnector, Body>;
+use crate::upstream::{PoolSettings, UpstreamPool};
 
 /// Every problem found in a route table, each naming the route and field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -57,7 +47,6 @@ pub trait VariantResolver: Send + Sync + std::fmt::Debug {
 /// One upstream base: `scheme://authority/base-path`.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    pub scheme: Scheme,
     pub authority: Authority,
     /// `authority` as the `Host` header sent upstream.
     pub host: HeaderValue,
@@ -87,7 +76,6 @@ impl Upstream {
         let host =
             HeaderValue::from_str(authority.as_str()).map_err(|e| format!("`{url}`: {e}"))?;
         Ok(Self {
-            scheme: Scheme::HTTP,
             authority,
             host,
             base_path: url.path().trim_end_matches('/').to_string(),
@@ -154,7 +142,8 @@ pub struct Route {
     pub canary: Option<Canary>,
     /// Only requests for which this flag is on see the route; for the others it does not exist.
     pub flag: Option<String>,
-    pub clients: UpstreamClients,
+    /// Keep-alive connections to the route's upstreams.
+    pub pool: UpstreamPool<Body>,
     next: AtomicUsize,
 }
 
@@ -484,114 +473,9 @@ fn compile_route(
         max_body_bytes: config.max_body_bytes.unwrap_or(default_max_body),
         canary,
         flag: config.flag.clone(),
-        clients: UpstreamClients::new(config.timeouts.connect),
+        pool: UpstreamPool::new(PoolSettings::new(config.timeouts.connect)),
         next: AtomicUsize::new(0),
     })
-}
-
-/// A route's upstream connection pools, one per event loop (`EventLoops::PerCore`): a pooled
-/// connection is driven by the runtime that opened it, so with one pool for all, each reuse by
-/// another event loop is a cross-thread wake-up (an eventfd write and a context switch).
-#[derive(Debug)]
-pub struct UpstreamClients(Vec<HttpClient>);
-
-impl UpstreamClients {
-    fn new(connect_timeout: Duration) -> Self {
-        Self(
-            (0..cloud_kit::server::per_core_event_loops().max(1))
-                .map(|_| http_client(connect_timeout))
-                .collect(),
-        )
-    }
-
-    /// The calling event loop's pool (the first one off the event loops).
-    pub fn current(&self) -> &HttpClient {
-        let index = cloud_kit::server::current_event_loop().unwrap_or(0);
-        &self.0[index % self.0.len()]
-    }
-}
-
-/// A pooled HTTP/1.1 client for one route.
-pub fn http_client(connect_timeout: Duration) -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(256)
-        .build(UpstreamConnector(connector))
-}
-
-/// hyper-util's `HttpConnector` without the `HttpInfo` it attaches to each connection, which the
-/// pooled client copies into the extensions of every response (two allocations per request for
-/// something nothing here reads).
-#[derive(Debug, Clone)]
-pub struct UpstreamConnector(HttpConnector);
-
-/// A connection made by [`UpstreamConnector`].
-#[derive(Debug)]
-pub struct UpstreamStream(TokioIo<TcpStream>);
-
-impl tower::Service<Uri> for UpstreamConnector {
-    type Response = UpstreamStream;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-    type Future = BoxFuture<'static, Result<UpstreamStream, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let connecting = self.0.call(uri);
-        Box::pin(async move { connecting.await.map(UpstreamStream).map_err(Into::into) })
-    }
-}
-
-impl Connection for UpstreamStream {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
-}
-
-impl hyper::rt::Read for UpstreamStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl hyper::rt::Write for UpstreamStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
-    }
 }
 
 fn joined(
@@ -767,18 +651,21 @@ mod tests {
             "routes:\n  plain: {path_prefix: /, auth: public, upstreams: [\"http://up:1\"]}\n  stripped: {path_prefix: /api/, auth: public, strip_prefix: true, upstreams: [\"http://up:2/base/\"]}\n  kept: {path_prefix: /keep/, auth: public, upstreams: [\"http://up:3/base\"]}\n",
         );
         let table = RouteTable::compile(&c).unwrap();
-        for (incoming, expected) in [
-            ("/a/b?x=1&y=%20z", "http://up:1/a/b?x=1&y=%20z"),
-            ("/", "http://up:1/"),
-            ("/api/v1/x?q=1", "http://up:2/base/v1/x?q=1"),
-            ("/api/", "http://up:2/base/"),
-            ("/keep/it?q", "http://up:3/base/keep/it?q"),
+        for (incoming, authority, path) in [
+            ("/a/b?x=1&y=%20z", "up:1", "/a/b?x=1&y=%20z"),
+            ("/", "up:1", "/"),
+            ("/api/v1/x?q=1", "up:2", "/base/v1/x?q=1"),
+            ("/api/", "up:2", "/base/"),
+            ("/keep/it?q", "up:3", "/base/keep/it?q"),
         ] {
             let uri: http::Uri = incoming.parse().unwrap();
             let route = table.find(uri.path()).unwrap();
             let upstream = &route.upstreams[0];
             let forwarded = crate::proxy::upstream_uri(upstream, route, &uri).unwrap();
-            assert_eq!(forwarded.to_string(), expected, "for {incoming}");
+            // Origin form on a connection to the upstream, which `Host` names.
+            assert_eq!(forwarded.to_string(), path, "for {incoming}");
+            assert_eq!(upstream.authority.as_str(), authority, "for {incoming}");
+            assert_eq!(upstream.host, authority, "for {incoming}");
         }
     }
 
