@@ -114,15 +114,86 @@ fn enriched<'a>(flag: &'a str, ctx: &'a FlagContext) -> EnrichedContext<'a> {
     }
 }
 
+/// Why `feature`'s variant weights cannot be evaluated, if they cannot. The engine picks a
+/// variant by `hash % total weight` in `u32`: weights that total 0 divide by zero, which panics
+/// on every evaluation of the flag (found by the `flags_bootstrap` fuzz target), and a negative
+/// weight or a total above `u32::MAX` wraps around to a wrong total, or to 0.
+fn unusable_variant_weights(feature: &ClientFeature) -> Option<String> {
+    let check = |list: String, weights: Vec<i32>| -> Option<String> {
+        if weights.is_empty() {
+            return None;
+        }
+        if let Some(negative) = weights.iter().find(|w| **w < 0) {
+            return Some(format!("{list}: a variant weight is {negative}, below 0"));
+        }
+        let total: i64 = weights.iter().copied().map(i64::from).sum();
+        if total == 0 {
+            return Some(format!(
+                "{list}: the variant weights add up to 0, so no variant can be picked"
+            ));
+        }
+        if total > i64::from(u32::MAX) {
+            return Some(format!(
+                "{list}: the variant weights add up to {total}, above {}",
+                u32::MAX
+            ));
+        }
+        None
+    };
+    let top_level = feature
+        .variants
+        .iter()
+        .flatten()
+        .map(|v| v.weight)
+        .collect();
+    check("variants".into(), top_level).or_else(|| {
+        feature
+            .strategies
+            .iter()
+            .flatten()
+            .enumerate()
+            .find_map(|(index, strategy)| {
+                let weights = strategy
+                    .variants
+                    .iter()
+                    .flatten()
+                    .map(|v| v.weight)
+                    .collect();
+                check(
+                    format!("strategies[{index}] ({}) variants", strategy.name),
+                    weights,
+                )
+            })
+    })
+}
+
 impl FlagEngine for YggdrasilEngine {
     fn compile(features: &ClientFeatures) -> (Self, Vec<String>) {
+        // A flag the engine cannot evaluate is compiled as off, without its variants, as the
+        // engine itself does with a rule it cannot compile, and reported with the others.
+        let mut features = features.clone();
+        let mut warned: Vec<(String, String)> = Vec::new();
+        for feature in &mut features.features {
+            if let Some(reason) = unusable_variant_weights(feature) {
+                feature.enabled = false;
+                feature.variants = None;
+                for strategy in feature.strategies.iter_mut().flatten() {
+                    strategy.variants = None;
+                }
+                warned.push((
+                    feature.name.clone(),
+                    format!("{reason}; this flag will always be off"),
+                ));
+            }
+        }
         let state = EngineState::default();
-        let warned: Vec<(String, String)> = state
-            .apply_client_features(features.clone())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|w| (w.toggle_name, w.message))
-            .collect();
+        warned.extend(
+            state
+                .apply_client_features(features.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|w| (w.toggle_name, w.message)),
+        );
         let variant_decides = features
             .features
             .iter()
@@ -175,6 +246,86 @@ impl FlagEngine for YggdrasilEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression for the `flags_bootstrap` fuzz finding: a strategy whose variants weigh 0 in
+    /// all made the engine divide by zero (a panic) on every evaluation. Such a flag, and one
+    /// whose weights are negative or overflow, compiles as off with a warning naming the flag
+    /// and the list, and evaluates without panicking; the other flags are unaffected.
+    #[test]
+    fn variant_weights_the_engine_cannot_use_make_the_flag_off_with_a_warning() {
+        let rollout = |variants: serde_json::Value| {
+            serde_json::json!([{"name": "flexibleRollout",
+                "parameters": {"rollout": "100", "stickiness": "tenantId", "groupId": "g"},
+                "variants": variants}])
+        };
+        let doc = serde_json::json!({"version": 2, "features": [
+            {"name": "zero-total", "enabled": true,
+             "strategies": rollout(serde_json::json!([{"name": "a", "weight": 0, "stickiness": "tenantId"}]))},
+            {"name": "zero-total-top-level", "enabled": true,
+             "strategies": [{"name": "default"}],
+             "variants": [{"name": "a", "weight": 0, "weightType": "fix", "stickiness": "default"}]},
+            {"name": "negative", "enabled": true,
+             "strategies": rollout(serde_json::json!([{"name": "a", "weight": -1}, {"name": "b", "weight": 1}]))},
+            {"name": "overflowing", "enabled": true,
+             "strategies": rollout(serde_json::json!([{"name": "a", "weight": i32::MAX}, {"name": "b", "weight": i32::MAX}, {"name": "c", "weight": 2}]))},
+            {"name": "fine", "enabled": true,
+             "strategies": rollout(serde_json::json!([{"name": "a", "weight": 0}, {"name": "b", "weight": 1000}]))}
+        ]});
+        let features: ClientFeatures = serde_json::from_value(doc).unwrap();
+        let (engine, warnings) = YggdrasilEngine::compile(&features);
+        for (flag, list) in [
+            (
+                "zero-total",
+                "strategies[0] (flexibleRollout) variants: the variant weights add up to 0",
+            ),
+            (
+                "zero-total-top-level",
+                "variants: the variant weights add up to 0",
+            ),
+            (
+                "negative",
+                "strategies[0] (flexibleRollout) variants: a variant weight is -1",
+            ),
+            (
+                "overflowing",
+                "strategies[0] (flexibleRollout) variants: the variant weights add up to 4294967296",
+            ),
+        ] {
+            assert!(
+                warnings
+                    .iter()
+                    .any(|w| w.starts_with(&format!("{flag}: {list}"))
+                        && w.ends_with("this flag will always be off")),
+                "no warning for {flag} in {warnings:?}"
+            );
+        }
+        assert_eq!(warnings.len(), 4, "{warnings:?}");
+        for i in 0..50 {
+            let ctx = FlagContext::new()
+                .with_tenant_id(format!("tenant-{i}"))
+                .with_user_id(format!("user-{i}"));
+            for flag in [
+                "zero-total",
+                "zero-total-top-level",
+                "negative",
+                "overflowing",
+            ] {
+                assert_eq!(engine.is_enabled(flag, &ctx), Some(false), "{flag}");
+                let variant = engine
+                    .variant(flag, &ctx, engine.variant_decides_enabled(flag))
+                    .unwrap();
+                assert!(
+                    !variant.enabled && !variant.feature_enabled,
+                    "{flag}: {variant:?}"
+                );
+            }
+            assert_eq!(engine.is_enabled("fine", &ctx), Some(true));
+            let fine = engine
+                .variant("fine", &ctx, engine.variant_decides_enabled("fine"))
+                .unwrap();
+            assert_eq!(fine.name, "b");
+        }
+    }
 
     /// Skipping the second evaluation must not change an answer: for every flag shape, the
     /// variant's `feature_enabled` equals "a variant was handed out, or the flag is on".
