@@ -442,6 +442,10 @@ struct EventLoop {
     results: mpsc::UnboundedSender<std::io::Result<()>>,
 }
 
+/// How often an event loop's own timer fires, to keep a timer due soon (see
+/// [`serve_on_own_thread`]): two wake-ups a second of an idle loop.
+const NEAR_TIMER_PERIOD: Duration = Duration::from_millis(500);
+
 /// Serves one listener on a single-threaded runtime of its own, then keeps that runtime running
 /// until every event loop is done: what a runtime spawned (a pooled upstream connection, a
 /// client's background task) may be in use by a connection of another event loop that is still
@@ -471,6 +475,18 @@ fn serve_on_own_thread(event_loop: EventLoop) {
         }
     };
     runtime.block_on(async move {
+        // tokio wakes its own driver, with an eventfd `write`, whenever a new timer is due before
+        // every timer the driver parked with, and always when it parked with none: an idle
+        // loop's next request deadline did that, on about one request in seven under load
+        // (bench/gateway/syscalls.sh). A timer always due within `NEAR_TIMER_PERIOD` makes a
+        // deadline of seconds never the earliest. The task ends with the runtime.
+        tokio::spawn(async {
+            let mut tick = tokio::time::interval(NEAR_TIMER_PERIOD);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+            }
+        });
         let result = match TcpListener::from_std(listener) {
             Ok(listener) => tokio::select! {
                 result = serve(listener, app, limits, stop, Some(readiness), linger_on) => result,
