@@ -186,20 +186,23 @@ impl FlagEngine for YggdrasilEngine {
                 ));
             }
         }
+        let deciding: Vec<String> = features
+            .features
+            .iter()
+            .filter(|f| variant_decides_enabled(f))
+            .map(|f| f.name.clone())
+            .collect();
         let state = EngineState::default();
         warned.extend(
             state
-                .apply_client_features(features.clone())
+                .apply_client_features(features)
                 .unwrap_or_default()
                 .into_iter()
                 .map(|w| (w.toggle_name, w.message)),
         );
-        let variant_decides = features
-            .features
-            .iter()
-            .filter(|f| !warned.iter().any(|(name, _)| *name == f.name))
-            .filter(|f| variant_decides_enabled(f))
-            .map(|f| f.name.clone())
+        let variant_decides = deciding
+            .into_iter()
+            .filter(|flag| !warned.iter().any(|(name, _)| name == flag))
             .collect();
         let warnings = warned
             .into_iter()
