@@ -601,7 +601,7 @@ async fn forward(
         } else {
             headers.take().unwrap_or_default()
         };
-        // Set here rather than by the client, which formats it anew for every request.
+        // The pool sends requests as they are: `Host` names the upstream (built once per upstream).
         outgoing
             .headers_mut()
             .insert(header::HOST, upstream.host.clone());
