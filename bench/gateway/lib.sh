@@ -25,7 +25,9 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 did not open" >&2; tail -n 20 "$WORK"/*/logs/error.log "$WORK"/gateway.log >&2; exit 1; }
+# WAIT_TRIES: how many 50 ms waits for a port (and 100 ms waits for readiness) before giving up.
+WAIT_TRIES=${WAIT_TRIES:-200}
+wait_port() { for _ in $(seq 1 "$WAIT_TRIES"); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 did not open" >&2; tail -n 20 "$WORK"/*/logs/error.log "$WORK"/gateway.log >&2; exit 1; }
 b64url() { basenc --base64url -w0 | tr -d '='; }
 
 UP=$(free_port); NGX=$(free_port)
@@ -101,7 +103,7 @@ routes:
 EOF
   "$1" --config "$WORK/$2.yaml" 2>"$WORK/$2.log" & GW_PID=$!; PIDS+=($GW_PID)
   wait_port "$port"
-  for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$admin/readyz" >/dev/null && break; sleep 0.1; done
+  for _ in $(seq 1 "$WAIT_TRIES"); do curl -fs "http://127.0.0.1:$admin/readyz" >/dev/null && break; sleep 0.1; done
   curl -fs "http://127.0.0.1:$admin/readyz" >/dev/null || { echo "gateway $2 not ready:"; cat "$WORK/$2.log"; exit 1; } >&2
   [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/bench")" = 401 ] || { echo "gateway $2 let a request without a token through" >&2; exit 1; }
   answers_200 "$port"

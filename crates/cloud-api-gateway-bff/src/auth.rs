@@ -207,6 +207,13 @@ pub enum FetchError {
 const TOKEN_CACHE_CAPACITY: usize = 16 * 1024;
 const TOKEN_CACHE_SHARDS: usize = 16;
 
+/// Keyed with foldhash rather than std's SipHash, which cost about 1,200 instructions per
+/// request over a 300-byte token (`bench/gateway/instructions.sh`). SipHash's point is that
+/// nobody can fill one bucket with keys of their choosing; here only tokens whose signature
+/// verified are ever inserted, and those are the identity provider's, not the client's.
+/// Lookups of other strings only probe.
+type TokenCache = HashMap<Box<str>, CachedToken, foldhash::fast::RandomState>;
+
 #[derive(Debug)]
 struct CachedToken {
     claims: Arc<Claims>,
@@ -230,7 +237,7 @@ struct Inner {
     /// Held while fetching; holds when the last fetch attempt started.
     fetch_lock: tokio::sync::Mutex<Option<Instant>>,
     fetches: AtomicU64,
-    tokens: Vec<std::sync::Mutex<HashMap<Box<str>, CachedToken>>>,
+    tokens: Vec<std::sync::Mutex<TokenCache>>,
     /// Failed refreshes: while identity is unreachable this climbs and the gateway validates
     /// with the last good key set.
     refresh_failures: prometheus_client::metrics::counter::Counter,
@@ -257,7 +264,7 @@ impl Validator {
             .build()
             .unwrap_or_default();
         let tokens = (0..TOKEN_CACHE_SHARDS)
-            .map(|_| std::sync::Mutex::new(HashMap::new()))
+            .map(|_| std::sync::Mutex::new(TokenCache::default()))
             .collect();
         Self {
             inner: Arc::new(Inner {

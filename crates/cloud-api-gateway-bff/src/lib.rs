@@ -73,6 +73,8 @@ struct ReloadLabels {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct GatewayMetrics {
     upstream_requests: Family<UpstreamLabels, Counter>,
+    /// Counted once per proxied request: see [`cloud_kit::metrics::Handles`].
+    upstream_handles: Arc<cloud_kit::metrics::Handles<UpstreamLabels, Counter>>,
     pub(crate) auth_failures: Counter,
     reloads: Family<ReloadLabels, Counter>,
     canary_requests: Family<CanaryLabels, Counter>,
@@ -119,12 +121,15 @@ impl GatewayMetrics {
                 .map_or_else(|| Cow::Owned(status.as_str().to_string()), Cow::Borrowed),
             Outcome::Failed(label) => Cow::Borrowed(label),
         };
-        self.upstream_requests
-            .get_or_create(&UpstreamLabels {
-                route: route.clone(),
-                outcome,
-            })
-            .inc();
+        let labels = UpstreamLabels {
+            route: route.clone(),
+            outcome,
+        };
+        self.upstream_handles.update(
+            &labels,
+            || self.upstream_requests.get_or_create(&labels).clone(),
+            |requests| requests.inc(),
+        );
     }
 }
 
