@@ -18,10 +18,10 @@ start_gateway "$B" b; B_PORT=$GW_PORT; B_PID=$GW_PID
 wait_port "$NGX"; answers_200 "$NGX"
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s"
-echo "| round | A req/s | A CPU µs/request | B req/s | B CPU µs/request | nginx req/s |"
+echo "| round | A req/s | A CPU µs/request (user) | B req/s | B CPU µs/request (user) | nginx req/s |"
 echo "|---|---|---|---|---|---|"
 for round in $(seq 1 "${ROUNDS:-4}"); do
-  read -r A_RPS A_CPU <<<"$(max_rps_and_cpu "$A_PORT" "$A_PID")"
-  read -r B_RPS B_CPU <<<"$(max_rps_and_cpu "$B_PORT" "$B_PID")"
-  echo "| $round | $A_RPS | $A_CPU | $B_RPS | $B_CPU | $(max_rps "$NGX") |"
+  read -r A_RPS A_CPU A_USER <<<"$(max_rps_and_cpu "$A_PORT" "$A_PID")"
+  read -r B_RPS B_CPU B_USER <<<"$(max_rps_and_cpu "$B_PORT" "$B_PID")"
+  echo "| $round | $A_RPS | $A_CPU ($A_USER) | $B_RPS | $B_CPU ($B_USER) | $(max_rps "$NGX") |"
 done

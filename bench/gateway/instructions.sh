@@ -8,8 +8,9 @@
 #
 # Usage: bench/gateway/instructions.sh       (REQUESTS=4000 CONNECTIONS=8 TOP=25 to change)
 #        BIN=/path/to/unstripped/gateway bench/gateway/instructions.sh
-# Prints instructions per request for each setup, then the gateway's and the floor's functions
-# by exclusive instructions per request (from callgrind_annotate), so a change can be placed.
+# Prints instructions per request for each setup, then the functions where the gateway spends
+# the most beyond the floor (exclusive instructions per request, from callgrind_annotate), so
+# that a change can be placed.
 # KEEP=dir keeps the three callgrind files there, for callgrind_annotate or kcachegrind.
 # Needs: valgrind (callgrind_control, callgrind_annotate) and what bench/gateway/lib.sh needs.
 set -euo pipefail
@@ -51,9 +52,9 @@ measure() {
     | python3 -c 'import json,sys; print(" ".join("%s:%d" % kv for kv in json.load(sys.stdin)["statusCodeDistribution"].items()))')
   [ "$codes" = "200:$REQUESTS" ] || { echo "$1 answered $codes, not $REQUESTS times 200" >&2; exit 1; }
   callgrind_control -d "$1" "$3" >/dev/null
-  local dump
-  dump=$(ls -t "$WORK/$1.callgrind".* | head -n 1)
-  mv "$dump" "$WORK/$1.measured"
+  # The one dump so far: $WORK/NAME.callgrind.1 (the file without a number comes at exit).
+  local dumps=("$WORK/$1.callgrind".*)
+  mv "${dumps[0]}" "$WORK/$1.measured"
   awk -v n="$REQUESTS" -v name="$1" '/^(summary|totals):/ { printf "%s %.0f\n", name, $2 / n; exit }' "$WORK/$1.measured"
 }
 
@@ -65,9 +66,9 @@ nginx_conf callgrind-nginx 1 "  upstream backend { server 127.0.0.1:$UP; keepali
     location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
   }"
 sed -i '1i master_process off;' "$WORK/callgrind-nginx/nginx.conf"
-"$(callgrind_wrapper nginx "$NGINX_BIN")" -p "$WORK/callgrind-nginx" -c "$WORK/callgrind-nginx/nginx.conf" & NGX_PID=$!; PIDS+=($NGX_PID)
+"$(callgrind_wrapper nginx "$NGINX_BIN")" -p "$WORK/callgrind-nginx" -c "$WORK/callgrind-nginx/nginx.conf" & NGX_PID=$!; PIDS+=("$NGX_PID")
 BARE=$(free_port)
-"$(callgrind_wrapper floor "$PROFILE_TARGET/release/examples/bare_proxy")" "$BARE" "127.0.0.1:$UP" & BARE_PID=$!; PIDS+=($BARE_PID)
+"$(callgrind_wrapper floor "$PROFILE_TARGET/release/examples/bare_proxy")" "$BARE" "127.0.0.1:$UP" & BARE_PID=$!; PIDS+=("$BARE_PID")
 start_gateway "$(callgrind_wrapper gateway "$GW_BIN")" gateway
 wait_port "$NGX"; wait_port "$BARE"
 for port in "$NGX" "$BARE"; do answers_200 "$port"; done
@@ -81,15 +82,28 @@ awk '{ printf "| %s | %d |\n", $1, $2 }' <<<"$RESULTS"
 if [ -n "${KEEP:-}" ]; then
   mkdir -p "$KEEP"; for name in nginx floor gateway; do cp "$WORK/$name.measured" "$KEEP/$name.callgrind"; done
 fi
-for name in gateway floor; do
-  echo
-  echo "$name: top $TOP functions by exclusive instructions per request"
-  callgrind_annotate --inclusive=no --threshold=100 "$WORK/$name.measured" 2>/dev/null \
-    | awk -v n="$REQUESTS" -v top="$TOP" '
-        /^-+$/ { dashes++; next }
-        dashes >= 3 && $1 ~ /^[0-9,]+$/ && shown < top {
-          count = $1; gsub(",", "", count); $1 = ""; name = substr($0, 2)
-          sub(/ \[[^]]*\]$/, "", name)
-          printf "  %8.0f  %s\n", count / n, substr(name, 1, 150); shown++
-        }'
-done
+echo
+echo "where the gateway spends more than the floor: the $TOP functions with the largest difference"
+echo "in exclusive instructions per request (gateway, floor, difference)"
+python3 - "$WORK/gateway.measured" "$WORK/floor.measured" "$REQUESTS" "$TOP" <<'PY'
+import re, subprocess, sys
+gateway_file, floor_file, requests, top = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+line = re.compile(r"\s*([0-9,]+) \(\s*[0-9.]+%\)\s+(.*)$")
+def per_function(path):
+    out = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100", path],
+                         capture_output=True, text=True, check=True).stdout
+    counts = {}
+    for text in out.splitlines():
+        m = line.match(text)
+        if m and "PROGRAM TOTALS" not in m.group(2):
+            name = re.sub(r" \[[^]]*\]$", "", m.group(2))
+            counts[name] = counts.get(name, 0) + int(m.group(1).replace(",", "")) / requests
+    return counts
+gateway, floor = per_function(gateway_file), per_function(floor_file)
+# callgrind_annotate gives the thread entry frames (clone, start_thread, ...) everything as their
+# own cost: whatever holds nearly all of a file's total is one of those, not a function's cost.
+entry = {k for d in (gateway, floor) for k, v in d.items() if v >= 0.99 * max(d.values())}
+rows = sorted(((gateway.get(k, 0) - floor.get(k, 0), k) for k in (set(gateway) | set(floor)) - entry), reverse=True)
+for diff, name in rows[:top]:
+    print("  %7.0f %7.0f %+8.0f  %s" % (gateway.get(name, 0), floor.get(name, 0), diff, name[:140]))
+PY

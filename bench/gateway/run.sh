@@ -37,14 +37,14 @@ NGX_WORKERS=$(pgrep -P "$NGX_PID" | tr '\n' ' ')
 echo "max throughput (wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s)..." >&2
 A_MAX=$(max_rps "$UP")
 # shellcheck disable=SC2086 # one argument per worker
-read -r B_MAX B_CPU <<<"$(max_rps_and_cpu "$NGX" $NGX_WORKERS)"
+read -r B_MAX B_CPU B_USER <<<"$(max_rps_and_cpu "$NGX" $NGX_WORKERS)"
 # PERF_OUT=file: also record a call-graph profile of the gateway during its max run (perf).
 if [ -n "${PERF_OUT:-}" ]; then
   perf record -F 999 -g -p "$GW_PID" -o "$PERF_OUT" -- sleep "$DURATION" 2>/dev/null & PERF_PID=$!
 fi
-read -r C_MAX C_CPU <<<"$(max_rps_and_cpu "$GW" "$GW_PID")"
+read -r C_MAX C_CPU C_USER <<<"$(max_rps_and_cpu "$GW" "$GW_PID")"
 if [ -n "${PERF_OUT:-}" ]; then wait "$PERF_PID" || true; fi
-read -r D_MAX D_CPU <<<"$(max_rps_and_cpu "$BARE" "$BARE_PID")"
+read -r D_MAX D_CPU D_USER <<<"$(max_rps_and_cpu "$BARE" "$BARE_PID")"
 
 percentiles() { # $1 = port, $2 = rate -> "p50_ms p99_ms non2xx"
   "$OHA" --no-tui --output-format json -z "${DURATION}s" -q "$2" -c "$CONNECTIONS" -H "$AUTH" "http://127.0.0.1:$1/bench" \
@@ -60,11 +60,11 @@ read -r D50 D99 DERR <<<"$(percentiles "$BARE" "$RATE")"
 add() { python3 -c "print('%.3f' % ($1 - $2))"; }
 echo
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load before run: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "| setup | max req/s | CPU µs per request | p50 ms @ $RATE req/s | p99 ms | p50 added ms | p99 added ms | non-200 |"
+echo "| setup | max req/s | CPU µs per request (user-space part) | p50 ms @ $RATE req/s | p99 ms | p50 added ms | p99 added ms | non-200 |"
 echo "|---|---|---|---|---|---|---|---|"
 echo "| (a) upstream direct | $A_MAX | - | $A50 | $A99 | - | - | $AERR |"
-echo "| (b) nginx proxy_pass | $B_MAX | $B_CPU | $B50 | $B99 | $(add "$B50" "$A50") | $(add "$B99" "$A99") | $BERR |"
-echo "| (c) gateway (JWT + rate limit) | $C_MAX | $C_CPU | $C50 | $C99 | $(add "$C50" "$A50") | $(add "$C99" "$A99") | $CERR |"
-echo "| (d) bare hyper proxy (floor) | $D_MAX | $D_CPU | $D50 | $D99 | $(add "$D50" "$A50") | $(add "$D99" "$A99") | $DERR |"
+echo "| (b) nginx proxy_pass | $B_MAX | $B_CPU ($B_USER) | $B50 | $B99 | $(add "$B50" "$A50") | $(add "$B99" "$A99") | $BERR |"
+echo "| (c) gateway (JWT + rate limit) | $C_MAX | $C_CPU ($C_USER) | $C50 | $C99 | $(add "$C50" "$A50") | $(add "$C99" "$A99") | $CERR |"
+echo "| (d) bare hyper proxy (floor) | $D_MAX | $D_CPU ($D_USER) | $D50 | $D99 | $(add "$D50" "$A50") | $(add "$D99" "$A99") | $DERR |"
 echo
 echo "(c) is $GW_BINARY; (c) reached $(python3 -c "print('%.0f%%' % (100 * $C_MAX / $B_MAX))") of nginx's max throughput"

@@ -521,27 +521,29 @@ fn upstream_headers(
         Some(v) => headers.insert(X_FORWARDED_FOR.clone(), v),
         None => headers.remove(&X_FORWARDED_FOR),
     };
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    // Appended rather than inserted: the loop above removed every client value of these names,
+    // and an append skips looking for one (about 100 instructions per request).
+    headers.append(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     if let Some(host) = forwarded_host {
-        headers.insert(X_FORWARDED_HOST.clone(), host);
+        headers.append(X_FORWARDED_HOST.clone(), host);
     }
     if let Some(trace) = parts.extensions.get::<TraceContext>()
         && let Ok(v) = HeaderValue::from_bytes(&trace.child_traceparent_bytes())
     {
-        headers.insert(cloud_kit::trace_context::TRACEPARENT.clone(), v);
+        headers.append(cloud_kit::trace_context::TRACEPARENT.clone(), v);
     }
     if let Some(id) = parts.extensions.get::<RequestId>() {
-        headers.insert(
+        headers.append(
             cloud_kit::trace_context::REQUEST_ID.clone(),
             id.header_value().clone(),
         );
     }
     if let Some(identity) = identity {
         if let Some(v) = &identity.tenant_header {
-            headers.insert(X_TENANT_ID.clone(), v.clone());
+            headers.append(X_TENANT_ID.clone(), v.clone());
         }
         if let Some(v) = &identity.user_header {
-            headers.insert(X_USER_ID.clone(), v.clone());
+            headers.append(X_USER_ID.clone(), v.clone());
         }
     }
     for name in &rules.request_remove {

@@ -61,8 +61,8 @@ async fn http1_and_h2c_are_both_served_on_the_same_port() {
             .await
             .unwrap();
     tokio::spawn(connection);
-    let responses = futures::future::join_all((0..3).map(|_| h2.send_request(get_hello(port))))
-        .await;
+    let responses =
+        futures::future::join_all((0..3).map(|_| h2.send_request(get_hello(port)))).await;
     for response in responses {
         let response = response.unwrap();
         assert_eq!(response.status(), 200);
