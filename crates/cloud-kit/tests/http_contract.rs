@@ -287,3 +287,49 @@ async fn metrics_use_route_templates() {
     );
     app.shutdown.trigger();
 }
+
+#[tokio::test]
+async fn made_up_methods_share_one_metrics_label() {
+    let app = start().await;
+    let client = reqwest::Client::new();
+    for method in ["BREW", "WHEN", "GET"] {
+        client
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                format!("http://127.0.0.1:{}/orders/1", app.port),
+            )
+            .send()
+            .await
+            .unwrap();
+    }
+    let metrics = client
+        .get(format!("http://127.0.0.1:{}/metrics", app.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = |method: &str| {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("http_requests_total{") && l.contains(method))
+            .count()
+    };
+    assert_eq!(series(r#"method="_OTHER""#), 1, "{metrics}");
+    assert_eq!(series(r#"method="GET""#), 1, "{metrics}");
+    assert!(
+        !metrics.contains("BREW") && !metrics.contains("WHEN"),
+        "a client's method token never becomes a label:\n{metrics}"
+    );
+    // The counts of both series are kept through the handle cache.
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("http_requests_total{")
+                && l.contains(r#"method="_OTHER""#)
+                && l.ends_with(" 2")),
+        "{metrics}"
+    );
+    app.shutdown.trigger();
+}
