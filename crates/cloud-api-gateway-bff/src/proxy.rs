@@ -116,9 +116,15 @@ pub(crate) async fn authenticate(
     if auth == AuthMode::Public {
         return Ok(None);
     }
-    let token =
-        crate::auth::bearer(headers.get(header::AUTHORIZATION)).map_err(|e| token_problem(&e))?;
-    let claims = state.validator.validate(token).await.map_err(|e| {
+    let authorization = headers.get(header::AUTHORIZATION);
+    let validated = match state.validator.cached_bearer(authorization) {
+        Some(validated) => validated,
+        None => {
+            let token = crate::auth::bearer(authorization).map_err(|e| token_problem(&e))?;
+            state.validator.validate(token).await
+        }
+    };
+    let claims = validated.map_err(|e| {
         state.metrics.auth_failures.inc();
         token_problem(&e)
     })?;
