@@ -19,6 +19,18 @@ struct Running {
     flag: Arc<AtomicBool>,
 }
 
+impl Running {
+    /// The admin port's `/metrics` text.
+    async fn metrics(&self) -> String {
+        reqwest::get(format!("http://127.0.0.1:{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
 #[derive(serde::Deserialize)]
 struct Order {
     #[allow(dead_code)]
@@ -268,14 +280,7 @@ async fn metrics_use_route_templates() {
             .await
             .unwrap();
     }
-    let metrics = client
-        .get(format!("http://127.0.0.1:{}/metrics", app.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics
             .contains(r#"http_requests_total{method="GET",route="/orders/{id}",status="200"} 3"#),
@@ -302,14 +307,7 @@ async fn made_up_methods_share_one_metrics_label() {
             .await
             .unwrap();
     }
-    let metrics = client
-        .get(format!("http://127.0.0.1:{}/metrics", app.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     let series = |method: &str| {
         metrics
             .lines()
