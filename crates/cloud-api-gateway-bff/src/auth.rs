@@ -207,13 +207,14 @@ pub enum FetchError {
 const TOKEN_CACHE_CAPACITY: usize = 16 * 1024;
 const TOKEN_CACHE_SHARDS: usize = 16;
 
-/// Keyed with foldhash rather than std's SipHash, which cost about 1,200 instructions per
+/// Verified tokens by their bytes, so that [`Validator::cached_bearer`] can look a header's token
+/// up before checking its characters.
+///
+/// Hashed with foldhash rather than std's SipHash, which cost about 1,200 instructions per
 /// request over a 300-byte token (`bench/gateway/instructions.sh`). SipHash's point is that
 /// nobody can fill one bucket with keys of their choosing; here only tokens whose signature
 /// verified are ever inserted, and those are the identity provider's, not the client's.
 /// Lookups of other strings only probe.
-/// Keyed by the token's bytes, so that [`Validator::validate_header`] can look a header's token
-/// up before checking its characters.
 type TokenCache = HashMap<Box<[u8]>, CachedToken, foldhash::fast::RandomState>;
 
 #[derive(Debug)]
@@ -698,7 +699,6 @@ async fn get_json<T: serde::de::DeserializeOwned>(
         .map_err(|e| err(format!("invalid JSON: {e}")))
 }
 
-/// Extracts the bearer token from an `Authorization` header value.
 /// The token of a `Bearer` header value as bytes, parsed as [`bearer`] does but without checking
 /// its characters (`None` where `bearer` fails on the form): for the lookup of verified tokens
 /// only. It trims only spaces and tabs, the whitespace that `bearer` lets through.
@@ -715,6 +715,7 @@ fn bearer_bytes(value: Option<&http::HeaderValue>) -> Option<&[u8]> {
     Some(&token[start..=end])
 }
 
+/// Extracts the bearer token from an `Authorization` header value.
 pub fn bearer(value: Option<&http::HeaderValue>) -> Result<&str, TokenError> {
     let value = value
         .ok_or(TokenError::Missing)?

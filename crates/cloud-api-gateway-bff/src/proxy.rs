@@ -439,7 +439,9 @@ enum Inbound {
 
 /// One `match` on the name, which compiles to a switch on its length and a comparison or two:
 /// comparing each header with every name in turn was most of what building the upstream
-/// headers cost (`bench/gateway/instructions.sh`).
+/// headers cost (`bench/gateway/instructions.sh`). It repeats the names of
+/// [`hop_by_hop_headers`] rather than asking [`hop_by_hop_index`] first, which measured 200
+/// instructions more per request; a test keeps the two lists the same.
 fn inbound(name: &HeaderName) -> Inbound {
     match name.as_str() {
         "connection"
