@@ -1,5 +1,6 @@
-//! The HTTP contract every service inherits from cloud-kit: problem+json errors for bad input,
-//! request ids, readiness with named checks, and RED metrics by route template.
+//! The HTTP contract every service inherits from cloud-kit: HTTP/1.1 and h2c on one port,
+//! problem+json errors for bad input, request ids, readiness with named checks, and RED metrics
+//! by route template.
 // The helpers below are test code too: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
@@ -11,6 +12,11 @@ use axum::Router;
 use axum::routing::{get, post};
 use cloud_kit::extract::Json;
 use cloud_kit::{Metrics, Readiness, Server, ServerConfig, Shutdown};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 struct Running {
     port: u16,
@@ -329,5 +335,67 @@ async fn made_up_methods_share_one_metrics_label() {
                 && l.ends_with(" 2")),
         "{metrics}"
     );
+    app.shutdown.trigger();
+}
+
+fn get_order(port: u16) -> http::Request<Empty<Bytes>> {
+    http::Request::get(format!("http://127.0.0.1:{port}/orders/7"))
+        .header(http::header::HOST, format!("127.0.0.1:{port}"))
+        .body(Empty::new())
+        .unwrap()
+}
+
+/// The server tells HTTP/1.1 from HTTP/2 with prior knowledge (h2c) by a connection's first
+/// bytes.
+#[tokio::test]
+async fn http1_and_h2c_are_both_served_on_the_same_port() {
+    let app = start().await;
+    let port = app.port;
+
+    let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (mut http1, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    for _ in 0..2 {
+        let response = http1.send_request(get_order(port)).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.version(), http::Version::HTTP_11);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"order 7");
+    }
+
+    let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (mut h2, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let responses =
+        futures::future::join_all((0..3).map(|_| h2.send_request(get_order(port)))).await;
+    for response in responses {
+        let response = response.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.version(), http::Version::HTTP_2);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"order 7");
+    }
+    app.shutdown.trigger();
+}
+
+#[tokio::test]
+async fn a_connection_that_starts_like_the_h2_preface_but_is_not_gets_an_http1_answer() {
+    let app = start().await;
+    let mut stream = TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
+    // "PRI" is a prefix of the preface: the server waits for more bytes, then sees HTTP/1.
+    stream.write_all(b"PRI").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stream
+        .write_all(b" /orders/7 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 "), "{answer}");
     app.shutdown.trigger();
 }
