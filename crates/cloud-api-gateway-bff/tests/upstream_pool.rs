@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use bytes::Bytes;
-use cloud_api_gateway_bff::upstream::{PoolSettings, UpstreamPool};
+use cloud_api_gateway_bff::upstream::{PoolSettings, PooledBody, UpstreamError, UpstreamPool};
 use http::uri::Authority;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
@@ -52,12 +52,18 @@ async fn counting_upstream() -> (Authority, Arc<AtomicUsize>) {
     (authority, accepted)
 }
 
-fn get(authority: &Authority, path: &str) -> Request<Body> {
-    Request::builder()
+/// Sends `GET path` through the pool, with the `Host` the gateway would set.
+async fn get(
+    pool: &UpstreamPool<Body>,
+    authority: &Authority,
+    path: &str,
+) -> Result<Response<PooledBody<Body>>, UpstreamError> {
+    let request = Request::builder()
         .uri(path)
         .header(header::HOST, authority.as_str())
         .body(Body::empty())
-        .unwrap()
+        .unwrap();
+    pool.send(authority, request).await
 }
 
 fn pool() -> UpstreamPool<Body> {
@@ -65,7 +71,7 @@ fn pool() -> UpstreamPool<Body> {
 }
 
 async fn text(pool: &UpstreamPool<Body>, authority: &Authority, path: &str) -> String {
-    let response = pool.send(authority, get(authority, path)).await.unwrap();
+    let response = get(pool, authority, path).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let body = response.into_body().collect().await.unwrap().to_bytes();
     String::from_utf8(body.to_vec()).unwrap()
@@ -86,10 +92,7 @@ async fn a_response_without_a_body_frees_its_connection_even_if_nobody_reads_it(
     let (authority, accepted) = counting_upstream().await;
     let pool = pool();
     for _ in 0..3 {
-        let response = pool
-            .send(&authority, get(&authority, "/empty"))
-            .await
-            .unwrap();
+        let response = get(&pool, &authority, "/empty").await.unwrap();
         assert_eq!(response.status(), StatusCode::NO_CONTENT);
         drop(response);
     }
@@ -121,10 +124,7 @@ async fn concurrent_requests_open_connections_that_are_then_reused() {
 async fn a_response_dropped_before_its_end_does_not_return_its_connection() {
     let (authority, accepted) = counting_upstream().await;
     let pool = pool();
-    let response = pool
-        .send(&authority, get(&authority, "/big"))
-        .await
-        .unwrap();
+    let response = get(&pool, &authority, "/big").await.unwrap();
     let mut body = response.into_body();
     let first = body.frame().await.unwrap().unwrap();
     assert!(first.is_data());
@@ -215,10 +215,7 @@ async fn an_upstream_that_is_down_is_a_connect_error_naming_it() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
     drop(listener);
-    let error = pool()
-        .send(&authority, get(&authority, "/ok"))
-        .await
-        .unwrap_err();
+    let error = get(&pool(), &authority, "/ok").await.unwrap_err();
     assert!(error.is_connect(), "{error:?}");
     assert!(error.to_string().contains(authority.as_str()), "{error}");
 }
