@@ -673,6 +673,10 @@ pub async fn database_outage(settings: &Settings) -> Result<Row> {
     );
     let remaining = (stopped_at + settings.outage).saturating_sub(origin.elapsed());
     tokio::time::sleep(remaining).await;
+    // A probe can still be waiting for a connection (up to the pool's acquire timeout) when
+    // PostgreSQL comes back, and then answers 200: only an answer before this moment is one
+    // given while the database was down.
+    let restarting_at = origin.elapsed();
     pg.restart().await?;
     let up_at = origin.elapsed();
     // Wait (bounded) for readiness to come back, then keep the load on to see the streams recover.
@@ -783,22 +787,27 @@ pub async fn database_outage(settings: &Settings) -> Result<Row> {
                 .count()
         ),
         {
-            let ok_during: Vec<Duration> = probes
+            // Sent during the outage and answered 200: when each was sent and answered.
+            let ok_during: Vec<(Duration, Duration)> = probes
                 .iter()
                 .filter(|p| {
                     p.sent_at >= stopped_at
                         && p.sent_at < up_at
                         && p.outcome == Outcome::Status(200)
                 })
-                .map(|p| p.sent_at - stopped_at)
+                .map(|p| (p.sent_at - stopped_at, p.sent_at + p.latency - stopped_at))
                 .collect();
             match (ok_during.first(), ok_during.last()) {
-                (Some(a), Some(b)) => format!(
-                    "identity /readyz probes that still answered 200 during the outage were sent {} to {} after the stop",
-                    secs(*a),
-                    secs(*b)
+                (Some(first), Some(last)) => format!(
+                    "{} identity /readyz probes sent during the outage ({} to {} after the stop) answered 200, {} to {} after the stop; PostgreSQL was started again {} after the stop",
+                    ok_during.len(),
+                    secs(first.0),
+                    secs(last.0),
+                    secs(ok_during.iter().map(|p| p.1).min().unwrap_or_default()),
+                    secs(ok_during.iter().map(|p| p.1).max().unwrap_or_default()),
+                    secs(restarting_at - stopped_at)
                 ),
-                _ => "no identity /readyz probe answered 200 during the outage".into(),
+                _ => "no identity /readyz probe sent during the outage answered 200".into(),
             }
         },
         patient,
@@ -903,6 +912,24 @@ pub async fn database_outage(settings: &Settings) -> Result<Row> {
     ));
 
     let mut findings = Vec::new();
+    let ready_while_down: Vec<Duration> = probes
+        .iter()
+        .filter(|p| {
+            p.sent_at >= stopped_at
+                && p.outcome == Outcome::Status(200)
+                && p.sent_at + p.latency < restarting_at
+        })
+        .map(|p| p.sent_at + p.latency - stopped_at)
+        .collect();
+    if let (Some(first), Some(last)) = (ready_while_down.first(), ready_while_down.last()) {
+        findings.push(format!(
+            "identity /readyz answered 200 while PostgreSQL was down: {} probes, answered {} to {} \
+             after the stop and before it was started again",
+            ready_while_down.len(),
+            secs(*first),
+            secs(*last)
+        ));
+    }
     let tok_during = during(&tokens);
     let tok_500 = tokens
         .iter()
