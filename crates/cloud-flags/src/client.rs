@@ -685,7 +685,7 @@ impl FlagClient {
         let state = shared.state.load();
         let enabled = match state.slots.get(flag) {
             Some(slot) => {
-                let enabled = !slot.killed && state.engine.is_enabled(flag, ctx).unwrap_or(false);
+                let enabled = !slot.killed && state.engine.is_enabled(&slot.engine_flag, flag, ctx);
                 slot.enabled_counter.record(enabled);
                 if slot.impression {
                     self.impression(ImpressionKind::IsEnabled, flag, enabled, None, ctx);
@@ -719,10 +719,7 @@ impl FlagClient {
                 let variant = if slot.killed {
                     Variant::disabled()
                 } else {
-                    state
-                        .engine
-                        .variant(flag, ctx, slot.variant_decides_enabled)
-                        .map_or_else(Variant::disabled, Variant::from_engine)
+                    Variant::from_engine(state.engine.variant(&slot.engine_flag, flag, ctx))
                 };
                 if !variant.enabled && variant.name == DISABLED_VARIANT {
                     slot.disabled_counter.record(variant.feature_enabled);

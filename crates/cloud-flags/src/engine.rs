@@ -5,17 +5,24 @@
 //! used only in this module. Replacing it means implementing [`FlagEngine`] again; nothing else
 //! in the crate names a yggdrasil type.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
-use unleash_types::client_features::{ClientFeature, ClientFeatures};
+use unleash_types::client_features::{ClientFeature, ClientFeatures, Segment};
 use unleash_yggdrasil::EngineState;
 use unleash_yggdrasil::state::{EnrichedContext, PropertiesRef};
+use unleash_yggdrasil::strategy_parsing::{RuleFragment, compile_rule};
+use unleash_yggdrasil::strategy_upgrade::upgrade;
 
 use crate::FlagContext;
 
 /// A compiled, immutable flag state that can evaluate flags. Compiling happens once per state
 /// update, off the hot path; evaluation must be cheap and must not block.
 pub trait FlagEngine: Send + Sync + 'static {
+    /// What an evaluation needs of one flag besides its name, found by name once per state
+    /// ([`FlagEngine::flag`], when the state is installed, off the hot path) and kept next to
+    /// the caller's own per-flag data, so that the hot path makes no second lookup by name.
+    type Flag: Clone + std::fmt::Debug + Send + Sync;
+
     /// Compiles a full client-features document. Flags whose rules cannot be compiled evaluate
     /// to off; each produces a warning.
     fn compile(features: &ClientFeatures) -> (Self, Vec<String>)
@@ -23,23 +30,13 @@ pub trait FlagEngine: Send + Sync + 'static {
         Self: Sized;
 
     /// `None` when the flag is unknown to this state.
-    fn is_enabled(&self, flag: &str, ctx: &FlagContext) -> Option<bool>;
+    fn flag(&self, name: &str) -> Option<Self::Flag>;
 
-    /// Whether a `disabled` variant of `flag` always means the flag is off, so that one
-    /// evaluation answers both (see [`variant_decides_enabled`]). Asked once per flag when a
-    /// state is installed, off the hot path; the caller hands the answer back to
-    /// [`FlagEngine::variant`].
-    fn variant_decides_enabled(&self, flag: &str) -> bool;
+    /// Whether `flag` (named `name`, as given to [`FlagEngine::flag`]) is on for `ctx`.
+    fn is_enabled(&self, flag: &Self::Flag, name: &str, ctx: &FlagContext) -> bool;
 
-    /// `None` when the flag is unknown to this state. `variant_decides_enabled` is this state's
-    /// [`FlagEngine::variant_decides_enabled`] for `flag`, kept next to the caller's own per-flag
-    /// data so that the hot path makes no second lookup by name.
-    fn variant(
-        &self,
-        flag: &str,
-        ctx: &FlagContext,
-        variant_decides_enabled: bool,
-    ) -> Option<EngineVariant>;
+    /// The variant of `flag` (named `name`) for `ctx`.
+    fn variant(&self, flag: &Self::Flag, name: &str, ctx: &FlagContext) -> EngineVariant;
 }
 
 /// A variant as the engine resolved it.
@@ -77,15 +74,52 @@ fn variant_decides_enabled(feature: &ClientFeature) -> bool {
 /// [`FlagEngine`] on `unleash-yggdrasil`.
 pub struct YggdrasilEngine {
     state: EngineState,
-    /// Flags whose `disabled` variant always means the feature is off (see
-    /// [`variant_decides_enabled`]): for them one evaluation answers both questions.
-    variant_decides: HashSet<String>,
+    /// Every flag of the document.
+    flags: HashMap<String, YggdrasilFlag>,
+    /// See [`EnabledRule`]; indexed by [`YggdrasilFlag::enabled_rule`].
+    enabled_rules: Vec<EnabledRule>,
+}
+
+/// One flag's "is it on" as the engine decides it for a flag without dependencies: the flag is
+/// on and its compiled strategies (yggdrasil's `compile_rule` of its `upgrade`d strategies, as
+/// `EngineState` compiles them) match. Kept here so that `is_enabled` calls the rule directly:
+/// `EngineState::check_enabled` finds the flag again by name, behind two `ArcSwap` loads of its
+/// own state, which is never replaced (a new state is a new engine). Flags with dependencies,
+/// and flags whose rule does not compile (the engine answers off and warns), keep the engine's
+/// own way.
+struct EnabledRule {
+    enabled: bool,
+    rule: RuleFragment,
+}
+
+/// [`YggdrasilEngine`]'s per-flag data ([`FlagEngine::Flag`]).
+#[derive(Clone, Copy, Debug)]
+pub struct YggdrasilFlag {
+    enabled_rule: Option<usize>,
+    /// [`variant_decides_enabled`] for this flag.
+    variant_decides_enabled: bool,
 }
 
 impl std::fmt::Debug for YggdrasilEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("YggdrasilEngine").finish_non_exhaustive()
     }
+}
+
+/// The enabled rule of `feature` if it has no dependencies and its rule compiles (otherwise the
+/// engine's own path answers it, and warns when it does not compile).
+fn enabled_rule(feature: &ClientFeature, segments: &HashMap<i32, Segment>) -> Option<EnabledRule> {
+    if feature.dependencies.as_ref().is_some_and(|d| !d.is_empty()) {
+        return None;
+    }
+    let strategies = feature.strategies.as_deref().unwrap_or_default();
+    let rule = upgrade(strategies, segments)
+        .and_then(|text| compile_rule(&text))
+        .ok()?;
+    Some(EnabledRule {
+        enabled: feature.enabled,
+        rule,
+    })
 }
 
 /// The version of Unleash's client specification the engine implements.
@@ -168,6 +202,8 @@ fn unusable_variant_weights(feature: &ClientFeature) -> Option<String> {
 }
 
 impl FlagEngine for YggdrasilEngine {
+    type Flag = YggdrasilFlag;
+
     fn compile(features: &ClientFeatures) -> (Self, Vec<String>) {
         // A flag the engine cannot evaluate is compiled as off, without its variants, as the
         // engine itself does with a rule it cannot compile, and reported with the others.
@@ -186,11 +222,27 @@ impl FlagEngine for YggdrasilEngine {
                 ));
             }
         }
-        let deciding: Vec<String> = features
+        let segments = features
+            .segments
+            .iter()
+            .flatten()
+            .map(|segment| (segment.id, segment.clone()))
+            .collect();
+        let mut enabled_rules = Vec::new();
+        let mut flags: HashMap<String, YggdrasilFlag> = features
             .features
             .iter()
-            .filter(|f| variant_decides_enabled(f))
-            .map(|f| f.name.clone())
+            .map(|feature| {
+                let enabled_rule = enabled_rule(feature, &segments).map(|rule| {
+                    enabled_rules.push(rule);
+                    enabled_rules.len() - 1
+                });
+                let flag = YggdrasilFlag {
+                    enabled_rule,
+                    variant_decides_enabled: variant_decides_enabled(feature),
+                };
+                (feature.name.clone(), flag)
+            })
             .collect();
         let state = EngineState::default();
         warned.extend(
@@ -200,10 +252,12 @@ impl FlagEngine for YggdrasilEngine {
                 .into_iter()
                 .map(|w| (w.toggle_name, w.message)),
         );
-        let variant_decides = deciding
-            .into_iter()
-            .filter(|flag| !warned.iter().any(|(name, _)| name == flag))
-            .collect();
+        // The shape of a flag the engine warned about says nothing of how it evaluates.
+        for (name, _) in &warned {
+            if let Some(flag) = flags.get_mut(name) {
+                flag.variant_decides_enabled = false;
+            }
+        }
         let warnings = warned
             .into_iter()
             .map(|(name, message)| format!("{name}: {message}"))
@@ -211,44 +265,53 @@ impl FlagEngine for YggdrasilEngine {
         (
             Self {
                 state,
-                variant_decides,
+                flags,
+                enabled_rules,
             },
             warnings,
         )
     }
 
-    fn is_enabled(&self, flag: &str, ctx: &FlagContext) -> Option<bool> {
-        self.state.check_enabled(&enriched(flag, ctx))
+    fn flag(&self, name: &str) -> Option<YggdrasilFlag> {
+        self.flags.get(name).copied()
     }
 
-    fn variant_decides_enabled(&self, flag: &str) -> bool {
-        self.variant_decides.contains(flag)
+    fn is_enabled(&self, flag: &YggdrasilFlag, name: &str, ctx: &FlagContext) -> bool {
+        let context = enriched(name, ctx);
+        match flag.enabled_rule.and_then(|i| self.enabled_rules.get(i)) {
+            Some(EnabledRule { enabled, rule }) => *enabled && rule(&context),
+            None => self.state.check_enabled(&context).unwrap_or(false),
+        }
     }
 
-    fn variant(
-        &self,
-        flag: &str,
-        ctx: &FlagContext,
-        variant_decides_enabled: bool,
-    ) -> Option<EngineVariant> {
-        let context = enriched(flag, ctx);
-        let variant = self.state.check_variant(&context)?;
+    fn variant(&self, flag: &YggdrasilFlag, name: &str, ctx: &FlagContext) -> EngineVariant {
+        let context = enriched(name, ctx);
+        // `None` only for a flag the state does not hold, which `flag` would not have given.
+        let variant = self.state.check_variant(&context).unwrap_or_default();
         // A variant is only handed out while the feature is on, so the second evaluation is
         // needed only for the `disabled` answer: feature off, or on without variants.
-        let feature_enabled = variant.enabled
-            || (!variant_decides_enabled && self.state.check_enabled(&context).unwrap_or(false));
-        Some(EngineVariant {
+        let feature_enabled =
+            variant.enabled || (!flag.variant_decides_enabled && self.is_enabled(flag, name, ctx));
+        EngineVariant {
             name: variant.name,
             enabled: variant.enabled,
             feature_enabled,
             payload: variant.payload.map(|p| (p.payload_type, p.value)),
-        })
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn is_enabled(engine: &YggdrasilEngine, name: &str, ctx: &FlagContext) -> bool {
+        engine.is_enabled(&engine.flag(name).unwrap(), name, ctx)
+    }
+
+    fn variant(engine: &YggdrasilEngine, name: &str, ctx: &FlagContext) -> EngineVariant {
+        engine.variant(&engine.flag(name).unwrap(), name, ctx)
+    }
 
     /// Regression for the `flags_bootstrap` fuzz finding: a strategy whose variants weigh 0 in
     /// all made the engine divide by zero (a panic) on every evaluation. Such a flag, and one
@@ -313,19 +376,15 @@ mod tests {
                 "negative",
                 "overflowing",
             ] {
-                assert_eq!(engine.is_enabled(flag, &ctx), Some(false), "{flag}");
-                let variant = engine
-                    .variant(flag, &ctx, engine.variant_decides_enabled(flag))
-                    .unwrap();
+                assert!(!is_enabled(&engine, flag, &ctx), "{flag}");
+                let variant = variant(&engine, flag, &ctx);
                 assert!(
                     !variant.enabled && !variant.feature_enabled,
                     "{flag}: {variant:?}"
                 );
             }
-            assert_eq!(engine.is_enabled("fine", &ctx), Some(true));
-            let fine = engine
-                .variant("fine", &ctx, engine.variant_decides_enabled("fine"))
-                .unwrap();
+            assert!(is_enabled(&engine, "fine", &ctx));
+            let fine = variant(&engine, "fine", &ctx);
             assert_eq!(fine.name, "b");
         }
     }
@@ -360,7 +419,7 @@ mod tests {
             "off",
         ]
         .into_iter()
-        .filter(|f| engine.variant_decides_enabled(f))
+        .filter(|f| engine.flag(f).unwrap().variant_decides_enabled)
         .collect();
         assert_eq!(decided, ["strategy-variants", "top-level", "off"]);
         let mut seen_on_without_variant = false;
@@ -375,10 +434,8 @@ mod tests {
                 "no-variants",
                 "off",
             ] {
-                let variant = engine
-                    .variant(flag, &ctx, engine.variant_decides_enabled(flag))
-                    .unwrap();
-                let enabled = engine.is_enabled(flag, &ctx).unwrap();
+                let variant = variant(&engine, flag, &ctx);
+                let enabled = is_enabled(&engine, flag, &ctx);
                 assert_eq!(
                     variant.feature_enabled,
                     variant.enabled || enabled,
@@ -391,5 +448,79 @@ mod tests {
             seen_on_without_variant,
             "the mixed/no-variants shapes must exercise the second evaluation"
         );
+    }
+
+    /// `is_enabled` calls a flag's compiled rule directly when the flag has no dependencies;
+    /// it must answer exactly as the engine's own `check_enabled` does, for every shape of flag:
+    /// segments, constraints on the tenant, a flag switched off, no strategies, several
+    /// strategies, a dependency (the engine's own path), a rule that does not compile (off).
+    #[test]
+    fn the_direct_rule_answers_like_the_engine() {
+        let doc = serde_json::json!({"version": 2,
+            "segments": [{"id": 7, "constraints": [
+                {"contextName": "tenantId", "operator": "IN", "values": ["tenant-1", "tenant-4", "tenant-9"]}]}],
+            "features": [
+            {"name": "tenant-rollout", "enabled": true, "strategies": [
+                {"name": "flexibleRollout", "parameters": {"rollout": "30", "stickiness": "tenantId", "groupId": "t"}}]},
+            {"name": "segmented", "enabled": true, "strategies": [
+                {"name": "default", "segments": [7]}]},
+            {"name": "constrained", "enabled": true, "strategies": [
+                {"name": "flexibleRollout", "parameters": {"rollout": "60", "stickiness": "userId", "groupId": "c"},
+                 "constraints": [{"contextName": "tenantId", "operator": "NOT_IN", "values": ["tenant-2"]}]}]},
+            {"name": "two-strategies", "enabled": true, "strategies": [
+                {"name": "userWithId", "parameters": {"userIds": "user-3,user-5"}},
+                {"name": "flexibleRollout", "parameters": {"rollout": "10", "stickiness": "userId", "groupId": "u"}}]},
+            {"name": "switched-off", "enabled": false, "strategies": [{"name": "default"}]},
+            {"name": "no-strategies", "enabled": true, "strategies": []},
+            {"name": "child", "enabled": true, "strategies": [{"name": "default"}],
+             "dependencies": [{"feature": "tenant-rollout", "enabled": true}]},
+            {"name": "unknown-segment", "enabled": true, "strategies": [{"name": "default", "segments": [404]}]}
+        ]});
+        let features: ClientFeatures = serde_json::from_value(doc).unwrap();
+        let (engine, warnings) = YggdrasilEngine::compile(&features);
+        assert!(
+            warnings.iter().any(|w| w.starts_with("unknown-segment: ")),
+            "{warnings:?}"
+        );
+        let direct: Vec<&str> = features
+            .features
+            .iter()
+            .map(|f| f.name.as_str())
+            .filter(|name| engine.flag(name).unwrap().enabled_rule.is_some())
+            .collect();
+        assert_eq!(
+            direct,
+            [
+                "tenant-rollout",
+                "segmented",
+                "constrained",
+                "two-strategies",
+                "switched-off",
+                "no-strategies"
+            ]
+        );
+        let mut seen = std::collections::BTreeMap::<&str, [bool; 2]>::new();
+        for i in 0..300 {
+            let ctx = FlagContext::new()
+                .with_user_id(format!("user-{i}"))
+                .with_tenant_id(format!("tenant-{}", i % 11));
+            for feature in &features.features {
+                let name = feature.name.as_str();
+                let ours = is_enabled(&engine, name, &ctx);
+                let engines = engine.state.check_enabled(&enriched(name, &ctx));
+                assert_eq!(Some(ours), engines, "{name} for user-{i}");
+                seen.entry(name).or_default()[usize::from(ours)] = true;
+            }
+        }
+        // Each rollout and constraint answered both ways, so the comparison says something.
+        for name in [
+            "tenant-rollout",
+            "segmented",
+            "constrained",
+            "two-strategies",
+            "child",
+        ] {
+            assert_eq!(seen[name], [true, true], "{name}");
+        }
     }
 }

@@ -27,8 +27,8 @@ pub(crate) struct Slot {
     pub variant_counters: Arc<[(Box<str>, Arc<PairCounter>)]>,
     pub impression: bool,
     pub killed: bool,
-    /// The engine's [`FlagEngine::variant_decides_enabled`] for this flag.
-    pub variant_decides_enabled: bool,
+    /// The engine's own data for this flag ([`FlagEngine::flag`]).
+    pub engine_flag: <YggdrasilEngine as FlagEngine>::Flag,
 }
 
 /// A compiled features document, before it is installed.
@@ -115,7 +115,10 @@ impl FlagState {
         let slots = compiled
             .definitions
             .iter()
-            .map(|(name, def)| {
+            .filter_map(|(name, def)| {
+                // Both come from the same document; a flag the engine lacked would evaluate as
+                // unknown (off).
+                let engine_flag = compiled.engine.flag(name)?;
                 let variant_counters: Vec<(Box<str>, Arc<PairCounter>)> = variant_names(&def.value)
                     .into_iter()
                     .map(|v| (v.clone().into_boxed_str(), counters.get(name, &v)))
@@ -126,9 +129,9 @@ impl FlagState {
                     variant_counters: variant_counters.into(),
                     impression: compiled.impressions.contains(name),
                     killed: killed.contains(name),
-                    variant_decides_enabled: compiled.engine.variant_decides_enabled(name),
+                    engine_flag,
                 };
-                (name.clone().into_boxed_str(), slot)
+                Some((name.clone().into_boxed_str(), slot))
             })
             .collect();
         Self {
