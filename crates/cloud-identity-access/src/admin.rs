@@ -6,12 +6,13 @@
 #![allow(clippy::result_large_err)]
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use cloud_kit::Problem;
 use cloud_kit::extract::{Json, Path, Query};
+use cloud_kit::trace_context::RequestId;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -77,8 +78,9 @@ pub struct Caller {
 }
 
 impl Caller {
-    fn actor(&self) -> Actor {
-        if self.claims.sub == self.claims.client_id && self.claims.auth_time.is_none() {
+    /// Who makes a change, in the request `request_id` (recorded in its audit event).
+    fn actor(&self, request_id: Option<&Extension<RequestId>>) -> Actor {
+        let actor = if self.claims.sub == self.claims.client_id && self.claims.auth_time.is_none() {
             Actor::client(&self.claims.client_id)
         } else {
             Actor {
@@ -86,8 +88,10 @@ impl Caller {
                     "user:{} via client:{}",
                     self.claims.sub, self.claims.client_id
                 ),
+                request_id: None,
             }
-        }
+        };
+        actor.in_request(request_id.map(|id| id.0.as_str()))
     }
 
     /// Whether the caller may act inside `tenant_id`.
@@ -177,6 +181,7 @@ fn valid_name(name: &str) -> bool {
     responses((status = 201, body = Tenant), (status = 400), (status = 401), (status = 403), (status = 409), (status = 415), (status = 422)))]
 pub async fn create_tenant(
     State(state): State<AppState>,
+    request_id: Option<Extension<RequestId>>,
     headers: HeaderMap,
     Json(body): Json<CreateTenant>,
 ) -> ApiResult<Response> {
@@ -194,7 +199,7 @@ pub async fn create_tenant(
     };
     state
         .store
-        .create_tenant(&caller.actor(), &tenant, state.now())
+        .create_tenant(&caller.actor(request_id.as_ref()), &tenant, state.now())
         .await
         .map_err(store_problem)?;
     Ok(created(tenant))
@@ -248,6 +253,7 @@ pub struct CreateUser {
     params(("tenant_id" = String, Path)), responses((status = 201, body = User), (status = 400), (status = 401), (status = 403), (status = 404), (status = 409), (status = 415), (status = 422)))]
 pub async fn create_user(
     State(state): State<AppState>,
+    request_id: Option<Extension<RequestId>>,
     headers: HeaderMap,
     Path(tenant_id): Path<String>,
     Json(body): Json<CreateUser>,
@@ -282,7 +288,7 @@ pub async fn create_user(
     };
     state
         .store
-        .create_user(&caller.actor(), &user, state.now())
+        .create_user(&caller.actor(request_id.as_ref()), &user, state.now())
         .await
         .map_err(store_problem)?;
     Ok(created(user))
@@ -343,6 +349,7 @@ pub struct UpdateUser {
     params(("tenant_id" = String, Path), ("user_id" = String, Path)), responses((status = 200, body = User), (status = 400), (status = 401), (status = 403), (status = 404), (status = 415), (status = 422)))]
 pub async fn update_user(
     State(state): State<AppState>,
+    request_id: Option<Extension<RequestId>>,
     headers: HeaderMap,
     Path((tenant_id, user_id)): Path<(String, String)>,
     Json(body): Json<UpdateUser>,
@@ -353,7 +360,7 @@ pub async fn update_user(
         state
             .store
             .set_user_status(
-                &caller.actor(),
+                &caller.actor(request_id.as_ref()),
                 &tenant_id,
                 &user_id,
                 body.status,
@@ -371,6 +378,7 @@ pub async fn update_user(
     params(("tenant_id" = String, Path), ("user_id" = String, Path)), responses((status = 204), (status = 401), (status = 403), (status = 404)))]
 pub async fn delete_user(
     State(state): State<AppState>,
+    request_id: Option<Extension<RequestId>>,
     headers: HeaderMap,
     Path((tenant_id, user_id)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
@@ -378,7 +386,12 @@ pub async fn delete_user(
     caller.check_tenant(&tenant_id)?;
     state
         .store
-        .delete_user(&caller.actor(), &tenant_id, &user_id, state.now())
+        .delete_user(
+            &caller.actor(request_id.as_ref()),
+            &tenant_id,
+            &user_id,
+            state.now(),
+        )
         .await
         .map_err(store_problem)?;
     Ok(StatusCode::NO_CONTENT)
@@ -399,6 +412,7 @@ pub struct CreateRole {
     params(("tenant_id" = String, Path)), responses((status = 201, body = Role), (status = 400), (status = 401), (status = 403), (status = 404), (status = 409), (status = 415), (status = 422)))]
 pub async fn create_role(
     State(state): State<AppState>,
+    request_id: Option<Extension<RequestId>>,
     headers: HeaderMap,
     Path(tenant_id): Path<String>,
     Json(body): Json<CreateRole>,
@@ -431,7 +445,7 @@ pub async fn create_role(
     };
     state
         .store
-        .create_role(&caller.actor(), &role, state.now())
+        .create_role(&caller.actor(request_id.as_ref()), &role, state.now())
         .await
         .map_err(store_problem)?;
     Ok(created(role))
@@ -486,6 +500,7 @@ pub async fn get_role(
     params(("tenant_id" = String, Path), ("role_id" = String, Path)), responses((status = 204), (status = 401), (status = 403), (status = 404)))]
 pub async fn delete_role(
     State(state): State<AppState>,
+    request_id: Option<Extension<RequestId>>,
     headers: HeaderMap,
     Path((tenant_id, role_id)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
@@ -493,7 +508,12 @@ pub async fn delete_role(
     caller.check_tenant(&tenant_id)?;
     state
         .store
-        .delete_role(&caller.actor(), &tenant_id, &role_id, state.now())
+        .delete_role(
+            &caller.actor(request_id.as_ref()),
+            &tenant_id,
+            &role_id,
+            state.now(),
+        )
         .await
         .map_err(store_problem)?;
     Ok(StatusCode::NO_CONTENT)
@@ -586,6 +606,7 @@ pub fn validate_client(body: &CreateClient) -> Result<(), String> {
     params(("tenant_id" = String, Path)), responses((status = 201, body = CreatedClient), (status = 400), (status = 401), (status = 403), (status = 404), (status = 415), (status = 422)))]
 pub async fn create_client(
     State(state): State<AppState>,
+    request_id: Option<Extension<RequestId>>,
     headers: HeaderMap,
     Path(tenant_id): Path<String>,
     Json(body): Json<CreateClient>,
@@ -596,7 +617,7 @@ pub async fn create_client(
     let (client, secret) = new_client(&state, &tenant_id, body);
     state
         .store
-        .create_client(&caller.actor(), &client, state.now())
+        .create_client(&caller.actor(request_id.as_ref()), &client, state.now())
         .await
         .map_err(store_problem)?;
     Ok(created(CreatedClient {
@@ -677,6 +698,7 @@ pub async fn get_client(
     params(("tenant_id" = String, Path), ("client_id" = String, Path)), responses((status = 204), (status = 401), (status = 403), (status = 404)))]
 pub async fn delete_client(
     State(state): State<AppState>,
+    request_id: Option<Extension<RequestId>>,
     headers: HeaderMap,
     Path((tenant_id, client_id)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
@@ -684,7 +706,12 @@ pub async fn delete_client(
     caller.check_tenant(&tenant_id)?;
     state
         .store
-        .delete_client(&caller.actor(), &tenant_id, &client_id, state.now())
+        .delete_client(
+            &caller.actor(request_id.as_ref()),
+            &tenant_id,
+            &client_id,
+            state.now(),
+        )
         .await
         .map_err(store_problem)?;
     Ok(StatusCode::NO_CONTENT)
@@ -705,6 +732,7 @@ pub struct CreateAssignment {
     params(("tenant_id" = String, Path)), responses((status = 201, body = RoleAssignment), (status = 400), (status = 401), (status = 403), (status = 404), (status = 409), (status = 415), (status = 422)))]
 pub async fn create_assignment(
     State(state): State<AppState>,
+    request_id: Option<Extension<RequestId>>,
     headers: HeaderMap,
     Path(tenant_id): Path<String>,
     Json(body): Json<CreateAssignment>,
@@ -754,7 +782,7 @@ pub async fn create_assignment(
     };
     state
         .store
-        .assign_role(&caller.actor(), &assignment, state.now())
+        .assign_role(&caller.actor(request_id.as_ref()), &assignment, state.now())
         .await
         .map_err(store_problem)?;
     Ok(created(assignment))
@@ -789,6 +817,7 @@ pub async fn list_assignments(
     responses((status = 204), (status = 401), (status = 403), (status = 404)))]
 pub async fn delete_assignment(
     State(state): State<AppState>,
+    request_id: Option<Extension<RequestId>>,
     headers: HeaderMap,
     Path((tenant_id, role_id, subject_kind, subject_id)): Path<(
         String,
@@ -808,7 +837,7 @@ pub async fn delete_assignment(
     };
     state
         .store
-        .unassign_role(&caller.actor(), &assignment, state.now())
+        .unassign_role(&caller.actor(request_id.as_ref()), &assignment, state.now())
         .await
         .map_err(store_problem)?;
     Ok(StatusCode::NO_CONTENT)

@@ -33,6 +33,7 @@ pub async fn keys_rotate(config: &Config) -> Result<Vec<KeyInfo>, BuildError> {
     keys.rotate(
         &Actor {
             id: "operator:cli".into(),
+            request_id: None,
         },
         now,
     )

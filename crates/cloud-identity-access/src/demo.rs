@@ -76,6 +76,7 @@ pub async fn seed(app: &Application) -> Result<DemoSeed, DemoError> {
     let now = state.now();
     let actor = Actor {
         id: "system:demo-seed".into(),
+        request_id: None,
     };
     let tenant = Tenant {
         id: DEMO_TENANT.into(),

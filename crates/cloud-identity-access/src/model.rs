@@ -237,24 +237,40 @@ pub struct AuditEvent {
     pub after: Option<String>,
     pub prev_hash: String,
     pub hash: String,
+    /// The `x-request-id` of the API request that made the change, to find it in logs and
+    /// traces; none for changes made outside a request (bootstrap, key rotation, the CLI) and for
+    /// events written by a release without this field. Not covered by `hash`, so that such a
+    /// release still verifies the chain after a rollback.
+    pub request_id: Option<String>,
 }
 
 /// Who does a change, and in which tenant; recorded in the audit event of the change.
 #[derive(Debug, Clone)]
 pub struct Actor {
     pub id: String,
+    /// The API request the change is made in, if any ([`AuditEvent::request_id`]).
+    pub request_id: Option<String>,
 }
 
 impl Actor {
     pub fn system() -> Self {
         Self {
             id: "system".into(),
+            request_id: None,
         }
     }
 
     pub fn client(client_id: &str) -> Self {
         Self {
             id: format!("client:{client_id}"),
+            request_id: None,
         }
+    }
+
+    /// The same actor, acting in the API request `request_id`.
+    #[must_use]
+    pub fn in_request(mut self, request_id: Option<&str>) -> Self {
+        self.request_id = request_id.map(str::to_string);
+        self
     }
 }

@@ -345,16 +345,30 @@ pub async fn connect_and_migrate(
 
 /// Migrations, in order. Each is expand-only (adds tables, columns, indexes) unless its name
 /// ends in `_contract`, which may only drop what a release before the previous one stopped using.
-pub const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "initial",
-    include_str!("../migrations/sqlite/0001_initial.sql"),
-)];
-pub const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "initial",
-    include_str!("../migrations/postgres/0001_initial.sql"),
-)];
+pub const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("../migrations/sqlite/0001_initial.sql"),
+    ),
+    (
+        2,
+        "audit_request_id",
+        include_str!("../migrations/sqlite/0002_audit_request_id.sql"),
+    ),
+];
+pub const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("../migrations/postgres/0001_initial.sql"),
+    ),
+    (
+        2,
+        "audit_request_id",
+        include_str!("../migrations/postgres/0002_audit_request_id.sql"),
+    ),
+];
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -616,7 +630,8 @@ from_row!(AuditRow {
     before_state: Option<String>,
     after_state: Option<String>,
     prev_hash: String,
-    hash: String,});
+    hash: String,
+    request_id: Option<String>,});
 
 impl From<AuditRow> for AuditEvent {
     fn from(r: AuditRow) -> Self {
@@ -632,6 +647,7 @@ impl From<AuditRow> for AuditEvent {
             after: r.after_state,
             prev_hash: r.prev_hash,
             hash: r.hash,
+            request_id: r.request_id,
         }
     }
 }
@@ -650,8 +666,7 @@ struct Change<'a> {
 const USER_COLUMNS: &str = "id, tenant_id, email, password_hash, status, created_at";
 const CLIENT_COLUMNS: &str =
     "id, tenant_id, name, kind, secret_hash, redirect_uris, grant_types, scopes, created_at";
-const AUDIT_COLUMNS: &str =
-    "seq, id, at, actor, tenant_id, action, target, before_state, after_state, prev_hash, hash";
+const AUDIT_COLUMNS: &str = "seq, id, at, actor, tenant_id, action, target, before_state, after_state, prev_hash, hash, request_id";
 const REFRESH_COLUMNS: &str =
     "token_hash, family_id, tenant_id, client_id, user_id, scope, expires_at, created_at, used";
 
@@ -695,9 +710,10 @@ macro_rules! sql_store {
                     after: change.after,
                     prev_hash,
                     hash: String::new(),
+                    request_id: change.actor.request_id.clone(),
                 };
                 event.hash = event_hash(&event);
-                sqlx::query(&format!("INSERT INTO audit_events ({AUDIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"))
+                sqlx::query(&format!("INSERT INTO audit_events ({AUDIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"))
                     .bind(event.seq)
                     .bind(&event.id)
                     .bind(event.at)
@@ -709,6 +725,7 @@ macro_rules! sql_store {
                     .bind(&event.after)
                     .bind(&event.prev_hash)
                     .bind(&event.hash)
+                    .bind(&event.request_id)
                     .execute(&mut **tx)
                     .await?;
                 sqlx::query("UPDATE audit_head SET last_hash = $1 WHERE id = 1").bind(&event.hash).execute(&mut **tx).await?;

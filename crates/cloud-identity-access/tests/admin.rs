@@ -14,7 +14,8 @@ use serde_json::{Value, json};
 both_backends!(
     tenant_admin_cannot_touch_another_tenant,
     platform_admin_and_audit_query,
-    tenant_admin_cannot_escalate
+    tenant_admin_cannot_escalate,
+    audit_events_carry_the_request_id_of_their_change
 );
 
 struct Case {
@@ -493,4 +494,65 @@ async fn a_short_bootstrap_secret_is_refused() {
         .to_string();
     assert!(err.contains("at least 32 characters"), "{err}");
     assert!(!err.contains("admin\""));
+}
+
+/// Each audit event records the `x-request-id` of the API request that made the change: the
+/// caller's when it sent one, else the one the service made up and answered with. Changes made
+/// outside a request (the bootstrap) have none. The id is not part of the event's hash, so
+/// `verify_chain` still holds.
+async fn audit_events_carry_the_request_id_of_their_change(app: TestApp) {
+    let admin = app.admin_token().await;
+    let sent = app
+        .http
+        .post(app.url("/v1/tenants"))
+        .bearer_auth(&admin)
+        .header("x-request-id", "change-ticket-4711")
+        .json(&json!({ "name": "with-request-id" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), StatusCode::CREATED);
+    let tenant = sent.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let made_up = app
+        .http
+        .post(app.url(&format!("/v1/tenants/{tenant}/roles")))
+        .bearer_auth(&admin)
+        .json(&json!({ "name": "viewer", "permissions": ["things:read"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(made_up.status(), StatusCode::CREATED);
+    let answered_id = made_up.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let (s, events) = app
+        .get_json(&admin, &format!("/v1/audit?tenant_id={tenant}&limit=10"))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let by_action = |action: &str| {
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["action"] == action)
+            .unwrap_or_else(|| panic!("no {action} event in {events}"))
+            .clone()
+    };
+    assert_eq!(
+        by_action("tenant.create")["request_id"],
+        "change-ticket-4711"
+    );
+    assert_eq!(by_action("role.create")["request_id"], answered_id.as_str());
+    let (_, all) = app.get_json(&admin, "/v1/audit?limit=1000").await;
+    let bootstrap = &all.as_array().unwrap()[0];
+    assert_eq!(bootstrap["actor"], "system", "{bootstrap}");
+    assert!(bootstrap["request_id"].is_null(), "{bootstrap}");
+    let (events, seq, hash) = app.state.store.audit_chain().await.unwrap();
+    assert!(events.iter().any(|e| e.request_id.is_some()));
+    let report = cloud_identity_access::audit::verify_chain(&events, seq, &hash);
+    assert!(report.ok(), "{report:?}");
 }

@@ -59,7 +59,10 @@ both_backends!(
 );
 
 fn actor() -> Actor {
-    Actor { id: "test".into() }
+    Actor {
+        id: "test".into(),
+        request_id: None,
+    }
 }
 
 async fn tenant(store: &dyn Store, name: &str) -> Tenant {
