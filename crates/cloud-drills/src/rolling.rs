@@ -185,6 +185,18 @@ struct CommandRun {
     took: Duration,
 }
 
+/// "version name" of each migration in `field` (`applied`, `unknown`, ...) of a `migrate`
+/// report; empty when the output is not one.
+fn migrations(report: &str, field: &str) -> Vec<String> {
+    let report: serde_json::Value = serde_json::from_str(report).unwrap_or_default();
+    report[field]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| format!("{} {}", m["version"], m["name"].as_str().unwrap_or("?")))
+        .collect()
+}
+
 impl CommandRun {
     fn summary(&self) -> String {
         let mut s = format!("{} in {}: {}", self.status, secs(self.took), self.stdout);
@@ -728,6 +740,40 @@ pub async fn rolling_update(settings: &Settings) -> Result<Row> {
         "`cloud-identity-access audit verify` (NEW binary): {}",
         verify.summary()
     ));
+    // The chain now holds events written by both releases; OLD, serving again after the
+    // rollback, must verify it too (a field NEW records must stay out of the hash).
+    let old_verify = cluster
+        .identity_command(&old.identity, &["audit", "verify"])
+        .await?;
+    details.push(format!(
+        "`cloud-identity-access audit verify` (OLD binary, after the rollback): {}",
+        old_verify.summary()
+    ));
+    // The schema step the roll went through: what NEW's migrate applied while OLD served, which
+    // OLD's migrate must then report as unknown and accept.
+    let rolled_through = migrations(&new_migrate.stdout, "applied");
+    let unknown_to_old = migrations(&old_after_new.stdout, "unknown");
+    details.push(
+        match cluster
+            .pg
+            .psql("SELECT count(request_id) || ' of ' || count(*) FROM audit_events")
+        {
+            Ok(counts) => format!(
+                "audit events with a request id (written by NEW's replicas; OLD writes none): {}",
+                counts.trim()
+            ),
+            Err(err) => format!("audit events with a request id: cannot count them: {err:#}"),
+        },
+    );
+    details.push(if rolled_through.is_empty() {
+        "schema change rolled through: none (OLD and NEW have the same migrations)".to_string()
+    } else {
+        format!(
+            "schema change rolled through: {} (applied by NEW while OLD served; OLD's migrate then reported {} as unknown)",
+            rolled_through.join(", "),
+            unknown_to_old.join(", ")
+        )
+    });
 
     if let Some(err) = &roll_error {
         findings.push(format!("the roll did not finish: {err}"));
@@ -788,6 +834,17 @@ pub async fn rolling_update(settings: &Settings) -> Result<Row> {
     findings.extend(data.problems);
     if !verify.ok {
         findings.push(format!("audit verify failed: {}", verify.summary()));
+    }
+    if !old_verify.ok {
+        findings.push(format!(
+            "the OLD binary's audit verify fails on the chain NEW wrote to (rollback broken): {}",
+            old_verify.summary()
+        ));
+    }
+    if new_migrate.ok && old_after_new.ok && unknown_to_old != rolled_through {
+        findings.push(format!(
+            "OLD's migrate reported {unknown_to_old:?} as unknown, not the migrations NEW applied ({rolled_through:?})"
+        ));
     }
     if data.created == 0 {
         findings.push("no tenant was created: the drill did not exercise audit writes".into());
