@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# System calls and context switches per proxied request, for nginx `proxy_pass`, the bare hyper
-# proxy (the floor) and the gateway, each under the same wrk load as bench/gateway/run.sh:
-# `perf stat` on the syscall tracepoints of the proxy's own processes. Like allocs.sh, a count
-# rather than a time, so it does not move with the VM's neighbours.
+# System calls, context switches and page faults per proxied request, for nginx `proxy_pass`, the
+# bare hyper proxy (the floor) and the gateway, each under the same wrk load as
+# bench/gateway/run.sh: `perf stat` on the syscall tracepoints and software events of the proxy's
+# own processes. Like allocs.sh, a count rather than a time, so it does not move with the VM's
+# neighbours. They are the parts of the kernel's share of a request that can differ between
+# proxies serving the same sockets: a page fault, for one, is memory the allocator gave back to
+# the kernel and touches again.
 #
 # Usage: bench/gateway/syscalls.sh             (DURATION=5 CONNECTIONS=64 THREADS=2 to change)
 #        BIN=/path/to/cloud-api-gateway-bff bench/gateway/syscalls.sh
@@ -23,7 +26,7 @@ wait_port "$NGX"; wait_port "$BARE"
 for port in "$NGX" "$BARE"; do answers_200 "$port"; done
 NGX_WORKERS=$(pgrep -P "$NGX_PID" | paste -sd,)
 
-EVENTS=raw_syscalls:sys_enter,context-switches,syscalls:sys_enter_recvfrom,syscalls:sys_enter_writev,syscalls:sys_enter_write,syscalls:sys_enter_read,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_epoll_ctl
+EVENTS=raw_syscalls:sys_enter,context-switches,page-faults,cpu-migrations,syscalls:sys_enter_recvfrom,syscalls:sys_enter_writev,syscalls:sys_enter_write,syscalls:sys_enter_read,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_epoll_ctl
 # count NAME PORT PIDS: one wrk run on PORT while perf counts the events of PIDS (comma-separated).
 count() {
   local out="$WORK/$1.perf" rps
