@@ -699,37 +699,41 @@ async fn get_json<T: serde::de::DeserializeOwned>(
         .map_err(|e| err(format!("invalid JSON: {e}")))
 }
 
-/// The token of a `Bearer` header value as bytes, parsed as [`bearer`] does but without checking
-/// its characters (`None` where `bearer` fails on the form): for the lookup of verified tokens
-/// only. It trims only spaces and tabs, the whitespace that `bearer` lets through.
-fn bearer_bytes(value: Option<&http::HeaderValue>) -> Option<&[u8]> {
-    let value = value?.as_bytes();
+/// The token of a `Bearer` header value, trimmed of the spaces and tabs around it (possibly
+/// empty); `None` when the value is not `Bearer <...>`. Its characters are not checked.
+fn split_bearer(value: &[u8]) -> Option<&[u8]> {
     let space = value.iter().position(|b| *b == b' ')?;
     let (scheme, token) = (&value[..space], &value[space + 1..]);
     if !scheme.eq_ignore_ascii_case(b"bearer") {
         return None;
     }
     let blank = |b: &u8| *b == b' ' || *b == b'\t';
-    let start = token.iter().position(|b| !blank(b))?;
-    let end = token.iter().rposition(|b| !blank(b))?;
-    Some(&token[start..=end])
+    let start = token.iter().position(|b| !blank(b)).unwrap_or(token.len());
+    let end = token
+        .iter()
+        .rposition(|b| !blank(b))
+        .map_or(start, |end| end + 1);
+    Some(&token[start..end])
+}
+
+/// The token of a `Bearer` header value as bytes, as [`bearer`] finds it but without checking
+/// its characters (`None` where `bearer` fails on the form): for the lookup of verified tokens
+/// only.
+fn bearer_bytes(value: Option<&http::HeaderValue>) -> Option<&[u8]> {
+    split_bearer(value?.as_bytes()).filter(|token| !token.is_empty())
 }
 
 /// Extracts the bearer token from an `Authorization` header value.
 pub fn bearer(value: Option<&http::HeaderValue>) -> Result<&str, TokenError> {
-    let value = value
-        .ok_or(TokenError::Missing)?
-        .to_str()
-        .map_err(|_| TokenError::Malformed("the Authorization header is not ASCII"))?;
-    let (scheme, token) = value.split_once(' ').ok_or(TokenError::Missing)?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(TokenError::Missing);
-    }
-    let token = token.trim();
+    const NOT_ASCII: TokenError = TokenError::Malformed("the Authorization header is not ASCII");
+    let value = value.ok_or(TokenError::Missing)?;
+    // Visible ASCII, spaces and tabs only: the only blanks are the ones `split_bearer` trims.
+    value.to_str().map_err(|_| NOT_ASCII)?;
+    let token = split_bearer(value.as_bytes()).ok_or(TokenError::Missing)?;
     if token.is_empty() || token.len() > 16 * 1024 {
         return Err(TokenError::Malformed("empty or oversized token"));
     }
-    Ok(token)
+    std::str::from_utf8(token).map_err(|_| NOT_ASCII)
 }
 
 #[cfg(test)]
@@ -845,6 +849,31 @@ mod tests {
                 .unwrap_err(),
             TokenError::Expired
         );
+    }
+
+    #[test]
+    fn bearer_finds_the_token_or_says_what_is_wrong() {
+        let parse = |text: &[u8]| {
+            let value = http::HeaderValue::from_bytes(text).unwrap();
+            bearer(Some(&value)).map(str::to_string)
+        };
+        assert_eq!(bearer(None), Err(TokenError::Missing));
+        assert_eq!(parse(b"Bearer abc"), Ok("abc".into()));
+        assert_eq!(parse(b"bEaReR \t abc \t"), Ok("abc".into()));
+        for missing in [&b"Basic abc"[..], b"Bearer", b"Bearer\tabc"] {
+            assert_eq!(parse(missing), Err(TokenError::Missing), "{missing:?}");
+        }
+        let oversized = format!("Bearer {}", "a".repeat(16 * 1024 + 1));
+        for malformed in [
+            &b"Bearer  \t "[..],
+            b"Bearer \xc3\xa9",
+            oversized.as_bytes(),
+        ] {
+            assert!(
+                matches!(parse(malformed), Err(TokenError::Malformed(_))),
+                "{malformed:?}"
+            );
+        }
     }
 
     #[test]

@@ -79,7 +79,7 @@ pub struct Caller {
 
 impl Caller {
     /// Who makes a change, in the request `request_id` (recorded in its audit event).
-    fn actor(&self, request_id: Option<&Extension<RequestId>>) -> Actor {
+    fn actor(&self, request_id: Option<&RequestId>) -> Actor {
         let actor = if self.claims.sub == self.claims.client_id && self.claims.auth_time.is_none() {
             Actor::client(&self.claims.client_id)
         } else {
@@ -91,7 +91,7 @@ impl Caller {
                 request_id: None,
             }
         };
-        actor.in_request(request_id.map(|id| id.0.as_str()))
+        actor.in_request(request_id.map(RequestId::as_str))
     }
 
     /// Whether the caller may act inside `tenant_id`.
@@ -199,7 +199,7 @@ pub async fn create_tenant(
     };
     state
         .store
-        .create_tenant(&caller.actor(request_id.as_ref()), &tenant, state.now())
+        .create_tenant(&caller.actor(request_id.as_deref()), &tenant, state.now())
         .await
         .map_err(store_problem)?;
     Ok(created(tenant))
@@ -288,7 +288,7 @@ pub async fn create_user(
     };
     state
         .store
-        .create_user(&caller.actor(request_id.as_ref()), &user, state.now())
+        .create_user(&caller.actor(request_id.as_deref()), &user, state.now())
         .await
         .map_err(store_problem)?;
     Ok(created(user))
@@ -360,7 +360,7 @@ pub async fn update_user(
         state
             .store
             .set_user_status(
-                &caller.actor(request_id.as_ref()),
+                &caller.actor(request_id.as_deref()),
                 &tenant_id,
                 &user_id,
                 body.status,
@@ -387,7 +387,7 @@ pub async fn delete_user(
     state
         .store
         .delete_user(
-            &caller.actor(request_id.as_ref()),
+            &caller.actor(request_id.as_deref()),
             &tenant_id,
             &user_id,
             state.now(),
@@ -445,7 +445,7 @@ pub async fn create_role(
     };
     state
         .store
-        .create_role(&caller.actor(request_id.as_ref()), &role, state.now())
+        .create_role(&caller.actor(request_id.as_deref()), &role, state.now())
         .await
         .map_err(store_problem)?;
     Ok(created(role))
@@ -509,7 +509,7 @@ pub async fn delete_role(
     state
         .store
         .delete_role(
-            &caller.actor(request_id.as_ref()),
+            &caller.actor(request_id.as_deref()),
             &tenant_id,
             &role_id,
             state.now(),
@@ -617,7 +617,7 @@ pub async fn create_client(
     let (client, secret) = new_client(&state, &tenant_id, body);
     state
         .store
-        .create_client(&caller.actor(request_id.as_ref()), &client, state.now())
+        .create_client(&caller.actor(request_id.as_deref()), &client, state.now())
         .await
         .map_err(store_problem)?;
     Ok(created(CreatedClient {
@@ -707,7 +707,7 @@ pub async fn delete_client(
     state
         .store
         .delete_client(
-            &caller.actor(request_id.as_ref()),
+            &caller.actor(request_id.as_deref()),
             &tenant_id,
             &client_id,
             state.now(),
@@ -782,7 +782,11 @@ pub async fn create_assignment(
     };
     state
         .store
-        .assign_role(&caller.actor(request_id.as_ref()), &assignment, state.now())
+        .assign_role(
+            &caller.actor(request_id.as_deref()),
+            &assignment,
+            state.now(),
+        )
         .await
         .map_err(store_problem)?;
     Ok(created(assignment))
@@ -837,7 +841,11 @@ pub async fn delete_assignment(
     };
     state
         .store
-        .unassign_role(&caller.actor(request_id.as_ref()), &assignment, state.now())
+        .unassign_role(
+            &caller.actor(request_id.as_deref()),
+            &assignment,
+            state.now(),
+        )
         .await
         .map_err(store_problem)?;
     Ok(StatusCode::NO_CONTENT)
