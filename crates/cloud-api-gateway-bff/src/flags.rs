@@ -59,7 +59,7 @@ fn context(subject: &FlagSubject<'_>) -> FlagContext {
 impl VariantResolver for FlagHooks {
     fn variant(&self, flag: &str, subject: &FlagSubject<'_>) -> Option<String> {
         let variant = self.client.variant(flag, &context(subject));
-        variant.enabled.then_some(variant.name)
+        variant.enabled.then(|| variant.name.into_owned())
     }
 
     fn is_enabled(&self, flag: &str, subject: &FlagSubject<'_>) -> bool {

@@ -1,5 +1,6 @@
 //! [`FlagClient`]: the cloneable handle services evaluate flags with.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -43,8 +44,9 @@ pub const SDK_NAME: &str = concat!("cloud-flags:", env!("CARGO_PKG_VERSION"));
 /// A resolved variant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Variant {
-    /// The variant name; `"disabled"` when the flag is off or has no variants.
-    pub name: String,
+    /// The variant name; `"disabled"` when the flag is off or has no variants. Borrowed for
+    /// `"disabled"`, so the most common answer of a hot-path `variant` allocates nothing.
+    pub name: Cow<'static, str>,
     /// Whether a variant was assigned.
     pub enabled: bool,
     /// Whether the flag itself is on for this context.
@@ -64,7 +66,7 @@ impl Variant {
     /// The variant of a flag that is off.
     pub fn disabled() -> Self {
         Self {
-            name: DISABLED_VARIANT.into(),
+            name: Cow::Borrowed(DISABLED_VARIANT),
             enabled: false,
             feature_enabled: false,
             payload: None,

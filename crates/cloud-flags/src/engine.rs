@@ -5,15 +5,17 @@
 //! used only in this module. Replacing it means implementing [`FlagEngine`] again; nothing else
 //! in the crate names a yggdrasil type.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
-use unleash_types::client_features::{ClientFeature, ClientFeatures, Segment};
-use unleash_yggdrasil::EngineState;
+use rand::Rng;
+use unleash_types::client_features::{ClientFeature, ClientFeatures};
 use unleash_yggdrasil::state::{EnrichedContext, PropertiesRef};
-use unleash_yggdrasil::strategy_parsing::{RuleFragment, compile_rule};
-use unleash_yggdrasil::strategy_upgrade::upgrade;
+use unleash_yggdrasil::strategy_parsing::normalized_hash;
+use unleash_yggdrasil::{CompiledToggle, CompiledVariant, EngineState};
 
 use crate::FlagContext;
+use crate::metrics::DISABLED_VARIANT;
 
 /// A compiled, immutable flag state that can evaluate flags. Compiling happens once per state
 /// update, off the hot path; evaluation must be cheap and must not block.
@@ -42,33 +44,22 @@ pub trait FlagEngine: Send + Sync + 'static {
 /// A variant as the engine resolved it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineVariant {
-    pub name: String,
+    pub name: Cow<'static, str>,
     pub enabled: bool,
     pub feature_enabled: bool,
     pub payload: Option<(String, String)>,
 }
 
-/// Whether, for this flag, "the feature is on" implies "a variant is handed out", so that the
-/// `disabled` variant answers "off" without a second evaluation. True when every strategy has
-/// weighted variants (the strategy that matched picks one), or when no strategy has variants and
-/// the flag has weighted top-level variants (the fallback picks one). Flags with dependencies
-/// are left out: a parent decides them, not their own strategies.
-fn variant_decides_enabled(feature: &ClientFeature) -> bool {
-    if feature.dependencies.as_ref().is_some_and(|d| !d.is_empty()) {
-        return false;
+impl EngineVariant {
+    /// No variant handed out: the flag is off, or on without variants.
+    pub fn disabled(feature_enabled: bool) -> Self {
+        Self {
+            name: Cow::Borrowed(DISABLED_VARIANT),
+            enabled: false,
+            feature_enabled,
+            payload: None,
+        }
     }
-    let strategies = feature.strategies.as_deref().unwrap_or_default();
-    let weighted = |weights: &mut dyn Iterator<Item = i32>| weights.map(i64::from).sum::<i64>() > 0;
-    let strategy_variants = |s: &unleash_types::client_features::Strategy| {
-        weighted(&mut s.variants.iter().flatten().map(|v| v.weight))
-    };
-    let any_strategy_variants = strategies
-        .iter()
-        .any(|s| s.variants.as_ref().is_some_and(|v| !v.is_empty()));
-    if !strategies.is_empty() && strategies.iter().all(strategy_variants) {
-        return true;
-    }
-    !any_strategy_variants && weighted(&mut feature.variants.iter().flatten().map(|v| v.weight))
 }
 
 /// [`FlagEngine`] on `unleash-yggdrasil`.
@@ -76,50 +67,23 @@ pub struct YggdrasilEngine {
     state: EngineState,
     /// Every flag of the document.
     flags: HashMap<String, YggdrasilFlag>,
-    /// See [`EnabledRule`]; indexed by [`YggdrasilFlag::enabled_rule`].
-    enabled_rules: Vec<EnabledRule>,
+    /// The flags without dependencies, as yggdrasil's own `compile` builds them for its state;
+    /// indexed by [`YggdrasilFlag::toggle`]. See [`direct_variant`] for why they are kept here.
+    toggles: Vec<CompiledToggle>,
 }
 
-/// One flag's "is it on" as the engine decides it for a flag without dependencies: the flag is
-/// on and its compiled strategies (yggdrasil's `compile_rule` of its `upgrade`d strategies, as
-/// `EngineState` compiles them) match. Kept here so that `is_enabled` calls the rule directly:
-/// `EngineState::check_enabled` finds the flag again by name, behind two `ArcSwap` loads of its
-/// own state, which is never replaced (a new state is a new engine). Flags with dependencies,
-/// and flags whose rule does not compile (the engine answers off and warns), keep the engine's
-/// own way.
-struct EnabledRule {
-    enabled: bool,
-    rule: RuleFragment,
-}
-
-/// [`YggdrasilEngine`]'s per-flag data ([`FlagEngine::Flag`]).
+/// [`YggdrasilEngine`]'s per-flag data ([`FlagEngine::Flag`]): where the flag's compiled toggle
+/// is, if it is evaluated directly; `None` for a flag with dependencies, which the engine's own
+/// state evaluates (a parent decides it, and the engine resolves the parent by name).
 #[derive(Clone, Copy, Debug)]
 pub struct YggdrasilFlag {
-    enabled_rule: Option<usize>,
-    /// [`variant_decides_enabled`] for this flag.
-    variant_decides_enabled: bool,
+    toggle: Option<usize>,
 }
 
 impl std::fmt::Debug for YggdrasilEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("YggdrasilEngine").finish_non_exhaustive()
     }
-}
-
-/// The enabled rule of `feature` if it has no dependencies and its rule compiles (otherwise the
-/// engine's own path answers it, and warns when it does not compile).
-fn enabled_rule(feature: &ClientFeature, segments: &HashMap<i32, Segment>) -> Option<EnabledRule> {
-    if feature.dependencies.as_ref().is_some_and(|d| !d.is_empty()) {
-        return None;
-    }
-    let strategies = feature.strategies.as_deref().unwrap_or_default();
-    let rule = upgrade(strategies, segments)
-        .and_then(|text| compile_rule(&text))
-        .ok()?;
-    Some(EnabledRule {
-        enabled: feature.enabled,
-        rule,
-    })
 }
 
 /// The version of Unleash's client specification the engine implements.
@@ -228,20 +192,22 @@ impl FlagEngine for YggdrasilEngine {
             .flatten()
             .map(|segment| (segment.id, segment.clone()))
             .collect();
-        let mut enabled_rules = Vec::new();
-        let mut flags: HashMap<String, YggdrasilFlag> = features
+        let mut toggles = Vec::new();
+        let flags = features
             .features
             .iter()
             .map(|feature| {
-                let enabled_rule = enabled_rule(feature, &segments).map(|rule| {
-                    enabled_rules.push(rule);
-                    enabled_rules.len() - 1
+                let has_dependencies = feature.dependencies.as_ref().is_some_and(|d| !d.is_empty());
+                let toggle = (!has_dependencies).then(|| {
+                    // The engine's state compiles the same feature and reports its warnings.
+                    toggles.push(unleash_yggdrasil::compile(
+                        feature,
+                        &segments,
+                        &mut Vec::new(),
+                    ));
+                    toggles.len() - 1
                 });
-                let flag = YggdrasilFlag {
-                    enabled_rule,
-                    variant_decides_enabled: variant_decides_enabled(feature),
-                };
-                (feature.name.clone(), flag)
+                (feature.name.clone(), YggdrasilFlag { toggle })
             })
             .collect();
         let state = EngineState::default();
@@ -252,12 +218,6 @@ impl FlagEngine for YggdrasilEngine {
                 .into_iter()
                 .map(|w| (w.toggle_name, w.message)),
         );
-        // The shape of a flag the engine warned about says nothing of how it evaluates.
-        for (name, _) in &warned {
-            if let Some(flag) = flags.get_mut(name) {
-                flag.variant_decides_enabled = false;
-            }
-        }
         let warnings = warned
             .into_iter()
             .map(|(name, message)| format!("{name}: {message}"))
@@ -266,7 +226,7 @@ impl FlagEngine for YggdrasilEngine {
             Self {
                 state,
                 flags,
-                enabled_rules,
+                toggles,
             },
             warnings,
         )
@@ -278,27 +238,154 @@ impl FlagEngine for YggdrasilEngine {
 
     fn is_enabled(&self, flag: &YggdrasilFlag, name: &str, ctx: &FlagContext) -> bool {
         let context = enriched(name, ctx);
-        match flag.enabled_rule.and_then(|i| self.enabled_rules.get(i)) {
-            Some(EnabledRule { enabled, rule }) => *enabled && rule(&context),
+        match flag.toggle.and_then(|i| self.toggles.get(i)) {
+            Some(toggle) => toggle.enabled && (toggle.compiled_strategy)(&context),
             None => self.state.check_enabled(&context).unwrap_or(false),
         }
     }
 
     fn variant(&self, flag: &YggdrasilFlag, name: &str, ctx: &FlagContext) -> EngineVariant {
         let context = enriched(name, ctx);
-        // `None` only for a flag the state does not hold, which `flag` would not have given.
-        let variant = self.state.check_variant(&context).unwrap_or_default();
-        // A variant is only handed out while the feature is on, so the second evaluation is
-        // needed only for the `disabled` answer: feature off, or on without variants.
-        let feature_enabled =
-            variant.enabled || (!flag.variant_decides_enabled && self.is_enabled(flag, name, ctx));
-        EngineVariant {
-            name: variant.name,
-            enabled: variant.enabled,
-            feature_enabled,
-            payload: variant.payload.map(|p| (p.payload_type, p.value)),
+        match flag.toggle.and_then(|i| self.toggles.get(i)) {
+            Some(toggle) => {
+                let (feature_enabled, variant) = direct_variant(toggle, &context);
+                match variant {
+                    Some(variant) => EngineVariant {
+                        name: Cow::Owned(variant.name.clone()),
+                        enabled: true,
+                        feature_enabled,
+                        payload: variant
+                            .payload
+                            .as_ref()
+                            .map(|p| (p.payload_type.clone(), p.value.clone())),
+                    },
+                    None => EngineVariant::disabled(feature_enabled),
+                }
+            }
+            None => {
+                // `None` only for a flag the state does not hold, which `flag` would not give.
+                let variant = self.state.check_variant(&context).unwrap_or_default();
+                // A variant is handed out only while the feature is on; the `disabled` answer
+                // needs the second evaluation to say whether it is.
+                let feature_enabled =
+                    variant.enabled || self.state.check_enabled(&context).unwrap_or(false);
+                EngineVariant {
+                    name: Cow::Owned(variant.name),
+                    enabled: variant.enabled,
+                    feature_enabled,
+                    payload: variant.payload.map(|p| (p.payload_type, p.value)),
+                }
+            }
         }
     }
+}
+
+// What follows is yggdrasil 0.21.7's variant selection (`EngineState::variant_enabled`,
+// `choose_variant`, `resolve_variant`, `get_seed` and `check_for_variant_override`, MIT), for a
+// toggle without dependencies, on the toggle yggdrasil's own `compile` built. It is here because
+// those functions are private: the engine's public `check_variant` finds the toggle by name again
+// behind two `ArcSwap` loads of a state that never changes (a new flag state is a new engine),
+// and that lookup kept our `variant` from reaching 3x the Node SDK. The rules, the hash and the
+// compiled variants are yggdrasil's; `tests::the_direct_path_answers_like_the_engine` compares
+// every answer with the engine's own `check_variant` and `check_enabled`, and the 279 cases of
+// Unleash's client specification run through `FlagClient`. Re-check it on every yggdrasil bump.
+
+/// yggdrasil's variant normalization seed (`VARIANT_NORMALIZATION_SEED`, private there).
+const VARIANT_NORMALIZATION_SEED: u32 = 86_028_157;
+
+/// Whether `toggle` is on for `context`, and the variant it hands out: one pass, as the engine's
+/// `get_variant` makes it.
+fn direct_variant<'t>(
+    toggle: &'t CompiledToggle,
+    context: &EnrichedContext,
+) -> (bool, Option<&'t CompiledVariant>) {
+    if !toggle.enabled {
+        return (false, None);
+    }
+    let strategies = toggle.compiled_variant_strategy.as_deref();
+    let matched = strategies.and_then(|strategies| {
+        strategies
+            .iter()
+            .find_map(|(rule, variants, group_id)| rule(context).then_some((variants, group_id)))
+    });
+    let enabled = match matched {
+        Some(_) => true,
+        // Every strategy is in the list, so none matching means off.
+        None if strategies.is_some_and(|s| !s.is_empty()) => false,
+        None => (toggle.compiled_strategy)(context),
+    };
+    if !enabled {
+        return (false, None);
+    }
+    let variant = match matched {
+        Some((variants, group_id)) if !variants.is_empty() => {
+            resolve_variant(variants, group_id, context)
+        }
+        // Unleash sends an empty list for a strategy without variants: the flag's own variants
+        // apply then.
+        _ => resolve_variant(&toggle.variants, &toggle.name, context),
+    };
+    (true, variant)
+}
+
+fn resolve_variant<'v>(
+    variants: &'v [CompiledVariant],
+    group_id: &str,
+    context: &EnrichedContext,
+) -> Option<&'v CompiledVariant> {
+    if variants.is_empty() {
+        return None;
+    }
+    if let Some(overridden) = variant_override(variants, context) {
+        return Some(overridden);
+    }
+    // Weights the engine cannot use (negative, or totalling 0 or more than `u32::MAX`) were
+    // rejected at compile time by `unusable_variant_weights`.
+    let total_weight: u32 = variants.iter().map(|v| v.weight as u32).sum();
+    let stickiness = variants.first().and_then(|v| v.stickiness.as_deref());
+    let target = match seed(stickiness, context) {
+        Some(seed) => {
+            normalized_hash(group_id, seed, total_weight, VARIANT_NORMALIZATION_SEED).ok()?
+        }
+        None => rand::rng().random_range(1..=total_weight),
+    };
+    let mut running_weight = 0;
+    variants.iter().find(|variant| {
+        running_weight += variant.weight as u32;
+        running_weight >= target
+    })
+}
+
+fn seed<'a>(stickiness: Option<&str>, context: &EnrichedContext<'a>) -> Option<&'a str> {
+    match stickiness {
+        Some("default") | None => context.user_id.or(context.session_id),
+        Some("userId") => context.user_id,
+        Some("sessionId") => context.session_id,
+        Some("environment") => context.environment,
+        Some("appName") => context.app_name,
+        Some("remoteAddress") => context.remote_address,
+        Some(custom) => context.properties.as_ref().and_then(|p| p.get(custom)),
+    }
+}
+
+fn variant_override<'v>(
+    variants: &'v [CompiledVariant],
+    context: &EnrichedContext,
+) -> Option<&'v CompiledVariant> {
+    variants.iter().find(|variant| {
+        variant.overrides.iter().flatten().any(|o| {
+            let field = match o.context_name.as_str() {
+                "userId" => context.user_id,
+                "sessionId" => context.session_id,
+                "environment" => context.environment,
+                "appName" => context.app_name,
+                "currentTime" => context.current_time,
+                "remoteAddress" => context.remote_address,
+                other => context.properties.as_ref().and_then(|p| p.get(other)),
+            };
+            field.is_some_and(|field| o.values.iter().any(|v| v.as_str() == field))
+        })
+    })
 }
 
 #[cfg(test)]
@@ -389,79 +476,27 @@ mod tests {
         }
     }
 
-    /// Skipping the second evaluation must not change an answer: for every flag shape, the
-    /// variant's `feature_enabled` equals "a variant was handed out, or the flag is on".
-    #[test]
-    fn one_evaluation_answers_like_two() {
-        let doc = serde_json::json!({"version": 2, "features": [
-            {"name": "strategy-variants", "enabled": true, "strategies": [
-                {"name": "flexibleRollout", "parameters": {"rollout": "40", "stickiness": "tenantId", "groupId": "a"},
-                 "variants": [{"name": "x", "weight": 500, "stickiness": "tenantId"}, {"name": "y", "weight": 500, "stickiness": "tenantId"}]}]},
-            {"name": "mixed", "enabled": true, "strategies": [
-                {"name": "flexibleRollout", "parameters": {"rollout": "30", "stickiness": "tenantId", "groupId": "b"},
-                 "variants": [{"name": "x", "weight": 1000, "stickiness": "tenantId"}]},
-                {"name": "flexibleRollout", "parameters": {"rollout": "50", "stickiness": "userId", "groupId": "c"}}]},
-            {"name": "top-level", "enabled": true, "strategies": [
-                {"name": "flexibleRollout", "parameters": {"rollout": "50", "stickiness": "userId", "groupId": "d"}}],
-             "variants": [{"name": "z", "weight": 1000, "weightType": "variable", "stickiness": "default"}]},
-            {"name": "no-variants", "enabled": true, "strategies": [
-                {"name": "flexibleRollout", "parameters": {"rollout": "50", "stickiness": "userId", "groupId": "e"}}]},
-            {"name": "off", "enabled": false, "strategies": [{"name": "default", "variants": [{"name": "x", "weight": 1}]}]}
-        ]});
-        let features: ClientFeatures = serde_json::from_value(doc).unwrap();
-        let (engine, warnings) = YggdrasilEngine::compile(&features);
-        assert!(warnings.is_empty(), "{warnings:?}");
-        let decided: Vec<&str> = [
-            "strategy-variants",
-            "mixed",
-            "top-level",
-            "no-variants",
-            "off",
-        ]
-        .into_iter()
-        .filter(|f| engine.flag(f).unwrap().variant_decides_enabled)
-        .collect();
-        assert_eq!(decided, ["strategy-variants", "top-level", "off"]);
-        let mut seen_on_without_variant = false;
-        for i in 0..400 {
-            let ctx = FlagContext::new()
-                .with_user_id(format!("user-{i}"))
-                .with_tenant_id(format!("tenant-{}", i / 3));
-            for flag in [
-                "strategy-variants",
-                "mixed",
-                "top-level",
-                "no-variants",
-                "off",
-            ] {
-                let variant = variant(&engine, flag, &ctx);
-                let enabled = is_enabled(&engine, flag, &ctx);
-                assert_eq!(
-                    variant.feature_enabled,
-                    variant.enabled || enabled,
-                    "{flag} for {i}: {variant:?}"
-                );
-                seen_on_without_variant |= enabled && !variant.enabled;
-            }
-        }
-        assert!(
-            seen_on_without_variant,
-            "the mixed/no-variants shapes must exercise the second evaluation"
-        );
-    }
-
-    /// `is_enabled` calls a flag's compiled rule directly when the flag has no dependencies;
-    /// it must answer exactly as the engine's own `check_enabled` does, for every shape of flag:
-    /// segments, constraints on the tenant, a flag switched off, no strategies, several
+    /// `is_enabled` and `variant` evaluate a flag without dependencies on its compiled toggle
+    /// directly (see [`direct_variant`]); they must answer exactly as the engine's own
+    /// `check_enabled` and `check_variant` do, for every shape of flag: strategy variants, a
+    /// strategy with and one without variants, top-level variants, overrides, payloads, every
+    /// kind of stickiness, segments, constraints on the tenant, a flag switched off, no
     /// strategies, a dependency (the engine's own path), a rule that does not compile (off).
     #[test]
-    fn the_direct_rule_answers_like_the_engine() {
+    fn the_direct_path_answers_like_the_engine() {
+        let rollout = |percent: u32, stickiness: &str, group: &str| {
+            serde_json::json!({"name": "flexibleRollout",
+                "parameters": {"rollout": percent.to_string(), "stickiness": stickiness, "groupId": group}})
+        };
+        let with_variants = |mut strategy: serde_json::Value, variants: serde_json::Value| {
+            strategy["variants"] = variants;
+            strategy
+        };
         let doc = serde_json::json!({"version": 2,
             "segments": [{"id": 7, "constraints": [
                 {"contextName": "tenantId", "operator": "IN", "values": ["tenant-1", "tenant-4", "tenant-9"]}]}],
             "features": [
-            {"name": "tenant-rollout", "enabled": true, "strategies": [
-                {"name": "flexibleRollout", "parameters": {"rollout": "30", "stickiness": "tenantId", "groupId": "t"}}]},
+            {"name": "tenant-rollout", "enabled": true, "strategies": [rollout(30, "tenantId", "t")]},
             {"name": "segmented", "enabled": true, "strategies": [
                 {"name": "default", "segments": [7]}]},
             {"name": "constrained", "enabled": true, "strategies": [
@@ -469,11 +504,34 @@ mod tests {
                  "constraints": [{"contextName": "tenantId", "operator": "NOT_IN", "values": ["tenant-2"]}]}]},
             {"name": "two-strategies", "enabled": true, "strategies": [
                 {"name": "userWithId", "parameters": {"userIds": "user-3,user-5"}},
-                {"name": "flexibleRollout", "parameters": {"rollout": "10", "stickiness": "userId", "groupId": "u"}}]},
-            {"name": "switched-off", "enabled": false, "strategies": [{"name": "default"}]},
+                rollout(10, "userId", "u")]},
+            {"name": "switched-off", "enabled": false, "strategies": [
+                with_variants(serde_json::json!({"name": "default"}), serde_json::json!([{"name": "x", "weight": 1}]))]},
             {"name": "no-strategies", "enabled": true, "strategies": []},
+            {"name": "strategy-variants", "enabled": true, "strategies": [
+                with_variants(rollout(40, "tenantId", "a"), serde_json::json!([
+                    {"name": "x", "weight": 500, "stickiness": "tenantId",
+                     "payload": {"type": "json", "value": "{\"limit\": 5}"}},
+                    {"name": "y", "weight": 500, "stickiness": "tenantId"}]))]},
+            {"name": "mixed", "enabled": true, "strategies": [
+                with_variants(rollout(30, "tenantId", "b"), serde_json::json!([{"name": "x", "weight": 1000, "stickiness": "tenantId"}])),
+                rollout(50, "userId", "c")]},
+            {"name": "empty-strategy-variants", "enabled": true, "strategies": [
+                with_variants(rollout(70, "userId", "e"), serde_json::json!([]))],
+             "variants": [{"name": "p", "weight": 300, "weightType": "variable", "stickiness": "default"},
+                          {"name": "q", "weight": 700, "weightType": "variable", "stickiness": "default"}]},
+            {"name": "top-level", "enabled": true, "strategies": [rollout(50, "userId", "d")],
+             "variants": [{"name": "z", "weight": 600, "weightType": "variable", "stickiness": "sessionId",
+                           "payload": {"type": "string", "value": "zed"}},
+                          {"name": "w", "weight": 400, "weightType": "variable", "stickiness": "sessionId",
+                           "overrides": [{"contextName": "tenantId", "values": ["tenant-3"]},
+                                         {"contextName": "userId", "values": ["user-7"]}]}]},
+            {"name": "custom-stickiness", "enabled": true, "strategies": [{"name": "default"}],
+             "variants": [{"name": "r", "weight": 1, "weightType": "variable", "stickiness": "region"},
+                          {"name": "s", "weight": 2, "weightType": "variable", "stickiness": "region"}]},
             {"name": "child", "enabled": true, "strategies": [{"name": "default"}],
-             "dependencies": [{"feature": "tenant-rollout", "enabled": true}]},
+             "dependencies": [{"feature": "tenant-rollout", "enabled": true}],
+             "variants": [{"name": "v", "weight": 1, "weightType": "variable", "stickiness": "default"}]},
             {"name": "unknown-segment", "enabled": true, "strategies": [{"name": "default", "segments": [404]}]}
         ]});
         let features: ClientFeatures = serde_json::from_value(doc).unwrap();
@@ -482,45 +540,81 @@ mod tests {
             warnings.iter().any(|w| w.starts_with("unknown-segment: ")),
             "{warnings:?}"
         );
-        let direct: Vec<&str> = features
+        let engine_path: Vec<&str> = features
             .features
             .iter()
             .map(|f| f.name.as_str())
-            .filter(|name| engine.flag(name).unwrap().enabled_rule.is_some())
+            .filter(|name| engine.flag(name).unwrap().toggle.is_none())
             .collect();
-        assert_eq!(
-            direct,
-            [
-                "tenant-rollout",
-                "segmented",
-                "constrained",
-                "two-strategies",
-                "switched-off",
-                "no-strategies"
-            ]
-        );
-        let mut seen = std::collections::BTreeMap::<&str, [bool; 2]>::new();
-        for i in 0..300 {
+        assert_eq!(engine_path, ["child"]);
+        let mut seen =
+            std::collections::BTreeMap::<&str, std::collections::BTreeSet<String>>::new();
+        for i in 0..400 {
             let ctx = FlagContext::new()
                 .with_user_id(format!("user-{i}"))
-                .with_tenant_id(format!("tenant-{}", i % 11));
+                .with_session_id(format!("session-{}", i * 7))
+                .with_tenant_id(format!("tenant-{}", i % 11))
+                .with_property("region", format!("region-{}", i % 5));
             for feature in &features.features {
                 let name = feature.name.as_str();
-                let ours = is_enabled(&engine, name, &ctx);
-                let engines = engine.state.check_enabled(&enriched(name, &ctx));
-                assert_eq!(Some(ours), engines, "{name} for user-{i}");
-                seen.entry(name).or_default()[usize::from(ours)] = true;
+                let context = enriched(name, &ctx);
+                let enabled = is_enabled(&engine, name, &ctx);
+                let engine_enabled = engine.state.check_enabled(&context);
+                assert_eq!(
+                    Some(enabled),
+                    engine_enabled,
+                    "is_enabled of {name} for {i}"
+                );
+                let ours = variant(&engine, name, &ctx);
+                let engines = engine.state.check_variant(&context).unwrap();
+                assert_eq!(
+                    (
+                        &*ours.name,
+                        ours.enabled,
+                        ours.feature_enabled,
+                        ours.payload.clone()
+                    ),
+                    (
+                        engines.name.as_str(),
+                        engines.enabled,
+                        enabled,
+                        engines.payload.map(|p| (p.payload_type, p.value))
+                    ),
+                    "variant of {name} for {i}"
+                );
+                seen.entry(name)
+                    .or_default()
+                    .insert(format!("{enabled}/{}", ours.name));
             }
         }
-        // Each rollout and constraint answered both ways, so the comparison says something.
+        // Each rollout, constraint, override and weighting answered more than one way, so the
+        // comparison says something.
+        let answers = |name: &str| seen[name].iter().cloned().collect::<Vec<_>>();
         for name in [
             "tenant-rollout",
             "segmented",
             "constrained",
             "two-strategies",
-            "child",
         ] {
-            assert_eq!(seen[name], [true, true], "{name}");
+            assert_eq!(answers(name), ["false/disabled", "true/disabled"], "{name}");
         }
+        assert_eq!(
+            answers("strategy-variants"),
+            ["false/disabled", "true/x", "true/y"]
+        );
+        assert_eq!(
+            answers("mixed"),
+            ["false/disabled", "true/disabled", "true/x"]
+        );
+        assert_eq!(
+            answers("empty-strategy-variants"),
+            ["false/disabled", "true/p", "true/q"]
+        );
+        assert_eq!(answers("top-level"), ["false/disabled", "true/w", "true/z"]);
+        assert_eq!(answers("custom-stickiness"), ["true/r", "true/s"]);
+        assert_eq!(answers("child"), ["false/disabled", "true/v"]);
+        assert_eq!(answers("switched-off"), ["false/disabled"]);
+        assert_eq!(answers("no-strategies"), ["true/disabled"]);
+        assert_eq!(answers("unknown-segment"), ["false/disabled"]);
     }
 }

@@ -128,7 +128,7 @@ fn details<T>(value: T, variant: &Variant) -> ResolutionDetails<T> {
     };
     ResolutionDetails {
         value,
-        variant: Some(variant.name.clone()),
+        variant: Some(variant.name.to_string()),
         reason: Some(reason),
         flag_metadata: None,
     }
@@ -186,7 +186,7 @@ impl FeatureProvider for UnleashProvider {
         ctx: &EvaluationContext,
     ) -> EvaluationResult<ResolutionDetails<String>> {
         let variant = self.variant(flag, ctx)?;
-        Ok(details(variant.name.clone(), &variant))
+        Ok(details(variant.name.to_string(), &variant))
     }
 
     async fn resolve_int_value(

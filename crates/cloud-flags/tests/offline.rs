@@ -722,7 +722,7 @@ fn evaluations_carry_the_otel_feature_flag_attributes() {
         get("feature_flag.key").as_deref(),
         Some("gateway.canary-upstream")
     );
-    assert_eq!(get("feature_flag.variant"), Some(variant.name));
+    assert_eq!(get("feature_flag.variant"), Some(variant.name.into_owned()));
     assert_eq!(
         get("feature_flag.provider_name").as_deref(),
         Some("cloud-flags")
