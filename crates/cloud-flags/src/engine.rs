@@ -340,8 +340,12 @@ fn resolve_variant<'v>(
         return Some(overridden);
     }
     // Weights the engine cannot use (negative, or totalling 0 or more than `u32::MAX`) were
-    // rejected at compile time by `unusable_variant_weights`.
+    // rejected at compile time by `unusable_variant_weights`; a zero total is still refused here
+    // rather than dividing by it.
     let total_weight: u32 = variants.iter().map(|v| v.weight as u32).sum();
+    if total_weight == 0 {
+        return None;
+    }
     let stickiness = variants.first().and_then(|v| v.stickiness.as_deref());
     let target = match seed(stickiness, context) {
         Some(seed) => variant_target(group_id, seed, total_weight)?,
