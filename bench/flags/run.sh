@@ -5,10 +5,10 @@
 #   - criterion (`cargo bench -p cloud-flags --bench evaluation`): ours and raw yggdrasil, ns per
 #     evaluation (criterion's slope estimate, as it prints it), plus the state-update figures
 #     (`update-p99:` lines);
-#   - bench/flags/node-sdk.js on Node 22, once before and once after criterion, so that a drift
-#     of the machine during the run shows up as a difference between the two; the ratios use the
-#     faster of the two, and raw yggdrasil's own ratio is printed beside ours (the most that a
-#     wrapper of it can reach);
+#   - bench/flags/node-sdk.js on Node 22, once before criterion and once at the very end, so
+#     that a drift of the machine during the run shows up as a difference between the two;
+#     criterion's ratio uses the faster of the two, and raw yggdrasil's own ratio is printed
+#     beside ours;
 #   - the paired overhead (`paired:` lines) in PAIRED_PROCESSES more processes of the same bench
 #     binary, because one process is one draw: in the same binary, raw yggdrasil's `variant` took
 #     243 ns in some processes and 285 ns in others (2026-12-07), most likely from the hash seeds
@@ -59,7 +59,7 @@ for i in $(seq 1 "$PAIRED_PROCESSES"); do
   node_sdk > "$WORK/node-$i.jsonl"
   (cd "$ROOT" && PAIRED_ONLY=1 cargo bench -q -p cloud-flags --bench evaluation) | tee "$WORK/paired-$i.txt" >&2
 done
-echo "Node SDK, after criterion..." >&2
+echo "Node SDK, at the end..." >&2
 node_sdk > "$WORK/node-after.jsonl"
 head -1 /proc/stat > "$WORK/stat-after"
 
