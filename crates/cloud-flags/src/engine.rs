@@ -376,6 +376,9 @@ fn variant_target(group_id: &str, seed: &str, total_weight: u32) -> Option<u32> 
     Some(hash % total_weight + 1)
 }
 
+/// The value a variant list's stickiness hashes. Not shared with [`variant_override`]'s field
+/// lookup on purpose: as in yggdrasil's `get_seed`, stickiness knows no `currentTime` (that name
+/// is looked up in the properties) and `default` means the user, else the session.
 fn seed<'a>(stickiness: Option<&str>, context: &EnrichedContext<'a>) -> Option<&'a str> {
     match stickiness {
         Some("default") | None => context.user_id.or(context.session_id),
