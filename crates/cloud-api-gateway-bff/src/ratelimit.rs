@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cloud_kit::LoopHeaderValue;
 use http::HeaderValue;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -30,8 +31,9 @@ pub struct Policy {
     pub interval_us: u64,
     /// Requests that may arrive at once.
     pub burst: u64,
-    /// `limit` as the `RateLimit-Limit` header value.
-    pub limit_header: HeaderValue,
+    /// `limit` as the `RateLimit-Limit` header value (a copy per event loop: every request
+    /// clones it).
+    pub limit_header: LoopHeaderValue,
 }
 
 impl Policy {
@@ -50,7 +52,7 @@ impl Policy {
         Ok(Self {
             name: name.to_string(),
             limit: config.requests,
-            limit_header: HeaderValue::from(config.requests),
+            limit_header: LoopHeaderValue::new(&HeaderValue::from(config.requests)),
             interval_us: period_us / config.requests,
             burst,
         })

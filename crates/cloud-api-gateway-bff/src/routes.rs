@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::body::Body;
+use cloud_kit::{LoopHeaderValue, PerEventLoop};
 use http::header::{HeaderName, HeaderValue};
 use http::uri::Authority;
 use url::Url;
@@ -48,8 +49,9 @@ pub trait VariantResolver: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Clone)]
 pub struct Upstream {
     pub authority: Authority,
-    /// `authority` as the `Host` header sent upstream.
-    pub host: HeaderValue,
+    /// `authority` as the `Host` header sent upstream (a copy per event loop: every request
+    /// clones it).
+    pub host: LoopHeaderValue,
     /// Without a trailing `/`.
     pub base_path: String,
 }
@@ -77,7 +79,7 @@ impl Upstream {
             HeaderValue::from_str(authority.as_str()).map_err(|e| format!("`{url}`: {e}"))?;
         Ok(Self {
             authority,
-            host,
+            host: LoopHeaderValue::new(&host),
             base_path: url.path().trim_end_matches('/').to_string(),
         })
     }
@@ -144,7 +146,9 @@ pub struct Route {
     pub flag: Option<String>,
     /// Keep-alive connections to the route's upstreams.
     pub pool: UpstreamPool<Body>,
-    next: AtomicUsize,
+    /// The round-robin position, kept per event loop: each loop rotates over the upstreams by
+    /// itself, so no request writes a counter the other loop's core writes too.
+    next: PerEventLoop<AtomicUsize>,
 }
 
 impl Route {
@@ -182,7 +186,10 @@ impl Route {
                 return (stable, Some(name.as_str()));
             }
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.upstreams.len().max(1);
+        let i = match self.upstreams.len() {
+            0 | 1 => 0,
+            n => self.next.get().fetch_add(1, Ordering::Relaxed) % n,
+        };
         (
             &self.upstreams[i.min(self.upstreams.len().saturating_sub(1))],
             None,
@@ -474,7 +481,7 @@ fn compile_route(
         canary,
         flag: config.flag.clone(),
         pool: UpstreamPool::new(PoolSettings::new(config.timeouts.connect)),
-        next: AtomicUsize::new(0),
+        next: PerEventLoop::default(),
     })
 }
 
@@ -665,7 +672,7 @@ mod tests {
             // Origin form on a connection to the upstream, which `Host` names.
             assert_eq!(forwarded.to_string(), path, "for {incoming}");
             assert_eq!(upstream.authority.as_str(), authority, "for {incoming}");
-            assert_eq!(upstream.host, authority, "for {incoming}");
+            assert_eq!(upstream.host.get(), authority, "for {incoming}");
         }
     }
 

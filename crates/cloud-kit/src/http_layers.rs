@@ -176,6 +176,11 @@ impl Shared {
 /// see [`crate::server::Server::with_direct_fallback`].
 pub type DirectHandler = Arc<dyn Fn(Request) -> BoxFuture<'static, Response> + Send + Sync>;
 
+/// Makes a [`DirectHandler`] for each event loop, on that loop's thread, so that what a
+/// handler clones per request (its state's reference count) is the loop's own and not written
+/// by two cores (see [`crate::per_event_loop`]).
+pub type DirectHandlerFactory = Arc<dyn Fn() -> DirectHandler + Send + Sync>;
+
 /// A service's API as its listeners serve it: the router in the standard stack, and optionally
 /// a [`DirectHandler`] for the paths the router does not own, in the same standard work.
 #[derive(Clone)]
@@ -200,6 +205,7 @@ struct Direct {
     /// The router's own paths (exact): everything else goes to `handler`.
     owned: Arc<[String]>,
     handler: DirectHandler,
+    make_handler: DirectHandlerFactory,
 }
 
 /// The future of one request to an [`Api`].
@@ -234,16 +240,41 @@ impl Api {
         }
     }
 
-    /// Sends the paths not in `owned` to `handler` (an API built by [`Self::new`] only: the
-    /// handler gets the same standard work as the routes).
-    pub(crate) fn with_direct(mut self, owned: Vec<String>, handler: DirectHandler) -> Self {
+    /// Sends the paths not in `owned` to a handler from `make_handler` (an API built by
+    /// [`Self::new`] only: the handler gets the same standard work as the routes).
+    pub(crate) fn with_direct(
+        mut self,
+        owned: Vec<String>,
+        make_handler: DirectHandlerFactory,
+    ) -> Self {
         if self.standard.is_some() {
             self.direct = Some(Direct {
                 owned: owned.into(),
-                handler,
+                handler: make_handler(),
+                make_handler,
             });
         }
         self
+    }
+
+    /// A copy for one event loop, made on its thread: the standard work's shared state and the
+    /// direct handler are the loop's own, so the reference counts every request clones are
+    /// written by one core only (see [`crate::per_event_loop`]).
+    pub(crate) fn for_event_loop(&self) -> Self {
+        Self {
+            router: self.router.clone(),
+            standard: self.standard.as_ref().map(|shared| {
+                Arc::new(Shared {
+                    metrics: shared.metrics.clone(),
+                    readiness: shared.readiness.clone(),
+                })
+            }),
+            direct: self.direct.as_ref().map(|direct| Direct {
+                owned: direct.owned.clone(),
+                handler: (direct.make_handler)(),
+                make_handler: direct.make_handler.clone(),
+            }),
+        }
     }
 
     pub(crate) fn call(&self, request: Request) -> ApiFuture {

@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Readiness};
 use crate::config::ServerConfig;
-use crate::http_layers::{Api, ApiFuture, DirectHandler};
+use crate::http_layers::{Api, ApiFuture, DirectHandlerFactory};
 use crate::metrics::Metrics;
 use crate::shutdown::{Shutdown, Signals};
 
@@ -158,13 +158,14 @@ impl Server {
     /// `handler` gets the same standard work as a route (request id, trace context, RED
     /// metrics under the `unmatched` route, panic to 500), but no default body limit: it
     /// applies its own. Keep the same handler as the router's fallback, so that a path missing
-    /// from `owned_paths` is still answered the same way.
+    /// from `owned_paths` is still answered the same way. `make_handler` is called once per
+    /// [`EventLoops::PerCore`] event loop, on its thread, and once for everything else.
     pub fn with_direct_fallback(
         mut self,
         owned_paths: Vec<String>,
-        handler: DirectHandler,
+        make_handler: DirectHandlerFactory,
     ) -> Self {
-        self.app = self.app.with_direct(owned_paths, handler);
+        self.app = self.app.with_direct(owned_paths, make_handler);
         self
     }
 
@@ -277,6 +278,12 @@ thread_local! {
 /// runs on, `None` elsewhere: for state kept per event loop, such as a proxy's upstream pools.
 pub fn current_event_loop() -> Option<usize> {
     EVENT_LOOP.with(std::cell::Cell::get)
+}
+
+/// Marks the calling thread as event loop `index` for its whole life: the server does it for
+/// its [`EventLoops::PerCore`] threads, and a test does it to act as one of them.
+pub fn set_current_event_loop(index: usize) {
+    EVENT_LOOP.with(|current| current.set(Some(index)));
 }
 
 async fn bind_one(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
@@ -463,7 +470,8 @@ fn serve_on_own_thread(event_loop: EventLoop) {
         release,
         results,
     } = event_loop;
-    EVENT_LOOP.with(|current| current.set(Some(index)));
+    set_current_event_loop(index);
+    let app = app.for_event_loop();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
