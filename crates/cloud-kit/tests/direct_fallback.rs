@@ -36,6 +36,10 @@ fn direct_handler() -> DirectHandler {
     })
 }
 
+async fn text(client: &reqwest::Client, url: &str) -> String {
+    client.get(url).send().await.unwrap().text().await.unwrap()
+}
+
 async fn start() -> (u16, u16) {
     let config = ServerConfig {
         port: 0,
@@ -92,14 +96,7 @@ async fn paths_the_router_does_not_own_go_to_the_handler_with_the_standard_work(
     let after = client.get(url("/after")).send().await.unwrap();
     assert_eq!(after.status(), 200);
 
-    let metrics = client
-        .get(format!("http://127.0.0.1:{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = text(&client, &format!("http://127.0.0.1:{admin}/metrics")).await;
     let line = |route: &str, status: &str| {
         metrics
             .lines()
@@ -165,14 +162,7 @@ async fn each_event_loop_serves_with_a_handler_made_on_its_own_thread() {
     let mut serving_loops = std::collections::BTreeSet::new();
     const REQUESTS: usize = 64;
     for _ in 0..REQUESTS {
-        let body = client
-            .get(format!("http://127.0.0.1:{port}/any"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let body = text(&client, &format!("http://127.0.0.1:{port}/any")).await;
         let (made_on, serving_on) = body
             .strip_prefix("made on ")
             .and_then(|rest| rest.split_once(", serving on "))
@@ -189,14 +179,7 @@ async fn each_event_loop_serves_with_a_handler_made_on_its_own_thread() {
             "one loop served all: {serving_loops:?}"
         );
     }
-    let metrics = client
-        .get(format!("http://127.0.0.1:{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = text(&client, &format!("http://127.0.0.1:{admin}/metrics")).await;
     assert!(
         metrics
             .lines()
