@@ -507,3 +507,49 @@ async fn reload_on_sighup(reload: ReloadHandle, shutdown: Shutdown) {
         let _ = (reload, shutdown);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::hash::BuildHasher;
+
+    /// A borrowed key that hashed differently from the labels it stands for would miss every
+    /// lookup and take the write lock on every request, with the counts still right: only this
+    /// test would notice.
+    #[test]
+    fn the_borrowed_upstream_key_hashes_and_compares_as_its_labels() {
+        let hasher = foldhash::fast::RandomState::default();
+        let labels = UpstreamLabels {
+            route: Arc::new("orders".to_string()),
+            outcome: Cow::Borrowed("200"),
+        };
+        let key = UpstreamKey {
+            route: "orders",
+            outcome: "200",
+        };
+        assert_eq!(hasher.hash_one(&key), hasher.hash_one(&labels));
+        assert!(cloud_kit::metrics::Equivalent::equivalent(&key, &labels));
+        let other = UpstreamKey {
+            route: "orders",
+            outcome: "502",
+        };
+        assert!(!cloud_kit::metrics::Equivalent::equivalent(&other, &labels));
+
+        let metrics = GatewayMetrics::default();
+        let route = Arc::new("orders".to_string());
+        for _ in 0..3 {
+            metrics.upstream(&route, Outcome::Status(http::StatusCode::OK));
+        }
+        metrics.upstream(&route, Outcome::Failed("timeout"));
+        let count = |outcome: &'static str| {
+            metrics
+                .upstream_requests
+                .get_or_create(&UpstreamLabels {
+                    route: route.clone(),
+                    outcome: Cow::Borrowed(outcome),
+                })
+                .get()
+        };
+        assert_eq!((count("200"), count("timeout")), (3, 1));
+    }
+}
