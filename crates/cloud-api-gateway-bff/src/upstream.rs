@@ -80,7 +80,6 @@ impl PoolSettings {
 /// Connections to any number of upstreams (a route has a few), one idle list per event loop.
 #[derive(Debug)]
 pub struct UpstreamPool<B> {
-    settings: PoolSettings,
     /// One per event loop, and one for callers off the event loops (tests, a runtime of their
     /// own), whose connections are driven elsewhere.
     loops: PerEventLoop<Arc<LoopPool<B>>>,
@@ -118,7 +117,6 @@ where
 {
     pub fn new(settings: PoolSettings) -> Self {
         Self {
-            settings,
             loops: PerEventLoop::new(|| {
                 Arc::new(LoopPool {
                     settings,
@@ -153,7 +151,7 @@ where
                 },
             }
         }
-        let mut sender = self.connect(upstream).await?;
+        let mut sender = Self::connect(upstream, pool.settings.connect_timeout).await?;
         sender.ready().await.map_err(UpstreamError::Request)?;
         let response = sender
             .send_request(request)
@@ -162,8 +160,10 @@ where
         Ok(pooled(response, sender, pool, list))
     }
 
-    async fn connect(&self, upstream: &Authority) -> Result<SendRequest<B>, UpstreamError> {
-        let timeout = self.settings.connect_timeout;
+    async fn connect(
+        upstream: &Authority,
+        timeout: Duration,
+    ) -> Result<SendRequest<B>, UpstreamError> {
         // An IPv6 literal is bracketed in an authority, not in a socket address.
         let host = upstream
             .host()

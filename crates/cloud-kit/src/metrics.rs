@@ -93,21 +93,13 @@ impl<S: Hash + Eq, M> Handles<S, M> {
             return update(handle);
         }
         let mut by_labels = by_labels.write().unwrap_or_else(PoisonError::into_inner);
-        let owned = to_owned(labels);
-        let handle = match by_labels.get(&owned) {
-            Some(handle) => handle,
-            None => {
-                let handle = create(&owned);
-                by_labels.entry(owned).or_insert(handle)
-            }
-        };
-        update(handle)
+        update(by_labels.entry(to_owned(labels)).or_insert_with_key(create))
     }
 }
 
 /// A counter with a value per event loop, summed when scraped: an increment writes only the
 /// calling event loop's cache line (see [`PerEventLoop`]). Encoded as a prometheus-client
-/// [`Counter`] is.
+/// [`Counter`](prometheus_client::metrics::counter::Counter) is.
 #[derive(Debug, Clone, Default)]
 pub struct ShardedCounter {
     shards: Arc<PerEventLoop<AtomicU64>>,
@@ -142,7 +134,8 @@ impl EncodeMetric for ShardedCounter {
 
 /// A histogram with its counts per event loop, summed when scraped (see [`ShardedCounter`]).
 /// Each event loop's counts are behind a lock of their own, so a scrape sees each loop's sum,
-/// count and buckets agree. Encoded as a prometheus-client [`Histogram`] is.
+/// count and buckets agree. Encoded as a prometheus-client
+/// [`Histogram`](prometheus_client::metrics::histogram::Histogram) is.
 #[derive(Debug, Clone)]
 pub struct ShardedHistogram {
     inner: Arc<HistogramShards>,
